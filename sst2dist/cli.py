@@ -28,9 +28,222 @@ def main() -> None:
 
 # --- export-onnx (owner: export helper) ---
 
+
+@main.command("export-onnx")
+@click.argument("model_dir", type=click.Path(path_type=str))
+@click.option("--output", "-o", required=True, help="Bundle folder to write (must be new or empty, or use --force).")
+@click.option("--opset", default=18, show_default=True, help="ONNX opset.")
+@click.option(
+    "--optimize",
+    type=click.Choice(["O1", "O2", "O3", "none"]),
+    default="O2",
+    show_default=True,
+    help="ORTOptimizer level for model_optimized.onnx (O2: fused attention, GELU, LayerNorm).",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(["dynamic", "static", "none"]),
+    default="dynamic",
+    show_default=True,
+    help="int8 variants: dynamic (model_quantized.onnx); static also adds a calibrated model_static_quantized.onnx.",
+)
+@click.option("--data", default=None, help="SST-2 hub id or local folder for verification/calibration.")
+@click.option(
+    "--max-accuracy-drop", default=0.5, show_default=True, help="Most accuracy points int8 may lose vs PyTorch."
+)
+@click.option("--max-verify-samples", type=int, default=None, help="Verify on the first N validation sentences.")
+@click.option("--keep-failed", is_flag=True, help="Keep an int8 variant that fails the gate, marked failed.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --output.")
+def export_onnx(model_dir: str, output: str, **options) -> None:
+    """Export MODEL_DIR to a verified ONNX bundle: fp32, optimized and int8 variants.
+
+    Every variant is checked against PyTorch on the SST-2 validation sentences; a variant that fails the
+    gate stops the export and nothing is written.
+
+    \b
+    Example:
+      sst2dist export-onnx runs/minilm/model --output export/minilm --data ../shared/data/sst2
+    """
+    from sst2dist.data import DataError
+    from sst2dist.export import ExportError, export_bundle
+
+    try:
+        manifest = export_bundle(model_dir, output, **options)
+    except (ExportError, DataError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {output} (default variant: {manifest['default_variant']})")
+    for name, entry in manifest["variants"].items():
+        result = entry["verification"]
+        status = "passed" if entry["passed"] else "FAILED"
+        click.echo(
+            f"  {name:<12} {entry['size_bytes'] / 1e6:7.1f} MB  max|Δlogit| {result['max_abs_logit_diff']:.2e}  "
+            f"agreement {100 * result['label_agreement']:6.2f}%  accuracy {100 * result['accuracy']:.2f}%  {status}"
+        )
+
 # --- bench (owner: bench helper) ---
 
+
+@main.command()
+@click.option("--model", "model", default=None, help="Trained model folder (the PyTorch baseline).")
+@click.option("--bundle", required=True, help="Bundle folder written by `sst2dist export-onnx`.")
+@click.option("--data", default=None, help="SST-2 hub id or local folder (e.g. ../shared/data/sst2). Default: the hub.")
+@click.option(
+    "--backends",
+    default=None,
+    help="Comma-separated subset of torch-fp32, torch-bf16, ort-fp32, ort-optimized, ort-int8, "
+    "ort-static-int8. Default: all that this CPU and bundle support.",
+)
+@click.option("--threads", default=None, help="Comma-separated thread counts to measure. Default: 1 and all cores.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated throughput batch sizes.")
+@click.option("--output", default=None, help="Results folder. Default: bench/results/<bundle folder name>.")
+@click.option(
+    "--max-samples", type=int, default=None, help="Validation sentences for accuracy and throughput (default: all 872)."
+)
+@click.option("--latency-samples", type=int, default=None, help="Sentences timed at batch 1 (default: all).")
+@click.option("--warmup", type=int, default=20, show_default=True, help="Untimed warm-up sentences per backend.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+def bench(
+    model, bundle, data, backends, threads, batch_sizes, output, max_samples, latency_samples, warmup, progress
+) -> None:
+    """Benchmark PyTorch against every ONNX variant of a bundle, side by side on SST-2.
+
+    Writes results.json, report.md and chart.png to --output and prints the table.
+
+    \b
+    Example:
+      sst2dist bench --model runs/minilm/model --bundle export/minilm --data ../shared/data/sst2
+      sst2dist bench --bundle export/minilm --backends ort-fp32,ort-int8 --threads 2 --data ../shared/data/sst2
+    """
+    from sst2dist.bench import BenchSettings, parse_int_list, render_terminal, run_bench
+    from sst2dist.data import DEFAULT_DATA
+
+    try:
+        settings = BenchSettings(
+            bundle=bundle,
+            model=model,
+            data=data or DEFAULT_DATA,
+            output=output,
+            max_samples=max_samples,
+            latency_samples=latency_samples,
+            warmup=warmup,
+            progress=progress,
+            backends=[b.strip() for b in backends.split(",") if b.strip()] if backends is not None else None,
+            threads=parse_int_list(threads, "--threads") if threads is not None else None,
+            batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
+        )
+        results = run_bench(settings)
+    except ValueError as err:  # BenchError, BundleError, DataError, ModelNotFoundError
+        raise click.ClickException(str(err)) from err
+    click.echo(render_terminal(results))
+    click.echo(f"\nWrote results.json, report.md and chart.png to {settings.output}")
+
+
 # --- serve / predict (owner: serve helper) ---
+
+VARIANT_HELP = "Bundle variant: fp32, optimized, int8, static-int8. Default: int8 when it passed the export gate."
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: all).")
+@click.option("--port", default=8080, show_default=True, help="TCP port.")
+@click.option("--variant", default=None, help=VARIANT_HELP)
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores but one).")
+@click.option("--max-batch-size", default=32, show_default=True, help="Most texts merged into one batch.")
+@click.option("--max-batch-tokens", default=8192, show_default=True, help="Most padded tokens in one batch.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, help="Longest wait for a batch to fill.")
+@click.option("--max-client-batch", default=64, show_default=True, help="Most texts in one request (else 422).")
+@click.option("--max-payload", default=1_000_000, show_default=True, help="Largest request body in bytes (else 413).")
+@click.option("--max-queue", default=256, show_default=True, help="Most requests waiting (else 429 + Retry-After).")
+@click.option("--grace-period", default=30.0, show_default=True, help="Seconds to finish in-flight work on SIGTERM.")
+@click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
+def serve(bundle, host, port, variant, threads, log_level, access_log, **limits) -> None:
+    """Serve a bundle over HTTP: POST /predict (TEI style) and POST / (Hugging Face Inference API).
+
+    Also GET /health, /ready, /metrics (Prometheus), /info, and the OpenAPI docs at /docs.
+
+    \b
+    Example:
+      sst2dist serve export/minilm --port 8080
+      curl -s localhost:8080/predict -H 'Content-Type: application/json' -d '{"inputs": "a gripping, funny film"}'
+    """
+    import logging
+
+    from sst2dist.serve import ServeLimits
+    from sst2dist.serve import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    try:
+        run_server(
+            bundle,
+            host=host,
+            port=port,
+            variant=variant,
+            threads=threads,
+            limits=ServeLimits(**limits),
+            log_level=log_level,
+            access_log=access_log,
+        )
+    except ValueError as err:  # BundleError, bad limits
+        raise click.ClickException(str(err)) from err
+
+
+@main.command()
+@click.argument("bundle")
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_path", default=None, help="File to classify (default: the TEXT arguments, or stdin).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "jsonl", "csv", "tsv"]),
+    default=None,
+    help="Input format. Default: from the file suffix (.jsonl, .csv, .tsv), else one text per line.",
+)
+@click.option(
+    "--field", "--column", "field_name", default=None, help="JSONL field or CSV column (default: text, sentence)."
+)
+@click.option("--output", default=None, help="JSONL file to write atomically (default: stdout).")
+@click.option("--variant", default=None, help=VARIANT_HELP)
+@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--batch-size", default=32, show_default=True, help="Texts per onnxruntime call.")
+@click.option("--skip-bad", is_flag=True, help="Skip lines that give no text (counted on stderr) instead of stopping.")
+def predict(bundle, texts, input_path, fmt, field_name, output, variant, threads, batch_size, skip_bad) -> None:
+    """Classify texts with a bundle, writing JSONL lines {"text", "label", "score"}.
+
+    \b
+    Examples:
+      sst2dist predict export/minilm "a gripping, funny film" "a dull, lifeless mess"
+      sst2dist predict export/minilm --input reviews.csv --column review --output predictions.jsonl
+      cut -f1 ../shared/data/sst2/dev.tsv | tail -n +2 | sst2dist predict export/minilm
+    """
+    import sys
+
+    from sst2dist.predict import run_predict
+    from sst2dist.serve import load_classifier
+
+    if not texts and not input_path and sys.stdin.isatty():
+        raise click.UsageError("give texts as arguments, --input FILE, or pipe text to stdin")
+    try:
+        classifier = load_classifier(bundle, variant, threads)
+        summary = run_predict(
+            classifier,
+            texts=texts,
+            input_path=input_path,
+            fmt=fmt,
+            field_name=field_name,
+            output=output,
+            batch_size=batch_size,
+            skip_bad=skip_bad,
+        )
+    except ValueError as err:  # BadLine, BundleError, unreadable input
+        raise click.ClickException(f"{err}; nothing was written" if output else str(err)) from err
+    if summary.skipped:
+        shown = "; ".join(str(bad) for bad in summary.skipped[:5])
+        more = f" (and {len(summary.skipped) - 5} more)" if len(summary.skipped) > 5 else ""
+        click.echo(f"skipped {len(summary.skipped)} bad line(s): {shown}{more}", err=True)
+    if output:
+        click.echo(f"wrote {summary.written} predictions to {output}", err=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -149,3 +150,65 @@ def tokenize(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_lengt
 
     tokenized = dataset.map(encode, batched=True, remove_columns=["sentence"], desc="Tokenizing")
     return tokenized.rename_column("label", "labels")
+
+
+class LengthGroupedBatchSampler:
+    """Batches of similar-length examples in a new random order each epoch, seeded by `seed + epoch`.
+
+    The indices are shuffled, cut into groups of `group_batches` batches, each group is sorted by length and
+    cut into batches, and the batches are shuffled: little padding, still random. Only the last batch of an
+    epoch can be short. `batch_size` is None for Accelerate, which then shards these variable-size batches
+    across processes (process i gets batches i, i + N, ...) instead of re-cutting them.
+    """
+
+    batch_size = None
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_batches: int = 50) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        self.lengths = lengths
+        self.per_batch = batch_size
+        self.seed = seed
+        self.group_size = batch_size * group_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full_groups, rest = divmod(len(self.lengths), self.group_size)
+        return full_groups * (self.group_size // self.per_batch) + -(-rest // self.per_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        batches = []
+        for start in range(0, len(order), self.group_size):
+            group = sorted(order[start : start + self.group_size], key=self.lengths.__getitem__, reverse=True)
+            batches += [group[i : i + self.per_batch] for i in range(0, len(group), self.per_batch)]
+        for position in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[position]
+
+
+def sort_by_length(dataset: Dataset) -> Dataset:
+    """For evaluation: neighbours have similar lengths, so fixed-size batches carry little padding."""
+    return dataset.sort("length")
+
+
+def make_collator(pad_token_id: int, pad_to_multiple_of: int = 1) -> Callable[[list[dict]], dict]:
+    """Pad a list of tokenized rows to the longest member (rounded up to `pad_to_multiple_of`) as tensors."""
+
+    def collate(rows: list[dict]) -> dict:
+        import torch
+
+        longest = max(len(row["input_ids"]) for row in rows)
+        width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+        batch = {"labels": torch.tensor([row["labels"] for row in rows])}
+        for key, pad in (("input_ids", pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            if key in rows[0]:
+                batch[key] = torch.tensor([row[key] + [pad] * (width - len(row[key])) for row in rows])
+        return batch
+
+    return collate

@@ -1,0 +1,293 @@
+"""Bounded load benchmark of `sst2dist serve` on loopback.
+
+Starts the real server (a subprocess) on a bundle; N concurrent keep-alive clients (1, 4, 16, 64) each send
+single SST-2 validation sentences to POST /predict until a request count or a time bound is reached; reports
+req/s and p50/p90/p99 latency per level; then runs 16 clients against the same server started with
+--max-batch-size 1 to show what micro-batching buys. Every answer is checked against the offline Classifier
+(top label equal, score within --tolerance) and every request must get a 200: errors or mismatches make the
+exit status 1. Writes bench/results/load_bench.json and load_bench.md.
+
+    python bench/load_bench.py --bundle export/minilm --data ../shared/data/sst2          # the full run
+    python bench/load_bench.py --bundle export/minilm --data ../shared/data/sst2 --quick  # a smoke run
+
+The clients are a few lines of asyncio over raw HTTP/1.1 (one connection each) so that the load generator,
+which shares the CPU with the server, costs as little as possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sst2dist.data import load_sst2
+from sst2dist.runtime import Classifier
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Level:
+    """One load level's outcome."""
+
+    clients: int
+    max_batch_size: int
+    requests: int = 0
+    errors: int = 0
+    mismatches: int = 0
+    seconds: float = 0.0
+    req_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    mean_batch: float = 0.0
+    max_score_diff: float = 0.0
+    first_problems: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(bundle: str, port: int, flags: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "sst2dist.cli", "serve", bundle, "--port", str(port), *flags]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited: {process.stderr.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("the server never became ready")
+
+
+def batch_stats(port: int) -> tuple[float, float]:
+    """(sum, count) of the server's batch-size histogram."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = float(re.search(r"^sst2dist_batch_size_sum (\S+)$", text, re.M).group(1))
+    count = float(re.search(r"^sst2dist_batch_size_count (\S+)$", text, re.M).group(1))
+    return total, count
+
+
+async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, bytes]:
+    writer.write(
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+    return int(head[9:12]), await reader.readexactly(length)
+
+
+async def load(port: int, sentences: list[str], clients: int, max_requests: int, max_seconds: float):
+    """Latencies (s), per-request (index, status, body), and the wall time of one level."""
+    bodies = [json.dumps({"inputs": s}).encode() for s in sentences]
+    next_index, latencies, answers = 0, [], []
+    deadline = time.perf_counter() + max_seconds
+
+    async def client() -> None:
+        nonlocal next_index
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while next_index < max_requests and time.perf_counter() < deadline:
+            index, next_index = next_index, next_index + 1
+            start = time.perf_counter()
+            status, body = await post(reader, writer, bodies[index % len(bodies)])
+            latencies.append(time.perf_counter() - start)
+            answers.append((index % len(bodies), status, body))
+        writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies, answers, time.perf_counter() - start
+
+
+def check(answers: list, reference: list[dict[str, float]], tolerance: float, level: Level) -> None:
+    """Every answer a 200 whose scores for every label are within `tolerance` of the offline ones."""
+    for index, status, body in answers:
+        problem = None
+        if status != 200:
+            level.errors += 1
+            problem = f"HTTP {status}: {body[:200]!r}"
+        else:
+            served = {item["label"]: item["score"] for item in json.loads(body)}
+            want = reference[index]
+            diff = max(abs(served[label] - score) for label, score in want.items())
+            level.max_score_diff = max(level.max_score_diff, diff)
+            if diff > tolerance:
+                level.mismatches += 1
+                problem = f"sentence {index}: served {served}, offline {want}"
+        if problem and len(level.first_problems) < 5:
+            level.first_problems.append(problem)
+
+
+def run_level(port: int, sentences: list[str], reference: list[dict], clients: int, max_batch_size: int, args) -> Level:
+    asyncio.run(load(port, sentences, clients, min(20, args.requests), 5))  # warm the connections and caches
+    before = batch_stats(port)
+    latencies, answers, seconds = asyncio.run(load(port, sentences, clients, args.requests, args.max_seconds))
+    after = batch_stats(port)
+    level = Level(clients, max_batch_size, requests=len(latencies), seconds=round(seconds, 3))
+    check(answers, reference, args.tolerance, level)
+    ms = np.array(latencies) * 1000
+    level.req_per_s = round(len(latencies) / seconds, 1)
+    level.p50_ms, level.p90_ms, level.p99_ms = (round(float(np.percentile(ms, q)), 2) for q in (50, 90, 99))
+    level.mean_batch = round((after[0] - before[0]) / max(after[1] - before[1], 1), 2)
+    level.max_score_diff = float(f"{level.max_score_diff:.3g}")
+    print(
+        f"clients {clients:>3}  batch<={max_batch_size:<3} {level.req_per_s:>8.1f} req/s  p50 {level.p50_ms:6.2f}  "
+        f"p90 {level.p90_ms:6.2f}  p99 {level.p99_ms:6.2f} ms  mean batch {level.mean_batch:5.2f}  "
+        f"max diff {level.max_score_diff:.1e}  errors {level.errors}  mismatches {level.mismatches}",
+        flush=True,
+    )
+    return level
+
+
+def bench_server(args, flags: list[str], client_levels: list[int], sentences, reference, max_batch_size: int):
+    port = free_port()
+    server = start_server(args.bundle, port, flags)
+    try:
+        return [run_level(port, sentences, reference, n, max_batch_size, args) for n in client_levels]
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+def markdown(results: dict) -> str:
+    rows = [
+        "| clients | max batch | req/s | p50 ms | p90 ms | p99 ms | mean batch | requests | errors | mismatches "
+        "| max score diff |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for level in results["levels"]:
+        rows.append(
+            f"| {level['clients']} | {level['max_batch_size']} | {level['req_per_s']:.1f} | {level['p50_ms']:.2f} | "
+            f"{level['p90_ms']:.2f} | {level['p99_ms']:.2f} | {level['mean_batch']:.2f} | {level['requests']} | "
+            f"{level['errors']} | {level['mismatches']} | {level['max_score_diff']:.1e} |"
+        )
+    summary = results["summary"]
+    config = results["config"]
+    return "\n".join(
+        [
+            "# Load benchmark: `sst2dist serve` on loopback",
+            "",
+            f"Bundle `{config['bundle']}` (variant {config['variant']}), {config['cpus']} CPUs "
+            f"({config['processor']}), onnxruntime threads: {config['threads'] or 'all cores'}, "
+            f"max wait {config['max_wait_ms']} ms. Each client sends one SST-2 validation sentence per request "
+            f"over a keep-alive connection; up to {config['requests']} requests or {config['max_seconds']} s "
+            f"per level.{' Quick smoke run.' if config['quick'] else ''}",
+            "",
+            *rows,
+            "",
+            f"At 16 clients, micro-batching gives **{summary['speedup_16']:.2f}x** the throughput of "
+            f"`--max-batch-size 1` (target >= 3x: {'met' if summary['speedup_target_met'] else 'NOT met'}); "
+            f"p99 {summary['p99_16_ms']:.2f} ms (target <= 50 ms: "
+            f"{'met' if summary['p99_target_met'] else 'NOT met'}). "
+            f"Errors: {summary['errors']}; answers differing from the offline Classifier (each sentence run alone) "
+            f"by more than {config['tolerance']:g}: {summary['mismatches']}.",
+            "",
+            f"Command: `{config['command']}`",
+            "",
+        ]
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", required=True, help="Bundle folder from `sst2dist export-onnx`.")
+    parser.add_argument("--data", default="../shared/data/sst2", help="SST-2 folder or hub id (validation split).")
+    parser.add_argument("--variant", default=None, help="Bundle variant (default: the bundle's default).")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads of the server.")
+    parser.add_argument("--clients", default="1,4,16,64", help="Comma-separated concurrent client counts.")
+    parser.add_argument("--requests", type=int, default=2000, help="Requests per level (upper bound).")
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="Time bound per level.")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="The server's --max-wait-ms.")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="Largest score difference from the offline Classifier. Default: 1e-4, or 1e-2 for the dynamic int8 "
+        "variant, whose activation scales are computed per batch (so a score moves slightly with batch mates).",
+    )
+    parser.add_argument("--output", default=str(RESULTS), help="Folder for load_bench.json and load_bench.md.")
+    parser.add_argument("--quick", action="store_true", help="Smoke run: 1, 4, 16 clients, 150 requests each.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.clients, args.requests, args.max_seconds = "1,4,16", 150, 10.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sentences = list(load_sst2(args.data)["validation"]["sentence"])
+    offline = Classifier(args.bundle, variant=args.variant, threads=args.threads)
+    if args.tolerance is None:
+        args.tolerance = 1e-2 if offline.variant == "int8" else 1e-4
+    probabilities = offline.predict_proba(sentences, batch_size=1)  # each sentence alone, as a lone request runs
+    reference = [dict(zip(offline.labels, map(float, row), strict=True)) for row in probabilities]
+    flags = ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
+    flags += ["--variant", offline.variant] + (["--threads", str(args.threads)] if args.threads else [])
+    client_levels = [int(n) for n in args.clients.split(",")]
+
+    batched = bench_server(args, flags, client_levels, sentences, reference, 32)
+    single = bench_server(args, [*flags, "--max-batch-size", "1"], [16], sentences, reference, 1)
+    levels = batched + single
+    at_16 = next(level for level in batched if level.clients == 16)
+    speedup = at_16.req_per_s / single[0].req_per_s
+    results = {
+        "config": {
+            "bundle": args.bundle,
+            "variant": offline.variant,
+            "threads": args.threads,
+            "max_wait_ms": args.max_wait_ms,
+            "requests": args.requests,
+            "max_seconds": args.max_seconds,
+            "tolerance": args.tolerance,
+            "quick": args.quick,
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "command": " ".join(["python", "bench/load_bench.py", *(argv if argv is not None else sys.argv[1:])]),
+        },
+        "levels": [asdict(level) for level in levels],
+        "summary": {
+            "speedup_16": round(speedup, 2),
+            "speedup_target_met": speedup >= 3,
+            "p99_16_ms": at_16.p99_ms,
+            "p99_target_met": at_16.p99_ms <= 50,
+            "errors": sum(level.errors for level in levels),
+            "mismatches": sum(level.mismatches for level in levels),
+        },
+    }
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "load_bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output / "load_bench.md").write_text(markdown(results))
+    print(markdown(results))
+    for level in levels:
+        for problem in level.first_problems:
+            print(f"problem at {level.clients} clients: {problem}", file=sys.stderr)
+    return 1 if results["summary"]["errors"] or results["summary"]["mismatches"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

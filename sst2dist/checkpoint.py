@@ -1,0 +1,90 @@
+"""Atomic training checkpoints: write into a temporary folder, rename when complete, prune only after.
+
+Accelerate's own `save_total_limit` deletes old checkpoints before the new one is written, so a crash while
+saving can leave none. Here a checkpoint folder `checkpoints/step-00000500/` only exists once it is complete
+(its `trainer_state.json` is written last, then the folder is renamed into place), and older ones are
+removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+PREFIX = "step-"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move the complete folder `new` to `target`, replacing an older `target` only once `new` is in place."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / CHECKPOINTS_DIR / f"{PREFIX}{step:08d}"
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first; temporary and half-written folders are ignored."""
+    root = output_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    checkpoints = complete_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> Path:
+    """Save model, optimizer, scheduler and RNG states (every process) plus `state`; keep the newest `keep`."""
+    final = checkpoint_dir(output_dir, state["step"])
+    tmp = final.with_name(f".tmp-{final.name}")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # each process writes its own RNG state into tmp
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / STATE_FILE, state)  # written last: marks the checkpoint complete
+        replace_dir(tmp, final)
+        prune_checkpoints(output_dir, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> None:
+    if keep < 1:
+        return
+    for old in complete_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old)
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
+    """Restore everything `save_checkpoint` saved; return the trainer state (step, epoch, best accuracy ...)."""
+    accelerator.load_state(str(path))
+    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))

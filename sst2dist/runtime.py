@@ -1,0 +1,179 @@
+"""Run an exported bundle on CPU: onnxruntime session + `tokenizers` tokenizer, no torch.
+
+Only onnxruntime, tokenizers and numpy (and the standard library) are imported here, so the base install
+(`pip install sst2dist`, without the train extra) can load a bundle, predict, bench and serve.
+
+    >>> clf = Classifier("export/minilm")            # int8 when it passed the export gate
+    >>> clf.predict(["a gripping, funny film"])
+    [{'label': 'positive', 'score': 0.98}]
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+VARIANT_FILES = {
+    "fp32": "model.onnx",
+    "optimized": "model_optimized.onnx",
+    "int8": "model_quantized.onnx",
+    "static-int8": "model_static_quantized.onnx",
+}
+# The first of these that is in the bundle and passed the export gate is the default variant.
+DEFAULT_VARIANT_ORDER = ("int8", "optimized", "fp32")
+MANIFEST_FILE = "manifest.json"
+
+
+class BundleError(ValueError):
+    """The folder is not a usable sst2dist bundle, or the requested variant is not in it."""
+
+
+def read_manifest(bundle_dir: str | Path) -> dict:
+    path = Path(bundle_dir) / MANIFEST_FILE
+    if not Path(bundle_dir).is_dir():
+        raise BundleError(f"bundle folder {bundle_dir} does not exist: create one with `sst2dist export-onnx`")
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir} has no {MANIFEST_FILE}: it is not a bundle from `sst2dist export-onnx`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path} is unreadable ({err}): export the bundle again") from err
+
+
+def default_variant(manifest: dict) -> str:
+    variants = manifest.get("variants", {})
+    for name in DEFAULT_VARIANT_ORDER:
+        if variants.get(name, {}).get("passed"):
+            return name
+    raise BundleError("no variant in this bundle passed the export verification gate: export it again")
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """CPU settings: all graph optimizations, sequential execution, `threads` intra-op threads (None: all cores)."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    return options
+
+
+class Classifier:
+    """A text classifier backed by one variant of a bundle written by `sst2dist export-onnx`."""
+
+    def __init__(self, bundle_dir: str | Path, variant: str | None = None, threads: int | None = None):
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = read_manifest(self.bundle_dir)
+        self.variant = variant or default_variant(self.manifest)
+        self.labels = self._read_labels()
+        self.max_length = int(self.manifest["max_length"])
+        self.session = ort.InferenceSession(
+            str(self._variant_path()), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self._tokenizer = self._load_tokenizer()
+        self._untruncated = Tokenizer.from_str(self._tokenizer.to_str())
+        self._untruncated.no_truncation()
+        self._untruncated.no_padding()
+
+    def _variant_path(self) -> Path:
+        if self.variant not in VARIANT_FILES:
+            known = ", ".join(VARIANT_FILES)
+            raise BundleError(f"unknown variant {self.variant!r}: choose one of {known}")
+        entry = self.manifest.get("variants", {}).get(self.variant)
+        path = self.bundle_dir / VARIANT_FILES[self.variant]
+        if entry is None or not path.is_file():
+            present = ", ".join(self.manifest.get("variants", {})) or "none"
+            raise BundleError(f"variant {self.variant!r} is not in {self.bundle_dir} (it has: {present})")
+        if entry.get("passed") is False:
+            warnings.warn(
+                f"variant {self.variant!r} failed the export verification gate; see manifest.json",
+                stacklevel=3,
+            )
+        return path
+
+    def _read_labels(self) -> list[str]:
+        try:
+            config = json.loads((self.bundle_dir / "config.json").read_text(encoding="utf-8"))
+            id2label = config["id2label"]
+        except (OSError, KeyError, json.JSONDecodeError) as err:
+            raise BundleError(f"{self.bundle_dir}/config.json has no readable id2label ({err})") from err
+        return [id2label[str(i)] for i in range(len(id2label))]
+
+    def _load_tokenizer(self) -> Tokenizer:
+        path = self.bundle_dir / "tokenizer.json"
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception on bad files
+            raise BundleError(f"{path} is missing or unreadable ({err}): export the bundle again") from err
+        # tokenizer.json may carry a fixed padding/truncation (MiniLM's says 128); transformers ignores it
+        # and truncates at model_max_length, so do the same: pad to the longest member, cut at max_length.
+        special = self.manifest.get("pad_token", "[PAD]")
+        tokenizer.enable_padding(pad_id=tokenizer.token_to_id(special) or 0, pad_token=special)
+        tokenizer.enable_truncation(max_length=self.max_length)
+        return tokenizer
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text including special tokens, before truncation."""
+        return [len(e.ids) for e in self._untruncated.encode_batch(_check_texts(texts))]
+
+    def encode(self, texts: Sequence[str], truncate: bool = True) -> dict[str, np.ndarray]:
+        """Model inputs (int64, padded to the longest member), named as the ONNX graph expects them."""
+        texts = _check_texts(texts)
+        if not truncate:
+            for index, count in enumerate(self.token_counts(texts)):
+                if count > self.max_length:
+                    raise ValueError(
+                        f"text {index} has {count} tokens, over the model's maximum of {self.max_length}"
+                    )
+        encodings = self._tokenizer.encode_batch(texts)
+        arrays = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        if not texts:
+            arrays = {name: np.zeros((0, 0), dtype=np.int64) for name in arrays}
+        return {name: arrays[name] for name in self.input_names}
+
+    def run(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits [batch, n_labels] for one encoded batch."""
+        if len(next(iter(encoded.values()))) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self.session.run(["logits"], encoded)[0]
+
+    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        texts = _check_texts(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batches = [self.run(self.encode(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+        return np.concatenate(batches) if batches else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Every label's probability, [n_texts, n_labels]; column i is `self.labels[i]`."""
+        return softmax(self.logits(texts, batch_size))
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict]:
+        """The most likely label and its probability per text: [{"label": "positive", "score": 0.98}, ...]."""
+        probabilities = self.predict_proba(texts, batch_size)
+        best = probabilities.argmax(axis=-1)
+        return [{"label": self.labels[i], "score": float(p[i])} for i, p in zip(best, probabilities, strict=True)]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a list of strings")
+    return list(texts)

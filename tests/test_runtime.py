@@ -1,0 +1,168 @@
+"""Runtime Classifier: tokenizer parity with transformers, predictions, variants, bad bundles, no torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sst2dist.runtime import VARIANT_FILES, BundleError, Classifier
+
+EDGE_TEXTS = [
+    "",
+    "I loved it 😍🍿🎬 — best film of 2024 👍🏽",
+    "这部电影非常好看，演员的表演很出色。",
+    "映画はとても面白かったです",
+    "Café crème, naïve façade, Ångström, São Paulo, résumé",
+    "   leading and trailing   spaces \t tabs\nnewline  ",
+    "ALL CAPS and MiXeD CaSe !!! ??? ...",
+    "wow " * 1250,  # 5,000 characters, far over 512 tokens
+    "unbelievablyyyyyy supercalifragilisticexpialidocious",
+]
+
+
+def transformers_encoding(model_dir: Path, texts: list[str]) -> dict[str, np.ndarray]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return dict(tokenizer(texts, padding=True, truncation=True, return_tensors="np"))
+
+
+def assert_same_encoding(ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray]) -> None:
+    assert set(ours) == {"input_ids", "attention_mask", "token_type_ids"}
+    for name, array in ours.items():
+        assert array.dtype == np.int64
+        np.testing.assert_array_equal(array, theirs[name], err_msg=name)
+
+
+def test_tokenizer_parity_on_edge_cases(tiny_bundle_dir: Path, tiny_model_dir: Path) -> None:
+    classifier = Classifier(tiny_bundle_dir)
+    ours = classifier.encode(EDGE_TEXTS)
+    assert_same_encoding(ours, transformers_encoding(tiny_model_dir, EDGE_TEXTS))
+    assert classifier.max_length == 512  # MiniLM's tokenizer_config model_max_length, not tokenizer.json's 128
+    assert ours["input_ids"].shape == (len(EDGE_TEXTS), 512)
+
+
+@pytest.mark.slow
+def test_tokenizer_parity_on_validation_sentences(tiny_bundle_dir: Path, tiny_model_dir: Path, sst2_dir: Path) -> None:
+    with open(sst2_dir / "dev.tsv", encoding="utf-8") as file:
+        sentences = [row["sentence"] for row in csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    assert len(sentences) == 872
+    classifier = Classifier(tiny_bundle_dir)
+    for start in range(0, len(sentences), 64):  # padded batches, as served
+        batch = sentences[start : start + 64]
+        assert_same_encoding(classifier.encode(batch), transformers_encoding(tiny_model_dir, batch))
+
+
+def test_token_counts_and_truncate_false(tiny_bundle_dir: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    classifier = Classifier(tiny_bundle_dir)
+    expected = [len(tokenizer(text)["input_ids"]) for text in EDGE_TEXTS]
+    assert classifier.token_counts(EDGE_TEXTS) == expected
+    assert expected[0] == 2 and expected[7] > 1000
+    with pytest.raises(ValueError, match="text 7 has .* tokens, over .* 512"):
+        classifier.encode(EDGE_TEXTS, truncate=False)
+    short = classifier.encode(EDGE_TEXTS[:3], truncate=False)
+    np.testing.assert_array_equal(short["input_ids"], classifier.encode(EDGE_TEXTS[:3])["input_ids"])
+
+
+def test_predict_shapes_labels_and_batching(tiny_bundle_dir: Path) -> None:
+    classifier = Classifier(tiny_bundle_dir, threads=1)
+    assert classifier.variant == "int8"  # it passed the (lifted) gate in the fixture
+    assert classifier.labels == ["negative", "positive"]
+    texts = ["a gripping, funny film", "dull and lifeless", *EDGE_TEXTS]
+    probabilities = classifier.predict_proba(texts, batch_size=4)
+    assert probabilities.shape == (len(texts), 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    predictions = classifier.predict(texts, batch_size=4)
+    assert [p["label"] for p in predictions] == [classifier.labels[i] for i in probabilities.argmax(1)]
+    assert [p["score"] for p in predictions] == pytest.approx(probabilities.max(1).tolist())
+    one_by_one = classifier.logits(texts, batch_size=1)
+    np.testing.assert_allclose(one_by_one, classifier.logits(texts, batch_size=32), atol=1e-3)
+    assert classifier.predict([]) == [] and classifier.predict_proba([]).shape == (0, 2)
+    with pytest.raises(ValueError, match="list of strings"):
+        classifier.predict("not a list")
+
+
+def test_every_variant_loads_and_agrees(tiny_bundle_dir: Path) -> None:
+    texts = ["a gripping, funny film", "dull and lifeless", "it is a movie"]
+    fp32 = Classifier(tiny_bundle_dir, variant="fp32").logits(texts)
+    for variant in ("optimized", "int8"):
+        classifier = Classifier(tiny_bundle_dir, variant=variant)
+        assert classifier.variant == variant
+        np.testing.assert_allclose(classifier.logits(texts), fp32, atol=0.05)
+
+
+def test_bad_bundles_and_variants(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="unknown variant 'fp16'"):
+        Classifier(tiny_bundle_dir, variant="fp16")
+    with pytest.raises(BundleError, match="'static-int8' is not in"):
+        Classifier(tiny_bundle_dir, variant="static-int8")
+    with pytest.raises(BundleError, match="does not exist"):
+        Classifier(tmp_path / "missing")
+    with pytest.raises(BundleError, match="no manifest.json"):
+        Classifier(tmp_path)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        Classifier(tiny_bundle_dir, threads=0)
+
+
+def test_default_skips_a_variant_that_failed_the_gate(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    bundle = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "bundle"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["variants"]["int8"]["passed"] = False
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert Classifier(bundle).variant == "optimized"
+    with pytest.warns(UserWarning, match="failed the export verification gate"):
+        Classifier(bundle, variant="int8")
+    (bundle / VARIANT_FILES["optimized"]).unlink()
+    with pytest.raises(BundleError, match="'optimized' is not in"):
+        Classifier(bundle)
+
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "optimum"):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_runtime_runs_without_torch(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_TORCH)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            sys.exit("the torch blocker did not work")
+        from sst2dist.runtime import Classifier
+        print(Classifier({str(tiny_bundle_dir)!r}).predict(["a fine film"]))
+        assert not any(m.split(".")[0] in ("torch", "transformers", "optimum") for m in sys.modules)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "'label':" in result.stdout

@@ -1,0 +1,425 @@
+"""`sst2dist serve` against real uvicorn processes on free loopback ports (no mocks).
+
+Two test-only environment hooks of sst2dist.serve are used: SST2DIST_TEST_FAULT_TEXT (a batch holding that
+text is fed float32 ids, so onnxruntime itself fails on it) and SST2DIST_TEST_WARMUP_DELAY_S (the warm-up
+prediction starts late, so /ready is seen answering 503).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from sst2dist.runtime import Classifier, softmax
+
+FAULT = "__make_onnxruntime_fail__"
+SENTENCES = [
+    "a gripping, funny and thoroughly entertaining film",
+    "a dull, lifeless mess",
+    "it's not bad",
+    "the acting is superb but the plot goes nowhere",
+    "one of the year's best",
+    "i fell asleep twice",
+    "an unexpectedly moving portrait of grief",
+    "too long by an hour",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`sst2dist serve` in a subprocess on a free port."""
+
+    def __init__(self, bundle: Path, *flags: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "sst2dist.cli", "serve", str(bundle), "--port", str(self.port), *flags]
+        self.process = subprocess.Popen(
+            command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def wait(self, path: str = "/ready", timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.process.stdout.read()}")
+            try:
+                if self.client.get(path).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{path} never answered 200")
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle_dir: Path) -> Path:
+    return tiny_bundle_dir
+
+
+# Dynamic int8 quantizes activations with one scale per batch, so an int8 score moves slightly with its batch
+# mates; the fp32-exact "optimized" variant is what can promise equal scores alone or in a batch.
+VARIANT = "optimized"
+
+
+@pytest.fixture(scope="module")
+def offline(bundle: Path) -> Classifier:
+    return Classifier(bundle, variant=VARIANT)
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Path) -> Iterator[Server]:
+    flags = ["--variant", VARIANT, "--max-client-batch", "8", "--max-payload", "20000", "--max-wait-ms", "20"]
+    running = Server(bundle, *flags, env={"SST2DIST_TEST_FAULT_TEXT": FAULT})
+    running.wait()
+    yield running
+    running.stop()
+
+
+def assert_error(response: httpx.Response, status: int, *words: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "error_type"}, body
+    for word in words:
+        assert word in body["error"], body
+    return body
+
+
+def scores_by_label(answer: list[dict]) -> dict[str, float]:
+    return {item["label"]: item["score"] for item in answer}
+
+
+def expected(offline: Classifier, texts: list[str], function: str = "softmax") -> np.ndarray:
+    logits = offline.logits(texts)
+    return {"softmax": softmax(logits), "sigmoid": 1 / (1 + np.exp(-logits)), "none": logits}[function]
+
+
+def assert_matches(answer: list[dict], row: np.ndarray, labels: list[str]) -> None:
+    got = scores_by_label(answer)
+    for index, label in enumerate(labels):
+        assert abs(got[label] - row[index]) < 1e-4, (got, row)
+
+
+# --- the two dialects ---------------------------------------------------------------------------------
+
+
+def test_predict_one_text_is_a_sorted_list_of_label_scores(server: Server, offline: Classifier) -> None:
+    response = server.client.post("/predict", json={"inputs": SENTENCES[0]})
+    assert response.status_code == 200
+    answer = response.json()
+    assert [set(item) for item in answer] == [{"label", "score"}] * len(offline.labels)
+    assert sorted(item["label"] for item in answer) == sorted(offline.labels)
+    assert [item["score"] for item in answer] == sorted((item["score"] for item in answer), reverse=True)
+    assert_matches(answer, expected(offline, SENTENCES[:1])[0], offline.labels)
+    for header in ("x-queue-time", "x-tokenization-time", "x-inference-time"):
+        assert float(response.headers[header]) >= 0
+    assert float(response.headers["x-inference-time"]) > 0
+
+
+def test_predict_list_is_a_batch_not_a_pair(server: Server, offline: Classifier) -> None:
+    answer = server.client.post("/predict", json={"inputs": SENTENCES[:2]}).json()
+    assert len(answer) == 2
+    rows = expected(offline, SENTENCES[:2])
+    for item, row in zip(answer, rows, strict=True):
+        assert_matches(item, row, offline.labels)
+    tei_batch = server.client.post("/predict", json={"inputs": [[SENTENCES[0]], [SENTENCES[1]]]}).json()
+    assert tei_batch == answer
+    pair = server.client.post("/predict", json={"inputs": [[SENTENCES[0], SENTENCES[1]]]})
+    assert_error(pair, 422, "inputs[0]", "pairs")
+
+
+def test_predict_raw_scores_and_top_k(server: Server, offline: Classifier) -> None:
+    raw = server.client.post("/predict", json={"inputs": SENTENCES[2], "raw_scores": True}).json()
+    assert_matches(raw, expected(offline, SENTENCES[2:3], "none")[0], offline.labels)
+    top = server.client.post("/predict", json={"inputs": SENTENCES[2], "top_k": 1}).json()
+    best = int(np.argmax(expected(offline, SENTENCES[2:3])[0]))
+    assert [item["label"] for item in top] == [offline.labels[best]]
+
+
+def test_inference_api_dialect(server: Server, offline: Classifier) -> None:
+    """Hugging Face Inference API text-classification: one text -> a list holding one list of label/score."""
+    answer = server.client.post("/", json={"inputs": SENTENCES[3]}).json()
+    assert isinstance(answer, list) and len(answer) == 1 and len(answer[0]) == len(offline.labels)
+    assert_matches(answer[0], expected(offline, SENTENCES[3:4])[0], offline.labels)
+    top = server.client.post("/", json={"inputs": SENTENCES[3], "parameters": {"top_k": 1}}).json()
+    assert len(top) == 1 and len(top[0]) == 1 and top[0][0] == answer[0][0]
+    for function in ("sigmoid", "none", "softmax"):
+        body = {"inputs": SENTENCES[3:5], "parameters": {"function_to_apply": function}}
+        batch = server.client.post("/", json=body).json()
+        assert len(batch) == 2
+        for item, row in zip(batch, expected(offline, SENTENCES[3:5], function), strict=True):
+            assert_matches(item, row, offline.labels)
+    bad = server.client.post("/", json={"inputs": "x", "parameters": {"function_to_apply": "relu"}})
+    assert_error(bad, 422, "function_to_apply")
+
+
+# --- micro-batching -----------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_batched_and_match_the_offline_classifier(server: Server, offline: Classifier) -> None:
+    texts = [f"{sentence} ({i})" for i in range(6) for sentence in SENTENCES]
+    rows = expected(offline, texts)
+
+    def ask(text: str) -> httpx.Response:
+        return server.client.post("/predict", json={"inputs": text})
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        responses = list(pool.map(ask, texts))
+    assert all(r.status_code == 200 for r in responses)
+    for response, row in zip(responses, rows, strict=True):
+        assert_matches(response.json(), row, offline.labels)
+    assert max(int(r.headers["x-batch-size"]) for r in responses) > 1, "no two requests shared a batch"
+    alone = server.client.post("/predict", json={"inputs": texts[0]})
+    assert alone.headers["x-batch-size"] == "1"
+    assert_matches(alone.json(), rows[0], offline.labels)
+
+
+# --- limits and bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b'{"inputs": "unclosed', 400, ["not valid JSON"]),
+        (b'{"inputs": "caf\xe9"}', 400, ["UTF-8"]),
+        (b'{"text": "hello"}', 422, ["inputs"]),
+        (b'{"inputs": 5}', 422, ["inputs", "a number"]),
+        (b'{"inputs": ["fine", 3]}', 422, ["inputs[1]"]),
+        (b'{"inputs": "fine", "truncate": "yes"}', 422, ["truncate"]),
+        (b'{"inputs": "fine", "top_k": 0}', 422, ["top_k"]),
+        (b'["just", "a", "list"]', 422, ["object"]),
+        (b'{"inputs": []}', 422, ["empty list"]),
+        (b'{"inputs": ""}', 422, ["empty or whitespace-only"]),
+        (b'{"inputs": ["ok", " \\t\\n "]}', 422, ["inputs[1]", "whitespace-only"]),
+        (json.dumps({"inputs": ["x"] * 9}).encode(), 422, ["9 texts", "limit of 8", "--max-client-batch"]),
+        (json.dumps({"inputs": "x" * 30000}).encode(), 413, ["20000", "--max-payload"]),
+    ],
+)
+def test_bad_requests_get_one_error_shape(server: Server, body: bytes, status: int, words: list[str]) -> None:
+    response = server.client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert_error(response, status, *words)
+
+
+def test_payload_limit_holds_without_content_length(server: Server) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"inputs": "'
+        for _ in range(30):
+            yield b"x" * 1000
+        yield b'"}'
+
+    assert_error(server.client.post("/predict", content=chunks()), 413, "--max-payload")
+
+
+def test_lone_surrogates_become_replacement_characters(server: Server, offline: Classifier) -> None:
+    response = server.client.post("/predict", content=b'{"inputs": ["\\ud800 lonely", "pair \\ud83d\\ude00"]}')
+    assert response.status_code == 200, response.text
+    rows = expected(offline, ["\ufffd lonely", "pair \U0001f600"])
+    for item, row in zip(response.json(), rows, strict=True):
+        assert_matches(item, row, offline.labels)
+
+
+def test_text_over_the_token_limit(server: Server, offline: Classifier) -> None:
+    long_text = "word " * (offline.max_length + 20)
+    truncated = server.client.post("/predict", json={"inputs": long_text})
+    assert truncated.status_code == 200
+    assert_matches(truncated.json(), expected(offline, [long_text])[0], offline.labels)
+    refused = server.client.post("/predict", json={"inputs": ["short", long_text], "truncate": False})
+    assert_error(refused, 422, "inputs[1]", f"limit of {offline.max_length}", "truncate")
+
+
+def test_onnxruntime_failure_fails_only_its_request(server: Server, offline: Classifier) -> None:
+    texts = [FAULT, *SENTENCES[:5]]
+
+    def ask(text: str) -> httpx.Response:
+        return server.client.post("/predict", json={"inputs": text})
+
+    with ThreadPoolExecutor(max_workers=len(texts)) as pool:
+        responses = list(pool.map(ask, texts))
+    assert_error(responses[0], 500, "inference failed", "INVALID_ARGUMENT")
+    assert responses[0].json()["error_type"] == "backend"
+    for response, row in zip(responses[1:], expected(offline, SENTENCES[:5]), strict=True):
+        assert response.status_code == 200
+        assert_matches(response.json(), row, offline.labels)
+    assert server.client.get("/ready").status_code == 200
+    assert server.client.post("/predict", json={"inputs": SENTENCES[0]}).status_code == 200
+
+
+def test_unknown_path_and_method_use_the_error_shape(server: Server) -> None:
+    assert_error(server.client.get("/nope"), 404)
+    assert_error(server.client.get("/predict"), 405)
+
+
+# --- operations ---------------------------------------------------------------------------------------
+
+
+def test_health_info_docs_and_metrics(server: Server, offline: Classifier) -> None:
+    assert server.client.get("/health").json() == {"status": "ok"}
+    assert server.client.get("/ready").json() == {"status": "ready"}
+    info = server.client.get("/info").json()
+    assert info["variant"] == offline.variant and info["labels"] == offline.labels
+    assert info["limits"]["max_client_batch"] == 8 and info["limits"]["max_payload"] == 20000
+    assert "variants" in info["manifest"]
+    assert server.client.get("/docs").status_code == 200
+    schema = server.client.get("/openapi.json").json()
+    assert {"/predict", "/", "/health", "/ready", "/metrics", "/info"} <= set(schema["paths"])
+    assert "inputs" in json.dumps(schema["paths"]["/predict"]["post"]["requestBody"])
+
+    def count_200() -> float:
+        for line in server.client.get("/metrics").text.splitlines():
+            if line.startswith('sst2dist_requests_total{path="/predict",status="200"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = count_200()
+    server.client.post("/predict", json={"inputs": "counted"})
+    assert count_200() == before + 1
+    text = server.client.get("/metrics").text
+    for name in (
+        "sst2dist_request_latency_seconds_bucket",
+        "sst2dist_batch_size_bucket",
+        "sst2dist_queue_depth",
+        "sst2dist_in_flight_requests",
+        'status="422"',
+    ):
+        assert name in text
+
+
+# --- start-up, overload and shutdown, each on a server of its own -------------------------------------
+
+
+def test_missing_or_corrupt_bundle_exits_before_binding(bundle: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for item in bundle.iterdir():
+        if item.is_file():
+            (corrupt / item.name).write_bytes(item.read_bytes())
+    offline_variant = Classifier(bundle).variant
+    from sst2dist.runtime import VARIANT_FILES
+
+    (corrupt / VARIANT_FILES[offline_variant]).write_bytes(b"not an onnx model")
+    for folder, words in [(tmp_path / "missing", "does not exist"), (corrupt, "corrupt")]:
+        port = free_port()
+        result = subprocess.run(
+            [sys.executable, "-m", "sst2dist.cli", "serve", str(folder), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode != 0
+        assert words in result.stderr
+        assert "Uvicorn running" not in result.stderr + result.stdout
+
+
+@pytest.fixture(scope="module")
+def slow_server(bundle: Path, offline: Classifier) -> Iterator[Server]:
+    """One text per onnxruntime call and a queue of one request, so that long requests pile up."""
+    flags = ["--max-batch-size", "1", "--max-queue", "1", "--max-client-batch", "64", "--grace-period", "60"]
+    running = Server(bundle, *flags, env={"SST2DIST_TEST_WARMUP_DELAY_S": "1.5"})
+    yield running
+    running.stop()
+
+
+def long_texts(offline: Classifier, count: int = 64) -> list[str]:
+    return [f"{i} " + "word " * offline.max_length for i in range(count)]
+
+
+def test_ready_flips_after_the_warm_up(slow_server: Server) -> None:
+    slow_server.wait("/health")
+    assert_error(slow_server.client.get("/ready"), 503, "warming up")
+    assert_error(slow_server.client.post("/predict", json={"inputs": "too early"}), 503)
+    slow_server.wait("/ready")
+
+
+def test_full_queue_answers_429_at_once(slow_server: Server, offline: Classifier) -> None:
+    slow_server.wait("/ready")
+    body = {"inputs": long_texts(offline)}
+
+    def ask(_: int) -> httpx.Response:
+        return slow_server.client.post("/predict", json=body)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(pool.map(ask, range(6)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 429}, statuses
+    refused = [r for r in responses if r.status_code == 429]
+    assert_error(refused[0], 429, "--max-queue")
+    assert refused[0].headers["retry-after"] == "1"
+    assert all(len(r.json()) == 64 for r in responses if r.status_code == 200)
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(slow_server: Server, offline: Classifier) -> None:
+    slow_server.wait("/ready")
+    result: dict[str, httpx.Response] = {}
+    with httpx.Client(base_url=slow_server.url, timeout=60) as other:
+        in_flight = threading.Thread(
+            target=lambda: result.update(r=other.post("/predict", json={"inputs": long_texts(offline)}))
+        )
+        in_flight.start()
+        deadline = time.monotonic() + 10
+        while "sst2dist_in_flight_requests 1.0" not in slow_server.client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the request never got in flight"
+            time.sleep(0.01)
+        slow_server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        assert_error(slow_server.client.get("/ready"), 503, "shutting down")
+        assert_error(slow_server.client.post("/predict", json={"inputs": "late"}), 503, "shutting down")
+        in_flight.join(60)
+    assert result["r"].status_code == 200 and len(result["r"].json()) == 64
+    assert slow_server.process.wait(30) == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(slow_server.url + "/health", timeout=2)
+
+
+# --- the base install ---------------------------------------------------------------------------------
+
+NO_TORCH = """
+import sys
+for name in ("torch", "transformers", "optimum"):
+    sys.modules[name] = None  # any import of these now raises ImportError
+from click.testing import CliRunner
+from sst2dist.cli import main
+from sst2dist.serve import create_app, load_classifier
+from starlette.testclient import TestClient
+with TestClient(create_app(load_classifier(sys.argv[1]))) as client:
+    while client.get("/ready").status_code != 200:
+        pass
+    assert client.post("/predict", json={"inputs": "fine"}).status_code == 200
+result = CliRunner().invoke(main, ["predict", sys.argv[1], "fine"])
+assert result.exit_code == 0, result.output
+print("served without torch")
+"""
+
+
+def test_serving_path_imports_no_torch(bundle: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", NO_TORCH, str(bundle)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "served without torch" in result.stdout
