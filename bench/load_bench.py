@@ -5,7 +5,10 @@ single SST-2 validation sentences to POST /predict until a request count or a ti
 req/s and p50/p90/p99 latency per level; then runs 16 clients against the same server started with
 --max-batch-size 1 to show what micro-batching buys. Every answer is checked against the offline Classifier
 (top label equal, score within --tolerance) and every request must get a 200: errors or mismatches make the
-exit status 1. Writes bench/results/load_bench.json and load_bench.md.
+exit status 1. Also reports where a request's time goes (the server's queue/tokenization/inference timing
+headers against the client's latency) and what batching buys onnxruntime alone (ms per sentence at batch 1, 4,
+16, 32), so a missed target can be traced to HTTP or to the model. Writes bench/results/load_bench.json and
+load_bench.md.
 
     python bench/load_bench.py --bundle export/minilm --data ../shared/data/sst2          # the full run
     python bench/load_bench.py --bundle export/minilm --data ../shared/data/sst2 --quick  # a smoke run
@@ -53,6 +56,12 @@ class Level:
     p90_ms: float = 0.0
     p99_ms: float = 0.0
     mean_batch: float = 0.0
+    # where a request's time goes (means, ms): waiting for its batch, the batch's tokenization and onnxruntime
+    # time (shared by the batch), and the rest: HTTP, JSON, event loop and the client
+    queue_ms: float = 0.0
+    tokenize_ms: float = 0.0
+    inference_ms: float = 0.0
+    other_ms: float = 0.0
     max_score_diff: float = 0.0
     first_problems: list[str] = field(default_factory=list)
 
@@ -89,14 +98,21 @@ def batch_stats(port: int) -> tuple[float, float]:
     return total, count
 
 
-async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, bytes]:
+TIMING_HEADERS = (b"x-queue-time", b"x-tokenization-time", b"x-inference-time")
+
+
+async def post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+) -> tuple[int, bytes, list[float]]:
+    """(status, body, the server's queue/tokenization/inference milliseconds) of one POST /predict."""
     writer.write(
         b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     head = await reader.readuntil(b"\r\n\r\n")
     length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
-    return int(head[9:12]), await reader.readexactly(length)
+    timings = [re.search(rb"\r\n" + name + rb": *([\d.]+)", head) for name in TIMING_HEADERS]
+    return int(head[9:12]), await reader.readexactly(length), [float(t.group(1)) if t else 0.0 for t in timings]
 
 
 async def load(port: int, sentences: list[str], clients: int, max_requests: int, max_seconds: float):
@@ -111,9 +127,9 @@ async def load(port: int, sentences: list[str], clients: int, max_requests: int,
         while next_index < max_requests and time.perf_counter() < deadline:
             index, next_index = next_index, next_index + 1
             start = time.perf_counter()
-            status, body = await post(reader, writer, bodies[index % len(bodies)])
+            status, body, timings = await post(reader, writer, bodies[index % len(bodies)])
             latencies.append(time.perf_counter() - start)
-            answers.append((index % len(bodies), status, body))
+            answers.append((index % len(bodies), status, body, timings))
         writer.close()
 
     start = time.perf_counter()
@@ -123,7 +139,7 @@ async def load(port: int, sentences: list[str], clients: int, max_requests: int,
 
 def check(answers: list, reference: list[dict[str, float]], tolerance: float, level: Level) -> None:
     """Every answer a 200 whose scores for every label are within `tolerance` of the offline ones."""
-    for index, status, body in answers:
+    for index, status, body, _ in answers:
         problem = None
         if status != 200:
             level.errors += 1
@@ -151,6 +167,9 @@ def run_level(port: int, sentences: list[str], reference: list[dict], clients: i
     level.req_per_s = round(len(latencies) / seconds, 1)
     level.p50_ms, level.p90_ms, level.p99_ms = (round(float(np.percentile(ms, q)), 2) for q in (50, 90, 99))
     level.mean_batch = round((after[0] - before[0]) / max(after[1] - before[1], 1), 2)
+    split = np.array([timings for *_, timings in answers]).mean(axis=0)
+    level.queue_ms, level.tokenize_ms, level.inference_ms = (round(float(x), 2) for x in split)
+    level.other_ms = round(float(ms.mean() - split.sum()), 2)
     level.max_score_diff = float(f"{level.max_score_diff:.3g}")
     print(
         f"clients {clients:>3}  batch<={max_batch_size:<3} {level.req_per_s:>8.1f} req/s  p50 {level.p50_ms:6.2f}  "
@@ -171,11 +190,36 @@ def bench_server(args, flags: list[str], client_levels: list[int], sentences, re
         server.wait(60)
 
 
+def batch_scaling(bundle: str, variant: str, sentences: list[str], sizes=(1, 4, 16, 32)) -> list[dict]:
+    """onnxruntime time per batch and per sentence at each batch size, one thread, for similar-length sentences:
+    how much a CPU gains from batching before any HTTP is involved."""
+    classifier = Classifier(bundle, variant=variant, threads=1)
+    counts = classifier.token_counts(sentences)
+    middle = sorted(range(len(sentences)), key=counts.__getitem__)[len(sentences) // 2 - 16 :][:32]
+    rows = []
+    for size in sizes:
+        encoded = classifier.encode([sentences[i] for i in middle[:size]])
+        classifier.run(encoded)
+        best = min(_timed(classifier.run, encoded) for _ in range(5))
+        rows.append({"batch_size": size, "ms": round(best * 1000, 3), "ms_per_sentence": round(best * 1000 / size, 3)})
+    return rows
+
+
+def _timed(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
+
+
 def markdown(results: dict) -> str:
     rows = [
         "| clients | max batch | req/s | p50 ms | p90 ms | p99 ms | mean batch | requests | errors | mismatches "
         "| max score diff |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    split = [
+        "| clients | max batch | mean latency ms | queue | tokenize (batch) | onnxruntime (batch) | HTTP + rest |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for level in results["levels"]:
         rows.append(
@@ -183,6 +227,16 @@ def markdown(results: dict) -> str:
             f"{level['p90_ms']:.2f} | {level['p99_ms']:.2f} | {level['mean_batch']:.2f} | {level['requests']} | "
             f"{level['errors']} | {level['mismatches']} | {level['max_score_diff']:.1e} |"
         )
+        total = level["queue_ms"] + level["tokenize_ms"] + level["inference_ms"] + level["other_ms"]
+        split.append(
+            f"| {level['clients']} | {level['max_batch_size']} | {total:.2f} | {level['queue_ms']:.2f} | "
+            f"{level['tokenize_ms']:.2f} | {level['inference_ms']:.2f} | {level['other_ms']:.2f} |"
+        )
+    scaling = [
+        "| batch size | onnxruntime ms per batch | ms per sentence |",
+        "|---:|---:|---:|",
+        *(f"| {row['batch_size']} | {row['ms']:.2f} | {row['ms_per_sentence']:.2f} |" for row in results["scaling"]),
+    ]
     summary = results["summary"]
     config = results["config"]
     return "\n".join(
@@ -190,10 +244,12 @@ def markdown(results: dict) -> str:
             "# Load benchmark: `sst2dist serve` on loopback",
             "",
             f"Bundle `{config['bundle']}` (variant {config['variant']}), {config['cpus']} CPUs "
-            f"({config['processor']}), onnxruntime threads: {config['threads'] or 'all cores'}, "
+            f"({config['processor']}), onnxruntime threads: {config['threads'] or 'all cores but one (default)'}, "
             f"max wait {config['max_wait_ms']} ms. Each client sends one SST-2 validation sentence per request "
             f"over a keep-alive connection; up to {config['requests']} requests or {config['max_seconds']} s "
-            f"per level.{' Quick smoke run.' if config['quick'] else ''}",
+            f"per level.{' Quick smoke run.' if config['quick'] else ''} Load average before/after: "
+            f"{config['load_average_before']}/{config['load_average_after']}"
+            f"{' (a busy machine: the numbers are noisy)' if config['load_average_before'] > 1 else ''}.",
             "",
             *rows,
             "",
@@ -203,6 +259,16 @@ def markdown(results: dict) -> str:
             f"{'met' if summary['p99_target_met'] else 'NOT met'}). "
             f"Errors: {summary['errors']}; answers differing from the offline Classifier (each sentence run alone) "
             f"by more than {config['tolerance']:g}: {summary['mismatches']}.",
+            "",
+            "Where a request's time goes (means; the server's `x-queue-time`, `x-tokenization-time` and "
+            "`x-inference-time` headers, the rest is HTTP, JSON, the event loop and the client):",
+            "",
+            *split,
+            "",
+            "What batching buys onnxruntime itself (offline, one thread, validation sentences of similar length, "
+            "best of 5):",
+            "",
+            *scaling,
             "",
             f"Command: `{config['command']}`",
             "",
@@ -220,6 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="Requests per level (upper bound).")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="Time bound per level.")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="The server's --max-wait-ms.")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="The batching server's --max-batch-size.")
     parser.add_argument(
         "--tolerance",
         type=float,
@@ -248,7 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     flags += ["--variant", offline.variant] + (["--threads", str(args.threads)] if args.threads else [])
     client_levels = [int(n) for n in args.clients.split(",")]
 
-    batched = bench_server(args, flags, client_levels, sentences, reference, 32)
+    load_before = os.getloadavg()[0]
+    scaling = batch_scaling(args.bundle, offline.variant, sentences)
+    batched = bench_server(
+        args,
+        [*flags, "--max-batch-size", str(args.max_batch_size)],
+        client_levels,
+        sentences,
+        reference,
+        args.max_batch_size,
+    )
     single = bench_server(args, [*flags, "--max-batch-size", "1"], [16], sentences, reference, 1)
     levels = batched + single
     at_16 = next(level for level in batched if level.clients == 16)
@@ -266,9 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
+            "load_average_before": round(load_before, 2),
+            "load_average_after": round(os.getloadavg()[0], 2),
             "command": " ".join(["python", "bench/load_bench.py", *(argv if argv is not None else sys.argv[1:])]),
         },
         "levels": [asdict(level) for level in levels],
+        "scaling": scaling,
         "summary": {
             "speedup_16": round(speedup, 2),
             "speedup_target_met": speedup >= 3,

@@ -26,6 +26,43 @@ def main() -> None:
 
 # --- train (owner: train helper) ---
 
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.option("--num-processes", type=int, default=1, show_default=True, help="Training processes on this machine.")
+@click.pass_context
+def train(ctx: click.Context, num_processes: int) -> None:
+    """Fine-tune a BERT-family model on SST-2; every other option goes to `python -m sst2dist.train`.
+
+    \b
+    Examples:
+      sst2dist train --data ../shared/data/sst2 --output-dir runs/minilm
+      sst2dist train --num-processes 2 --data ../shared/data/sst2 --output-dir runs/minilm-2proc
+    \b
+    With --num-processes N > 1 it runs N processes through torchrun (gloo on a CPU), which
+    `accelerate launch --cpu --num_processes N` does not do. Trainer options follow.
+    """
+    from sst2dist import train as trainer
+
+    args = list(ctx.args)
+    if "-h" in args or "--help" in args:
+        click.echo(ctx.get_help())
+        click.echo("\n" + trainer.build_parser().format_help())
+        return
+    if num_processes > 1:
+        code = trainer.launch_processes(num_processes, args)
+        if code:
+            raise click.ClickException(f"training failed in one of the {num_processes} processes (exit {code})")
+        return
+    config = trainer.parse_config(args)
+    try:
+        trainer.train(config)
+    except (ValueError, trainer.NonFiniteLossError) as err:
+        raise click.ClickException(str(err)) from err
+
+
 # --- export-onnx (owner: export helper) ---
 
 
@@ -79,6 +116,7 @@ def export_onnx(model_dir: str, output: str, **options) -> None:
             f"  {name:<12} {entry['size_bytes'] / 1e6:7.1f} MB  max|Δlogit| {result['max_abs_logit_diff']:.2e}  "
             f"agreement {100 * result['label_agreement']:6.2f}%  accuracy {100 * result['accuracy']:.2f}%  {status}"
         )
+
 
 # --- bench (owner: bench helper) ---
 

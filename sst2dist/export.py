@@ -82,7 +82,7 @@ def export_bundle(
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would make the published bundle private
         manifest = new_manifest(model_dir, weights, tokenizer, model, opset, optimize, quantize)
-        build_variants(staging, model_dir, manifest, optimize, quantize, splits["train"])
+        build_variants(staging, model_dir, manifest, optimize, quantize, splits["train"], tokenizer)
         manifest["verification"] = verify_bundle(
             staging, model, tokenizer, splits["validation"], manifest, max_accuracy_drop, data
         )
@@ -171,7 +171,13 @@ def load_source(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
 
 
 def build_variants(
-    staging: Path, model_dir: Path, manifest: dict, optimize: str, quantize: str, train: Dataset
+    staging: Path,
+    model_dir: Path,
+    manifest: dict,
+    optimize: str,
+    quantize: str,
+    train: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     export_fp32(model_dir, staging, manifest["opset"])
     add_variant(manifest, staging, "fp32")
@@ -182,7 +188,7 @@ def build_variants(
         manifest["quantization"] = quantize_dynamic_int8(staging)
         add_variant(manifest, staging, "int8")
     if quantize == "static":
-        manifest["static_quantization"] = quantize_static_int8(staging, train)
+        manifest["static_quantization"] = quantize_static_int8(staging, train, tokenizer)
         add_variant(manifest, staging, "static-int8")
     with_labels(staging, manifest["labels"])
 
@@ -238,20 +244,79 @@ def cpu_flags() -> list[str]:
 
 
 def quantize_dynamic_int8(staging: Path) -> dict:
-    """model_quantized.onnx: dynamic int8 of the fp32 graph with the CPU's ORTQuantizer config."""
+    """model_quantized.onnx: dynamic int8 of the fp32 graph with the CPU's ORTQuantizer config.
+
+    The recipe (see README, "int8 recipe"): per-channel symmetric int8 weights for every weight MatMul and
+    the embedding Gathers (the word embeddings are half the file), while the attention MatMuls that multiply
+    two activations (Q·Kᵀ, probabilities·V) stay fp32. ORTQuantizer quantizes those too unless told not to
+    (onnxruntime's own quantize_dynamic skips them by default, MatMulConstBOnly), and they cost the accuracy.
+    The fp32 graph is quantized, not the optimized one: onnxruntime's shape inference fails on the fused ops.
+    """
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     target, flags = cpu_quantization_target()
-    recipe = {"per_channel": True, "operators_to_quantize": ["MatMul", "Gather"]}
+    fp32_path = staging / VARIANT_FILES["fp32"]
+    recipe = {
+        "per_channel": True,
+        "operators_to_quantize": ["MatMul", "Gather"],
+        "nodes_to_exclude": activation_matmuls(fp32_path),
+    }
     config = getattr(AutoQuantizationConfig, target)(is_static=False, **recipe)
-    quantizer = ORTQuantizer.from_pretrained(staging, file_name=VARIANT_FILES["fp32"])
+    quantizer = ORTQuantizer.from_pretrained(staging, file_name=fp32_path.name)
     quantizer.quantize(config, save_dir=staging, file_suffix="quantized")
     return {"mode": "dynamic", "config": target, "cpu_flags": flags, **recipe}
 
 
-def quantize_static_int8(staging: Path, train: Dataset) -> dict:
-    raise ExportError("--quantize static is not implemented yet")
+def activation_matmuls(path: Path) -> list[str]:
+    """MatMul nodes with no constant (weight) input: attention's Q·Kᵀ and probabilities·V."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and not weights.intersection(n.input)]
+
+
+def quantize_static_int8(staging: Path, train: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """model_static_quantized.onnx: int8 activations too, their ranges calibrated (min/max) on train sentences."""
+    from datasets import Dataset
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
+
+    target, flags = cpu_quantization_target()
+    fp32_path = staging / VARIANT_FILES["fp32"]
+    sample = train.shuffle(seed=0).select(range(min(CALIBRATION_SAMPLES, len(train))))
+    features = tokenizer(list(sample["sentence"]), truncation=True)  # calibrated one sentence at a time: no padding
+    calibration = Dataset.from_dict({name: features[name] for name in onnx_input_names(fp32_path)})
+    recipe = {
+        "per_channel": True,
+        "operators_to_quantize": ["MatMul", "Gather"],
+        "nodes_to_exclude": activation_matmuls(fp32_path),
+    }
+    config = getattr(AutoQuantizationConfig, target)(is_static=True, **recipe)
+    quantizer = ORTQuantizer.from_pretrained(staging, file_name=fp32_path.name)
+    augmented = staging / "calibration_augmented.onnx"
+    ranges = quantizer.fit(
+        dataset=calibration,
+        calibration_config=AutoCalibrationConfig.minmax(calibration),
+        operators_to_quantize=config.operators_to_quantize,
+        onnx_augmented_model_name=augmented,
+    )
+    augmented.unlink(missing_ok=True)
+    quantizer.quantize(config, save_dir=staging, file_suffix="static_quantized", calibration_tensors_range=ranges)
+    return {
+        "mode": "static",
+        "config": target,
+        "cpu_flags": flags,
+        "calibration": {"split": "train", "samples": len(sample), "method": "minmax", "seed": 0},
+        **recipe,
+    }
+
+
+def onnx_input_names(path: Path) -> list[str]:
+    import onnx
+
+    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
 
 
 def with_labels(staging: Path, labels: list[str]) -> None:
@@ -424,15 +489,23 @@ def judge(name: str, entry: dict, manifest: dict, max_accuracy_drop: float) -> N
     if name in LOGIT_TOLERANCE:
         tolerance = LOGIT_TOLERANCE[name]
         entry["passed"] = result["max_abs_logit_diff"] <= tolerance and result["label_agreement"] == 1.0
-        entry["failure"] = None if entry["passed"] else (
-            f"variant {name}: max |Δlogit| vs PyTorch {result['max_abs_logit_diff']:.3g} "
-            f"(limit {tolerance:g}), label agreement {100 * result['label_agreement']:.2f}% (limit 100%)"
+        entry["failure"] = (
+            None
+            if entry["passed"]
+            else (
+                f"variant {name}: max |Δlogit| vs PyTorch {result['max_abs_logit_diff']:.3g} "
+                f"(limit {tolerance:g}), label agreement {100 * result['label_agreement']:.2f}% (limit 100%)"
+            )
         )
         return
     entry["passed"] = result["accuracy_drop_points"] <= max_accuracy_drop
-    entry["failure"] = None if entry["passed"] else (
-        f"variant {name}: accuracy {100 * result['accuracy']:.2f}% is {result['accuracy_drop_points']:.2f} "
-        f"points below PyTorch (limit {max_accuracy_drop:g})"
+    entry["failure"] = (
+        None
+        if entry["passed"]
+        else (
+            f"variant {name}: accuracy {100 * result['accuracy']:.2f}% is {result['accuracy_drop_points']:.2f} "
+            f"points below PyTorch (limit {max_accuracy_drop:g})"
+        )
     )
     fp32_size = manifest["variants"]["fp32"]["size_bytes"]
     entry["size_ratio_vs_fp32"] = round(entry["size_bytes"] / fp32_size, 4)

@@ -267,9 +267,11 @@ def run_predict(
         path = Path(input_path)
         if not path.is_file():
             raise ValueError(f"input file {path} does not exist")
+        fmt = guess_format(input_path, fmt)
         source = path.open("rb")
-        records = read_texts(source, guess_format(input_path, fmt), field_name)
-        progress = tqdm(total=count_lines(path), unit="line", file=sys.stderr, desc="predict", leave=False)
+        records = read_texts(source, fmt, field_name)
+        total = count_lines(path) - (fmt in ("csv", "tsv"))  # the header row
+        progress = tqdm(total=total, unit="line", file=sys.stderr, desc="predict", leave=False)
     else:
         source = stdin or sys.stdin.buffer
         records = read_texts(source, fmt or "text", field_name)

@@ -131,9 +131,7 @@ class Classifier:
         if not truncate:
             for index, count in enumerate(self.token_counts(texts)):
                 if count > self.max_length:
-                    raise ValueError(
-                        f"text {index} has {count} tokens, over the model's maximum of {self.max_length}"
-                    )
+                    raise ValueError(f"text {index} has {count} tokens, over the model's maximum of {self.max_length}")
         encodings = self._tokenizer.encode_batch(texts)
         arrays = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),

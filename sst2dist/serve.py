@@ -157,12 +157,13 @@ def parse_hf(payload: object, limits: ServeLimits) -> Query:
         raise invalid(f"parameters must be an object, got {json_type(parameters)}")
     unknown = set(parameters) - {"top_k", "function_to_apply", "truncation"}
     if unknown:
-        raise invalid(f"parameters.{sorted(unknown)[0]} is not supported: use top_k or function_to_apply")
+        raise invalid(f"parameters.{sorted(unknown)[0]} is not supported: use top_k, function_to_apply or truncation")
     function = parameters.get("function_to_apply") or "softmax"
     if function not in FUNCTIONS:
         raise invalid(f"parameters.function_to_apply must be one of {', '.join(FUNCTIONS)}, got {function!r}")
     top_k = optional_top_k(parameters, "parameters.top_k")
-    return Query(texts, single, truncate=True, top_k=top_k, function=function)
+    truncate = optional_bool(parameters, "truncation", True, "parameters.truncation")
+    return Query(texts, single, truncate=truncate, top_k=top_k, function=function)
 
 
 def require_object(payload: object, known: Sequence[str]) -> dict:
@@ -176,12 +177,12 @@ def require_object(payload: object, known: Sequence[str]) -> dict:
     return payload
 
 
-def optional_bool(payload: dict, name: str, default: bool) -> bool:
+def optional_bool(payload: dict, name: str, default: bool, where: str | None = None) -> bool:
     value = payload.get(name)
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise invalid(f"{name} must be true or false, got {json_type(value)}")
+        raise invalid(f"{where or name} must be true or false, got {json_type(value)}")
     return value
 
 
@@ -344,7 +345,12 @@ class MicroBatcher:
                 continue
             await self._wait_for_more()
             batch = self._take_batch()
-            await self.run_in_worker(self._execute, batch)
+            try:
+                await self.run_in_worker(self._execute, batch)
+            except Exception as err:  # a bug, not an onnxruntime error (those stay inside _execute)
+                logger.exception("the batch worker failed")
+                for job in batch:
+                    job.error = job.error or err
             for job in batch:
                 self._settle(job)
 
@@ -636,6 +642,7 @@ HF_SCHEMA = {
             "properties": {
                 "top_k": {"type": "integer", "minimum": 1},
                 "function_to_apply": {"type": "string", "enum": list(FUNCTIONS), "default": "softmax"},
+                "truncation": {"type": "boolean", "default": True},
             },
         },
     },

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from sst2dist.runtime import Classifier, softmax
+from sst2dist.serve import plan_chunks
 
 FAULT = "__make_onnxruntime_fail__"
 SENTENCES = [
@@ -180,6 +181,9 @@ def test_inference_api_dialect(server: Server, offline: Classifier) -> None:
             assert_matches(item, row, offline.labels)
     bad = server.client.post("/", json={"inputs": "x", "parameters": {"function_to_apply": "relu"}})
     assert_error(bad, 422, "function_to_apply")
+    long_text = "word " * (offline.max_length + 20)
+    refused = server.client.post("/", json={"inputs": long_text, "parameters": {"truncation": False}})
+    assert_error(refused, 422, "inputs has", "tokens")
 
 
 # --- micro-batching -----------------------------------------------------------------------------------
@@ -201,6 +205,17 @@ def test_concurrent_requests_are_batched_and_match_the_offline_classifier(server
     alone = server.client.post("/predict", json={"inputs": texts[0]})
     assert alone.headers["x-batch-size"] == "1"
     assert_matches(alone.json(), rows[0], offline.labels)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_chunks_covers_every_text_within_the_limits(seed: int) -> None:
+    counts = list(np.random.default_rng(seed).integers(3, 120, size=40))
+    groups = plan_chunks(counts, max_size=16, max_tokens=600)
+    assert sorted(i for group in groups for i in group) == list(range(40))
+    for group in groups:
+        assert len(group) <= 16 and len(group) * max(counts[i] for i in group) <= 600
+    assert len(groups) < 40  # it does batch
+    assert plan_chunks([900], 16, 600) == [[0]]  # a text over the token budget still runs, alone
 
 
 # --- limits and bad input -----------------------------------------------------------------------------
@@ -389,8 +404,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(slow_server: Server, off
             assert time.monotonic() < deadline, "the request never got in flight"
             time.sleep(0.01)
         slow_server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        assert_error(slow_server.client.get("/ready"), 503, "shutting down")
+        deadline = time.monotonic() + 5
+        while (ready := slow_server.client.get("/ready")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert_error(ready, 503, "shutting down")
         assert_error(slow_server.client.post("/predict", json={"inputs": "late"}), 503, "shutting down")
         in_flight.join(60)
     assert result["r"].status_code == 200 and len(result["r"].json()) == 64
