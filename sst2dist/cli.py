@@ -101,12 +101,11 @@ def export_onnx(model_dir: str, output: str, **options) -> None:
     Example:
       sst2dist export-onnx runs/minilm/model --output export/minilm --data ../shared/data/sst2
     """
-    from sst2dist.data import DataError
-    from sst2dist.export import ExportError, export_bundle
+    from sst2dist.export import export_bundle
 
     try:
         manifest = export_bundle(model_dir, output, **options)
-    except (ExportError, DataError) as err:
+    except ValueError as err:  # ExportError, DataError: the message says what to fix
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {output} (default variant: {manifest['default_variant']})")
     for name, entry in manifest["variants"].items():

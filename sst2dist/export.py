@@ -197,16 +197,22 @@ def export_fp32(model_dir: Path, staging: Path, opset: int) -> None:
     """model.onnx with dynamic batch and sequence axes, plus config.json and the tokenizer files."""
     from optimum.exporters.onnx import main_export
 
-    main_export(
-        str(model_dir),
-        staging,
-        task="text-classification",  # explicit: no hub look-up to infer it
-        opset=opset,
-        device="cpu",
-        do_validation=False,  # verify_bundle does a stricter check on real sentences
-        local_files_only=True,
-        library_name="transformers",
-    )
+    try:
+        main_export(
+            str(model_dir),
+            staging,
+            task="text-classification",  # explicit: no hub look-up to infer it
+            opset=opset,
+            device="cpu",
+            do_validation=False,  # verify_bundle does a stricter check on real sentences
+            local_files_only=True,
+            library_name="transformers",
+        )
+    except Exception as err:  # Optimum raises ValueError, KeyError, RuntimeError... for unsupported models
+        raise ExportError(
+            f"Optimum could not export {model_dir} to ONNX ({err.__class__.__name__}: {err}); "
+            "sst2dist supports BERT-family sequence classifiers"
+        ) from err
     if not (staging / VARIANT_FILES["fp32"]).is_file():
         raise ExportError(f"Optimum wrote no {VARIANT_FILES['fp32']} for {model_dir}")
 

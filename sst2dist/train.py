@@ -56,14 +56,14 @@ class TrainConfig:
     data: str = option(DEFAULT_DATA, "dataset-hub id, or a folder with train.tsv + dev.tsv (or csv/jsonl/parquet)")
     model: str = option(DEFAULT_MODEL, "base model: hub id or local folder of a BERT-family encoder")
     output_dir: str = option("runs/minilm", "run folder: model/, metrics.json, log.jsonl, checkpoints/")
-    epochs: int = option(3, "passes over the training set")
+    epochs: int = option(2, "passes over the training set")
     max_steps: int | None = option(None, "stop after this many optimizer steps (overrides --epochs)")
     max_train_samples: int | None = option(None, "use only the first N training rows (quick runs)")
     max_eval_samples: int | None = option(None, "use only the first N validation rows (quick runs)")
     batch_size: int = option(64, "training batch size per process")
     eval_batch_size: int = option(256, "evaluation batch size per process")
     grad_accum: int = option(1, "micro-batches per optimizer step (gradient accumulation)")
-    lr: float = option(1e-4, "peak learning rate of AdamW")
+    lr: float = option(5e-5, "peak learning rate of AdamW")
     weight_decay: float = option(0.01, "AdamW weight decay (never on biases and LayerNorm weights)")
     warmup_ratio: float = option(0.06, "fraction of the steps spent warming the learning rate up linearly")
     max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
@@ -73,7 +73,7 @@ class TrainConfig:
         "auto: bf16 on a GPU or a CPU with AMX/avx512_bf16, else no; fp16 needs a GPU",
         choices=MIXED_PRECISION_CHOICES,
     )
-    eval_every: int = option(500, "evaluate every N optimizer steps, and always at the end (0: only at the end)")
+    eval_every: int = option(300, "evaluate every N optimizer steps, and always at the end (0: only at the end)")
     save_every: int = option(500, "write a checkpoint every N optimizer steps, and at the end (0: only at the end)")
     keep_checkpoints: int = option(2, "keep the newest N checkpoints")
     early_stopping_patience: int = option(0, "stop after N evaluations without a better accuracy (0: never)")
@@ -261,7 +261,7 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr, fused=True)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -376,7 +376,7 @@ def train(config: TrainConfig) -> dict:
 
     # Everything needed to continue exactly where a checkpoint left off.
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_accuracy": -1.0, "best_step": 0}
-    state |= {"evals_without_improvement": 0, "samples": 0, "tokens": 0, "train_seconds": 0.0}
+    state |= {"evals_without_improvement": 0, "samples": 0, "tokens": 0, "padded_tokens": 0, "train_seconds": 0.0}
     if resume_from is not None:
         state = load_checkpoint(accelerator, resume_from)
         accelerator.print(f"resuming from {resume_from} (step {state['step']})")
@@ -388,17 +388,20 @@ def train(config: TrainConfig) -> dict:
         f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}"
     )
     progress = tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process)
-    local = torch.zeros(2, dtype=torch.float64)  # samples, tokens seen by this process since (re)start
+    local = torch.zeros(3, dtype=torch.float64)  # samples, tokens, padded tokens: this process, since (re)start
     window_loss, window_batches, window_start = 0.0, 0, time.perf_counter()
     last_eval_step = last_save_step = -1
     final_accuracy, eval_samples, stop = None, 0, False
     model.train()
 
+    def seen(totals: torch.Tensor) -> dict:
+        """Counts over all processes since the run began: the checkpoint's plus this launch's."""
+        names = ("samples", "tokens", "padded_tokens")
+        return {name: state[name] + int(total) for name, total in zip(names, totals.tolist(), strict=True)}
+
     def checkpoint() -> None:
-        nonlocal local
         totals = accelerator.reduce(local.clone(), reduction="sum")
-        saved = state | {"samples": state["samples"] + int(totals[0]), "tokens": state["tokens"] + int(totals[1])}
-        save_checkpoint(accelerator, output_dir, saved, keep=config.keep_checkpoints)
+        save_checkpoint(accelerator, output_dir, state | seen(totals), keep=config.keep_checkpoints)
 
     def evaluate_and_keep_best() -> bool:
         """Evaluate; save the model when it is the best so far; True when early stopping says stop."""
@@ -438,7 +441,8 @@ def train(config: TrainConfig) -> dict:
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             state["batches_in_epoch"] += 1
-            local += torch.tensor([len(batch["labels"]), int(batch["attention_mask"].sum())], dtype=torch.float64)
+            mask = batch["attention_mask"]
+            local += torch.tensor([len(mask), int(mask.sum()), mask.numel()], dtype=torch.float64)
             window_loss, window_batches = window_loss + loss.item(), window_batches + 1
             if not accelerator.sync_gradients:
                 continue
@@ -473,8 +477,8 @@ def train(config: TrainConfig) -> dict:
         evaluate_and_keep_best()
     if last_save_step != state["step"]:
         checkpoint()
-    totals = accelerator.reduce(local, reduction="sum")
-    samples, tokens = state["samples"] + int(totals[0]), state["tokens"] + int(totals[1])
+    totals = seen(accelerator.reduce(local, reduction="sum"))
+    samples, tokens = totals["samples"], totals["tokens"]
     metrics = {
         "best_accuracy": state["best_accuracy"],
         "best_step": state["best_step"],
@@ -485,6 +489,7 @@ def train(config: TrainConfig) -> dict:
         "stopped_early": stop,
         "train_samples_seen": samples,
         "train_tokens_seen": tokens,
+        "train_padded_tokens_seen": totals["padded_tokens"],
         "train_seconds": round(state["train_seconds"], 2),
         "samples_per_second": round(samples / state["train_seconds"], 2),
         "tokens_per_second": round(tokens / state["train_seconds"], 1),
@@ -521,7 +526,11 @@ def stop_if_not_finite(accelerator: Accelerator, loss: torch.Tensor, state: dict
 
 
 def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
+    from accelerate.utils import set_seed
+
     from sst2dist.modeling import load_accuracy_metric, load_model, load_tokenizer
+
+    set_seed(config.seed)  # a base model's new classification head is random
 
     tokenizer = load_tokenizer(config.model)
     _, eval_set = load_data(dataclasses.replace(config, max_train_samples=1), tokenizer, accelerator)

@@ -1,0 +1,248 @@
+"""The Accelerate training loop: options, batching, real `accelerate launch` runs, exact resume, NaN guard,
+several processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sst2dist.data import LengthGroupedBatchSampler, make_collator
+from sst2dist.train import (
+    ConfigError,
+    TrainConfig,
+    build_parser,
+    cpu_has_bf16,
+    main,
+    parse_config,
+    resolve_mixed_precision,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run(command: list[str], timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def train_command(*args: object) -> list[str]:
+    return [sys.executable, "-m", "sst2dist.train", *map(str, args)]
+
+
+def quick_options(sst2_dir: Path, model: Path, output_dir: Path) -> list[str]:
+    return ["--data", str(sst2_dir), "--model", str(model), "--output-dir", str(output_dir), "--log-every", "2"]
+
+
+def read_log(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def test_every_option_is_in_help_with_its_default() -> None:
+    help_text = build_parser().format_help()
+    for name in TrainConfig.__dataclass_fields__:
+        assert f"--{name.replace('_', '-')}" in help_text
+    assert "(default: 5e-05)" in help_text and "(default: auto)" in help_text
+
+
+def test_unknown_option_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--epochs", "1", "--learning-rate", "1e-4"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --learning-rate" in capsys.readouterr().err
+
+
+def test_options_become_a_typed_config() -> None:
+    config = parse_config(["--lr", "1e-4", "--max-steps", "7", "--no-group-by-length", "--resume"])
+    assert (config.lr, config.max_steps, config.group_by_length, config.resume) == (1e-4, 7, False, True)
+    assert parse_config([]) == TrainConfig()
+
+
+def test_fp16_on_cpu_is_refused_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        resolve_mixed_precision("fp16", on_gpu=False)
+    assert main(["--mixed-precision", "fp16", "--output-dir", str(tmp_path / "run")]) == 1
+    assert "fp16 needs a GPU" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_mixed_precision_follows_the_hardware() -> None:
+    assert resolve_mixed_precision("auto", on_gpu=True) == "bf16"
+    assert resolve_mixed_precision("auto", on_gpu=False) == ("bf16" if cpu_has_bf16() else "no")
+    assert resolve_mixed_precision("fp16", on_gpu=True) == "fp16"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--warmup-ratio", "1.5"], "--warmup-ratio must be in"),
+        (["--resume", "--overwrite"], "contradict"),
+    ],
+)
+def test_bad_values_are_clear_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ batching
+
+
+def test_length_grouped_batches_cover_every_row_once_with_little_padding() -> None:
+    import random
+
+    lengths = [random.Random(i).randint(3, 60) for i in range(1000)]
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=16, seed=3, group_batches=10)
+    epoch0 = list(sampler)
+    assert len(epoch0) == len(sampler) == 63
+    assert sorted(i for batch in epoch0 for i in batch) == list(range(1000))
+    assert sum(len(batch) < 16 for batch in epoch0) == 1
+
+    def padded_tokens(batches: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    plain = LengthGroupedBatchSampler(lengths, batch_size=16, seed=3, group_batches=1)
+    assert padded_tokens(epoch0) < 0.75 * padded_tokens(list(plain))
+
+    assert list(sampler) == epoch0  # same epoch, same order
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+
+
+def test_grouped_batches_shard_across_processes_without_loss() -> None:
+    from accelerate.data_loader import BatchSamplerShard
+
+    sampler = LengthGroupedBatchSampler([5 + i % 17 for i in range(203)], batch_size=8, seed=0)
+    shards = [list(BatchSamplerShard(sampler, num_processes=2, process_index=i)) for i in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    seen = [i for shard in shards for batch in shard for i in batch]
+    assert set(seen) == set(range(203))
+
+
+def test_collator_pads_to_the_longest_member() -> None:
+    rows = [
+        {"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1], "labels": 1},
+        {"input_ids": [101, 102], "attention_mask": [1, 1], "labels": 0},
+    ]
+    batch = make_collator(pad_token_id=0)(rows)
+    assert batch["input_ids"].tolist() == [[101, 7, 102], [101, 102, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [1, 0]
+    assert make_collator(pad_token_id=0, pad_to_multiple_of=8)(rows)["input_ids"].shape == (2, 8)
+
+
+# ------------------------------------------------------------------------------------------ real runs
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_and_writes_a_pipeline_ready_model(
+    sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    options = quick_options(sst2_dir, tiny_model_dir, out)
+    options += ["--max-train-samples", "96", "--max-eval-samples", "48", "--batch-size", "16", "--epochs", "2"]
+    options += ["--eval-every", "4", "--save-every", "4", "--keep-checkpoints", "2", "--report-to", "tensorboard"]
+    launch = [str(BIN / "accelerate"), "launch", "--config_file", "accelerate_config.yaml", "-m", "sst2dist.train"]
+    result = run([*launch, *options])
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 12 and metrics["epochs"] == 2.0
+    assert metrics["eval_samples"] == 48 and metrics["train_samples_seen"] == 192
+    assert 0 <= metrics["best_accuracy"] <= 1 and metrics["samples_per_second"] > 0
+    assert metrics["versions"]["accelerate"] and metrics["num_processes"] == 1
+    config = json.loads((out / "train_config.json").read_text())
+    assert config["model"] == str(tiny_model_dir) and config["total_steps"] == 12
+    evals = [r for r in read_log(out) if "eval_accuracy" in r]
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    assert any("loss" in r for r in read_log(out))
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-00000008", "step-00000012"]
+    assert list((out / "sst2dist").glob("events.out.tfevents.*"))  # tensorboard
+
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(out / "model"), device="cpu")
+    predictions = classify(["a gorgeous, witty film", "dull and lifeless"])
+    assert {p["label"] for p in predictions} <= {"negative", "positive"}
+
+    again = run(train_command(*options))  # the same folder again: refused, nothing touched
+    assert again.returncode == 1 and "already holds a run" in again.stderr
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_gives_the_same_weights_as_a_straight_run(
+    sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    def options(out: Path) -> list[str]:
+        extra = ["--max-train-samples", "160", "--max-eval-samples", "32", "--batch-size", "32", "--epochs", "3"]
+        extra += ["--eval-every", "4", "--save-every", "7", "--keep-checkpoints", "5", "--lr", "1e-3"]
+        return quick_options(sst2_dir, tiny_model_dir, out) + extra  # 5 batches/epoch: step 7 is mid-epoch
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    result = run(train_command(*options(straight)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # An interruption right after the step-7 checkpoint: a fresh process only has that checkpoint.
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / "step-00000007", resumed / "checkpoints" / "step-00000007")
+    shutil.copy(straight / "train_config.json", resumed / "train_config.json")
+    result = run(train_command(*options(resumed), "--resume"))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    assert json.loads((resumed / "metrics.json").read_text())["resumed_from"].endswith("step-00000007")
+    final_a = load_file(straight / "checkpoints" / "step-00000015" / "model.safetensors")
+    final_b = load_file(resumed / "checkpoints" / "step-00000015" / "model.safetensors")
+    initial = load_file(straight / "checkpoints" / "step-00000007" / "model.safetensors")
+    assert final_a.keys() == final_b.keys()
+    assert all((final_a[k] == final_b[k]).all() for k in final_a)
+    assert any((final_a[k] != initial[k]).any() for k in final_a)  # it did train after the checkpoint
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_every_process_at_the_same_step(
+    sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    options = quick_options(sst2_dir, tiny_model_dir, out)
+    options += ["--max-train-samples", "128", "--max-eval-samples", "16", "--batch-size", "16"]
+    options += ["--lr", "1e6", "--save-every", "1", "--max-steps", "30"]  # an absurd lr: the loss explodes
+    result = run([str(BIN / "sst2dist"), "train", "--num-processes", "2", *options])
+    assert result.returncode == 1
+    assert "not finite" in result.stderr and "failed in one of the 2 processes" in result.stderr
+
+    stops = [r for r in read_log(out) if r.get("event") == "non_finite_loss"]
+    assert len(stops) == 1
+    bad_step = stops[0]["step"]
+    assert f"at step {bad_step}" in result.stderr
+    saved = [int(p.name.removeprefix("step-")) for p in (out / "checkpoints").glob("step-*")]
+    assert saved and max(saved) == bad_step - 1
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_and_one_evaluate_a_checkpoint_identically(sst2_dir: Path, tmp_path: Path) -> None:
+    """All 872 validation rows, each counted once, whatever the number of processes."""
+    results = {}
+    for processes in (1, 2):
+        out = tmp_path / f"eval{processes}"
+        options = ["--data", sst2_dir, "--output-dir", out, "--eval-only", "--mixed-precision", "no"]
+        options += ["--eval-batch-size", "100"]  # 9 batches: uneven shards that Accelerate pads with repeats
+        result = run([str(BIN / "sst2dist"), "train", "--num-processes", str(processes), *map(str, options)])
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[processes] = json.loads((out / "eval_metrics.json").read_text())
+    assert results[2]["num_processes"] == 2
+    assert results[1]["eval_samples"] == results[2]["eval_samples"] == 872
+    assert results[1]["eval_accuracy"] == results[2]["eval_accuracy"]
+    # The (random, seeded) head predicts both classes: a constant answer would hide mis-gathered samples.
+    assert round(results[1]["eval_accuracy"] * 872) not in (428, 444)
