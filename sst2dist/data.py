@@ -194,7 +194,8 @@ class LengthGroupedBatchSampler:
 
 def sort_by_length(dataset: Dataset) -> Dataset:
     """For evaluation: neighbours have similar lengths, so fixed-size batches carry little padding."""
-    return dataset.sort("length")
+    lengths = dataset["length"]
+    return dataset.select(sorted(range(len(dataset)), key=lengths.__getitem__))
 
 
 def make_collator(pad_token_id: int, pad_to_multiple_of: int = 1) -> Callable[[list[dict]], dict]:

@@ -388,7 +388,8 @@ def train(config: TrainConfig) -> dict:
         f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}"
     )
     progress = tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process)
-    local = torch.zeros(3, dtype=torch.float64)  # samples, tokens, padded tokens: this process, since (re)start
+    # samples, tokens, padded tokens seen by this process since (re)start; on the device, for reduce()
+    local = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
     window_loss, window_batches, window_start = 0.0, 0, time.perf_counter()
     last_eval_step = last_save_step = -1
     final_accuracy, eval_samples, stop = None, 0, False
@@ -437,12 +438,12 @@ def train(config: TrainConfig) -> dict:
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
-                if accelerator.sync_gradients:
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:  # fp16 overflow
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             state["batches_in_epoch"] += 1
             mask = batch["attention_mask"]
-            local += torch.tensor([len(mask), int(mask.sum()), mask.numel()], dtype=torch.float64)
+            local += torch.stack([mask.new_tensor(len(mask)), mask.sum(), mask.new_tensor(mask.numel())])
             window_loss, window_batches = window_loss + loss.item(), window_batches + 1
             if not accelerator.sync_gradients:
                 continue
@@ -450,7 +451,8 @@ def train(config: TrainConfig) -> dict:
             progress.update(1)
 
             if state["step"] % config.log_every == 0:
-                mean_loss = accelerator.reduce(torch.tensor(window_loss / window_batches), "mean").item()
+                window_mean = torch.tensor(window_loss / window_batches, device=accelerator.device)
+                mean_loss = accelerator.reduce(window_mean, "mean").item()
                 seconds = time.perf_counter() - window_start
                 rate = round(config.log_every / seconds, 3)
                 lr = scheduler.get_last_lr()[0]

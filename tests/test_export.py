@@ -246,9 +246,9 @@ def test_bad_output_paths_and_options(tiny_model_dir: Path, sst2_dir: Path, tmp_
 # --- a real MiniLM on the real validation set ---
 
 
-def centroid_minilm(folder: Path, sst2_dir: Path, samples: int = 256) -> Path:
-    """The packaged MiniLM with a nearest-centroid head fitted on train sentences: a real (~75-80%) classifier
-    in seconds, with real logit margins, so the int8 gate sees what a fine-tuned model shows it."""
+def probed_minilm(folder: Path, sst2_dir: Path, samples: int = 512) -> Path:
+    """The packaged MiniLM with a linear-discriminant head fitted on train sentences' pooled features: a real
+    (~75%) classifier in seconds, with real logit margins, for the int8 gate to judge."""
     import torch
 
     from sst2dist.data import load_sst2
@@ -259,12 +259,13 @@ def centroid_minilm(folder: Path, sst2_dir: Path, samples: int = 256) -> Path:
     labels = torch.tensor(train["label"])
     with torch.inference_mode():
         encoded = tokenizer(list(train["sentence"]), padding=True, truncation=True, return_tensors="pt")
-        features = model.bert(**encoded).pooler_output
-    mean_neg, mean_pos = features[labels == 0].mean(0), features[labels == 1].mean(0)
-    direction = mean_pos - mean_neg
-    score = (features - (mean_pos + mean_neg) / 2) @ direction
-    direction = direction * (4.0 / score.std())  # logit margins of a few units, like a fine-tuned model
-    offset = ((mean_pos + mean_neg) / 2) @ direction
+        features = model.bert(**encoded).pooler_output.double()
+    means = torch.stack([features[labels == c].mean(0) for c in (0, 1)])
+    within = torch.cov((features - means[labels]).T) + 1e-3 * torch.eye(features.shape[1], dtype=torch.float64)
+    direction = torch.linalg.solve(within, means[1] - means[0])
+    score = (features - means.mean(0)) @ direction
+    direction *= 4.0 / score.std()  # logit margins of a few units, like a fine-tuned model
+    offset = means.mean(0) @ direction
     with torch.no_grad():
         model.classifier.weight.copy_(torch.stack([-direction / 2, direction / 2]))
         model.classifier.bias.copy_(torch.stack([offset / 2, -offset / 2]))
@@ -275,10 +276,10 @@ def centroid_minilm(folder: Path, sst2_dir: Path, samples: int = 256) -> Path:
 
 @pytest.mark.slow
 def test_real_minilm_export_passes_the_gate(sst2_dir: Path, tmp_path: Path) -> None:
-    model_dir = centroid_minilm(tmp_path / "model", sst2_dir)
+    model_dir = probed_minilm(tmp_path / "model", sst2_dir)
     manifest = export_bundle(model_dir, tmp_path / "bundle", data=str(sst2_dir))
     check = manifest["verification"]
-    assert check["samples"] == 872 and check["pytorch_accuracy"] > 0.7
+    assert check["samples"] == 872 and check["pytorch_accuracy"] > 0.6
     variants = manifest["variants"]
     for name in ("fp32", "optimized"):
         assert variants[name]["passed"], variants[name]["failure"]

@@ -180,6 +180,27 @@ def test_accelerate_launch_trains_and_writes_a_pipeline_ready_model(
 
 
 @pytest.mark.slow
+def test_early_stopping_ends_the_run_after_patience_evaluations(
+    sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    out = tmp_path / "run"
+    options = quick_options(sst2_dir, tiny_model_dir, out)
+    options += ["--max-train-samples", "64", "--max-eval-samples", "32", "--batch-size", "8", "--max-steps", "8"]
+    options += ["--lr", "1e-12", "--warmup-ratio", "0", "--eval-every", "1", "--early-stopping-patience", "2"]
+    try:
+        assert main([*options, "--mixed-precision", "no"]) == 0  # in-process: quicker than a launch
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    metrics = json.loads((out / "metrics.json").read_text())
+    # lr ~ 0: the accuracy never improves on the first evaluation, so the third one stops the run.
+    assert (metrics["steps"], metrics["stopped_early"], metrics["best_step"]) == (3, True, 1)
+    assert [r["step"] for r in read_log(out) if "eval_accuracy" in r] == [1, 2, 3]
+
+
+@pytest.mark.slow
 def test_resume_mid_epoch_gives_the_same_weights_as_a_straight_run(
     sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -210,9 +231,7 @@ def test_resume_mid_epoch_gives_the_same_weights_as_a_straight_run(
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_every_process_at_the_same_step(
-    sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def test_nan_loss_stops_every_process_at_the_same_step(sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     options = quick_options(sst2_dir, tiny_model_dir, out)
     options += ["--max-train-samples", "128", "--max-eval-samples", "16", "--batch-size", "16"]
