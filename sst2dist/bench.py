@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sst2dist.cpu import ACCELERATION_FLAGS, cpu_flags, supports_bf16
 from sst2dist.data import DEFAULT_DATA
 from sst2dist.modeling import ID2LABEL, LABEL2ID
 
@@ -52,17 +53,6 @@ PEAK_OPS_PER_CYCLE = {
     "bf16": ("bf16 AMX", 1024),
     "int8-amx": ("int8 AMX", 2048),
 }
-CPU_FLAGS = (
-    "avx2",
-    "avx512f",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
 PACKAGES = ("sst2dist", "numpy", "onnxruntime", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx")
 LATENCY_BLOCK = 32  # sentences per interleaving block at batch 1
 THROUGHPUT_BLOCK = 64  # sentences (at least one batch) per interleaving block for throughput
@@ -101,18 +91,6 @@ def parse_int_list(text: str, option: str) -> list[int]:
     if not values:
         raise BenchError(f"{option} is empty: give at least one number, e.g. {option} 1")
     return sorted(set(values))
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-
-
-def supports_bf16(flags: set[str]) -> bool:
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 def torch_installed() -> bool:
@@ -164,7 +142,7 @@ def check_settings(settings: BenchSettings) -> BenchSettings:
 def pick_backends(settings: BenchSettings, in_bundle: set[str]) -> list[str]:
     if settings.backends is None:
         chosen = [name for name in ALL_BACKENDS if name in in_bundle or name in TORCH_BACKENDS]
-        if not supports_bf16(cpu_flags()):
+        if not supports_bf16():
             chosen.remove("torch-bf16")
             settings.notes.append("torch-bf16 skipped: this CPU has neither amx_bf16 nor avx512_bf16")
         if not torch_installed():
@@ -185,7 +163,7 @@ def pick_backends(settings: BenchSettings, in_bundle: set[str]) -> list[str]:
             f"{settings.bundle} has no {', '.join(missing)} variant: export it (sst2dist export-onnx) "
             "or drop it from --backends"
         )
-    if "torch-bf16" in chosen and not supports_bf16(cpu_flags()):
+    if "torch-bf16" in chosen and not supports_bf16():
         raise BenchError("torch-bf16 needs a CPU with amx_bf16 or avx512_bf16; drop it from --backends")
     if any(name in TORCH_BACKENDS for name in chosen) and not torch_installed():
         raise BenchError(
@@ -508,7 +486,7 @@ def cpu_info() -> dict:
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads_per_core": threads_per_core,
-        "flags": {flag: flag in flags for flag in CPU_FLAGS},
+        "flags": {flag: flag in flags for flag in ACCELERATION_FLAGS},
     }
 
 

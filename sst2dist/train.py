@@ -30,6 +30,7 @@ from sst2dist.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from sst2dist.cpu import supports_bf16
 from sst2dist.data import DEFAULT_DATA
 from sst2dist.modeling import DEFAULT_MODEL
 
@@ -144,22 +145,13 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError("--resume and --overwrite contradict each other: pick one")
 
 
-def cpu_has_bf16() -> bool:
-    """AMX or AVX-512 BF16: bf16 matmuls run natively (on other CPUs bf16 autocast is slower than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
-
-
 def resolve_mixed_precision(requested: str, on_gpu: bool) -> str:
     if requested == "auto":
-        return "bf16" if on_gpu or cpu_has_bf16() else "no"
+        return "bf16" if on_gpu or supports_bf16() else "no"
     if requested == "fp16" and not on_gpu:
         raise ConfigError(
             "--mixed-precision fp16 needs a GPU: on a CPU Accelerate would silently train in fp32; "
-            f"use --mixed-precision {'bf16' if cpu_has_bf16() else 'no'} (or auto)"
+            f"use --mixed-precision {'bf16' if supports_bf16() else 'no'} (or auto)"
         )
     return requested
 

@@ -15,6 +15,7 @@ from onnx import numpy_helper
 
 from sst2dist import export
 from sst2dist.cli import main
+from sst2dist.cpu import ACCELERATION_FLAGS
 from sst2dist.export import ExportError, export_bundle
 from sst2dist.runtime import VARIANT_FILES, Classifier
 
@@ -73,7 +74,7 @@ def test_bundle_files_and_manifest(tiny_bundle_dir: Path, tiny_model_dir: Path) 
     assert manifest["max_length"] == 512 and manifest["labels"] == ["negative", "positive"]
     assert {"torch", "transformers", "optimum", "onnxruntime"} <= set(manifest["versions"])
     assert manifest["quantization"]["config"] in ("avx512_vnni", "avx512", "avx2", "arm64")
-    assert set(manifest["quantization"]["cpu_flags"]) <= set(export.CPU_FLAGS)
+    assert set(manifest["quantization"]["cpu_flags"]) <= set(ACCELERATION_FLAGS)
     config = json.loads((tiny_bundle_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from sst2dist.cpu import supports_bf16
 from sst2dist.data import LengthGroupedBatchSampler, make_collator
 from sst2dist.train import (
     ConfigError,
     TrainConfig,
     build_parser,
-    cpu_has_bf16,
     main,
     parse_config,
     resolve_mixed_precision,
@@ -77,7 +77,7 @@ def test_fp16_on_cpu_is_refused_before_anything_runs(tmp_path: Path, capsys: pyt
 
 def test_auto_mixed_precision_follows_the_hardware() -> None:
     assert resolve_mixed_precision("auto", on_gpu=True) == "bf16"
-    assert resolve_mixed_precision("auto", on_gpu=False) == ("bf16" if cpu_has_bf16() else "no")
+    assert resolve_mixed_precision("auto", on_gpu=False) == ("bf16" if supports_bf16() else "no")
     assert resolve_mixed_precision("fp16", on_gpu=True) == "fp16"
 
 
