@@ -177,7 +177,10 @@ def bench(
 
 # --- serve / predict (owner: serve helper) ---
 
-VARIANT_HELP = "Bundle variant: fp32, optimized, int8, static-int8. Default: int8 when it passed the export gate."
+VARIANT_HELP = (
+    "Bundle variant: fp32, optimized, int8, static-int8. Default: the fastest whose scores do not depend on "
+    "the batch (static-int8, else optimized); dynamic int8 is faster but its scores move with its batch mates."
+)
 
 
 @main.command()

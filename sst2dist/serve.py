@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sst2dist import __version__
 from sst2dist.predict import clean_text
-from sst2dist.runtime import BundleError, Classifier, softmax
+from sst2dist.runtime import BundleError, Classifier, default_variant, read_manifest, softmax
 
 logger = logging.getLogger("sst2dist.serve")
 
@@ -772,6 +772,7 @@ def create_app(classifier: Classifier, limits: ServeLimits | None = None) -> Fas
 def load_classifier(bundle_dir: str | Path, variant: str | None = None, threads: int | None = None) -> Classifier:
     """The bundle's classifier, or a BundleError saying what is wrong with it (before any port is bound)."""
     try:
+        variant = variant or default_variant(read_manifest(bundle_dir), batch_invariant=True)
         return Classifier(bundle_dir, variant=variant, threads=threads)
     except BundleError:
         raise

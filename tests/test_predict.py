@@ -10,7 +10,7 @@ from click.testing import CliRunner, Result
 
 from sst2dist.cli import main
 from sst2dist.predict import BadLine, clean_text, read_texts
-from sst2dist.runtime import Classifier
+from sst2dist.serve import load_classifier
 
 TEXTS = ["a gripping, funny film", "a dull, lifeless mess", 'said "great", then left']
 
@@ -22,7 +22,7 @@ def bundle(tiny_bundle_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def offline(bundle: Path) -> list[dict]:
-    return Classifier(bundle).predict(TEXTS)
+    return load_classifier(bundle).predict(TEXTS)  # predict's default variant
 
 
 def run(*args: str, stdin: str | bytes | None = None) -> Result:
@@ -169,7 +169,7 @@ def test_many_lines_are_batched_and_show_progress(bundle: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     lines = records(result.stdout)
     assert [r["text"] for r in lines] == texts
-    want = Classifier(bundle).predict(texts[-3:])
+    want = load_classifier(bundle).predict(texts[-3:])
     assert [r["label"] for r in lines[-3:]] == [w["label"] for w in want]
     assert "600" in result.stderr  # the tqdm bar's total
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sst2dist.runtime import VARIANT_FILES, BundleError, Classifier
+from sst2dist.runtime import VARIANT_FILES, BundleError, Classifier, default_variant
 
 EDGE_TEXTS = [
     "",
@@ -166,3 +166,13 @@ def test_runtime_runs_without_torch(tiny_bundle_dir: Path, tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stderr
     assert "'label':" in result.stdout
+
+
+def test_batch_invariant_default_prefers_variants_whose_scores_ignore_batch_mates() -> None:
+    manifest = {"variants": {name: {"passed": True} for name in ("fp32", "optimized", "int8")}}
+    assert default_variant(manifest) == "int8"
+    assert default_variant(manifest, batch_invariant=True) == "optimized"
+    manifest["variants"]["static-int8"] = {"passed": True}
+    assert default_variant(manifest, batch_invariant=True) == "static-int8"
+    manifest["variants"] = {"int8": {"passed": True}, "optimized": {"passed": False}}
+    assert default_variant(manifest, batch_invariant=True) == "int8"

@@ -337,10 +337,10 @@ def test_missing_or_corrupt_bundle_exits_before_binding(bundle: Path, tmp_path: 
     for item in bundle.iterdir():
         if item.is_file():
             (corrupt / item.name).write_bytes(item.read_bytes())
-    offline_variant = Classifier(bundle).variant
     from sst2dist.runtime import VARIANT_FILES
+    from sst2dist.serve import load_classifier
 
-    (corrupt / VARIANT_FILES[offline_variant]).write_bytes(b"not an onnx model")
+    (corrupt / VARIANT_FILES[load_classifier(bundle).variant]).write_bytes(b"not an onnx model")
     for folder, words in [(tmp_path / "missing", "does not exist"), (corrupt, "corrupt")]:
         port = free_port()
         result = subprocess.run(
@@ -371,6 +371,8 @@ def test_ready_flips_after_the_warm_up(slow_server: Server) -> None:
     slow_server.wait("/health")
     assert_error(slow_server.client.get("/ready"), 503, "warming up")
     assert_error(slow_server.client.post("/predict", json={"inputs": "too early"}), 503)
+    # No --variant: the bundle's int8 passed the gate, but serve picks the batch-invariant "optimized".
+    assert slow_server.client.get("/info").json()["variant"] == "optimized"
     slow_server.wait("/ready")
 
 
