@@ -37,6 +37,7 @@ import numpy as np
 
 from sst2dist.data import load_sst2
 from sst2dist.runtime import Classifier
+from sst2dist.serve import load_classifier
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -280,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, help="Bundle folder from `sst2dist export-onnx`.")
     parser.add_argument("--data", default="../shared/data/sst2", help="SST-2 folder or hub id (validation split).")
-    parser.add_argument("--variant", default=None, help="Bundle variant (default: the bundle's default).")
+    parser.add_argument("--variant", default=None, help="Bundle variant (default: the one `sst2dist serve` picks).")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads of the server.")
     parser.add_argument("--clients", default="1,4,16,64", help="Comma-separated concurrent client counts.")
     parser.add_argument("--requests", type=int, default=2000, help="Requests per level (upper bound).")
@@ -292,7 +293,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="Largest score difference from the offline Classifier. Default: 1e-4, or 1e-2 for the dynamic int8 "
-        "variant, whose activation scales are computed per batch (so a score moves slightly with batch mates).",
+        "variant, whose activation scales are computed per batch (so a score moves with its batch mates).",
     )
     parser.add_argument("--output", default=str(RESULTS), help="Folder for load_bench.json and load_bench.md.")
     parser.add_argument("--quick", action="store_true", help="Smoke run: 1, 4, 16 clients, 150 requests each.")
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sentences = list(load_sst2(args.data)["validation"]["sentence"])
-    offline = Classifier(args.bundle, variant=args.variant, threads=args.threads)
+    offline = load_classifier(args.bundle, args.variant, args.threads)  # the variant serve picks
     if args.tolerance is None:
         args.tolerance = 1e-2 if offline.variant == "int8" else 1e-4
     probabilities = offline.predict_proba(sentences, batch_size=1)  # each sentence alone, as a lone request runs
