@@ -35,8 +35,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check sst2dist tests bench
+	$(BIN)/ruff format --check sst2dist tests bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
