@@ -20,7 +20,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sst2dist.atomic import atomic_open, atomic_path
 from sst2dist.cpu import ACCELERATION_FLAGS, cpu_flags, supports_bf16
 from sst2dist.data import DEFAULT_DATA
 from sst2dist.modeling import ID2LABEL, LABEL2ID
@@ -971,24 +971,14 @@ def dataset_summary(settings: BenchSettings, sentences: list[str], labels: np.nd
 def write_outputs(results: dict, output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write(output / "chart.png", lambda p: write_chart(results, p))
+        with atomic_path(output / "chart.png") as chart:
+            write_chart(results, chart)
     except ImportError:
         results["notes"].append("chart.png not written: matplotlib is not installed (pip install matplotlib)")
-    atomic_write(output / "results.json", lambda p: p.write_text(json.dumps(results, indent=1) + "\n"))
-    atomic_write(output / "report.md", lambda p: p.write_text(render_markdown(results)))
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: a reader never sees half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_open(output / "results.json") as handle:
+        handle.write(json.dumps(results, indent=1) + "\n")
+    with atomic_open(output / "report.md") as handle:
+        handle.write(render_markdown(results))
 
 
 def main(argv: list[str]) -> None:

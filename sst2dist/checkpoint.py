@@ -12,24 +12,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+from sst2dist.atomic import write_json_atomic
+
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 PREFIX = "step-"
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def replace_dir(new: Path, target: Path) -> None:

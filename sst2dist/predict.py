@@ -13,14 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
+
+from sst2dist.atomic import atomic_open
 
 FORMATS = ("text", "jsonl", "csv", "tsv")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
@@ -215,27 +215,6 @@ def predict_records(
     return summary
 
 
-class AtomicOutput:
-    """A text file written beside `path` and renamed over it on success; removed on any error."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __enter__(self) -> TextIO:
-        if not self.path.parent.is_dir():
-            raise ValueError(f"output folder {self.path.parent} does not exist: create it first")
-        handle, self.temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self.file = os.fdopen(handle, "w", encoding="utf-8", newline="\n")
-        return self.file
-
-    def __exit__(self, kind, value, traceback) -> None:
-        self.file.close()
-        if kind is None:
-            os.replace(self.temp, self.path)
-        else:
-            os.unlink(self.temp)
-
-
 def count_lines(path: Path) -> int:
     with path.open("rb") as handle:
         return sum(1 for _ in handle)
@@ -277,7 +256,9 @@ def run_predict(
         records = read_texts(source, fmt or "text", field_name)
     try:
         if output:
-            with AtomicOutput(output) as out:
+            if not Path(output).parent.is_dir():
+                raise ValueError(f"output folder {Path(output).parent} does not exist: create it first")
+            with atomic_open(output) as out:
                 return predict_records(
                     classifier, records, out, batch_size=batch_size, skip_bad=skip_bad, progress=progress
                 )

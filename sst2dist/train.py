@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sst2dist.atomic import write_json_atomic
 from sst2dist.checkpoint import (
     CHECKPOINTS_DIR,
     latest_checkpoint,
     load_checkpoint,
     replace_dir,
     save_checkpoint,
-    write_json_atomic,
 )
 from sst2dist.cpu import supports_bf16
 from sst2dist.data import DEFAULT_DATA
