@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from sst2dist.atomic import atomic_open, atomic_path
-from sst2dist.cpu import ACCELERATION_FLAGS, cpu_flags, supports_bf16
 from sst2dist.data import DEFAULT_DATA
+from sst2dist.environment import ACCELERATION_FLAGS, cpu_flags, package_versions, supports_bf16
 from sst2dist.modeling import ID2LABEL, LABEL2ID
 
 TORCH_BACKENDS = {"torch-fp32": "fp32", "torch-bf16": "bf16"}
@@ -498,23 +498,13 @@ def expand_cpu_list(text: str) -> list[int]:
     return cpus
 
 
-def package_versions() -> dict[str, str | None]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def environment(settings: BenchSettings) -> dict:
     thread_env = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM")
     return {
         "cpu": cpu_info(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "packages": package_versions(),
+        "packages": package_versions(PACKAGES),
         "threads": {
             "measured": list(settings.threads),
             "onnxruntime": "intra_op_num_threads = threads, inter_op_num_threads = 1, sequential",

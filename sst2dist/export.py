@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sst2dist.cpu import acceleration_flags
+from sst2dist.environment import acceleration_flags, package_versions
 from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES, Classifier, default_variant
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 # Only these CPU flags decide the quantization config; they are recorded in the manifest.
+VERSIONED_PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "onnx", "tokenizers")
+
+
 class ExportError(ValueError):
     """The model folder, the output path or a verification result rules the export out."""
 
@@ -396,7 +399,7 @@ def new_manifest(
         "opset": opset,
         "optimize": optimize,
         "quantize": quantize,
-        "versions": package_versions(),
+        "versions": package_versions(VERSIONED_PACKAGES),
         "cpu": {"machine": platform.machine(), "flags": acceleration_flags()},
         "variants": {},
     }
@@ -423,18 +426,6 @@ def onnx_opset(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "onnx", "tokenizers"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def sha256(path: Path) -> str:

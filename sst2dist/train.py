@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -30,8 +29,8 @@ from sst2dist.checkpoint import (
     replace_dir,
     save_checkpoint,
 )
-from sst2dist.cpu import supports_bf16
 from sst2dist.data import DEFAULT_DATA
+from sst2dist.environment import package_versions, supports_bf16
 from sst2dist.modeling import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
+VERSIONED_PACKAGES = ("sst2dist", "torch", "transformers", "accelerate", "datasets")
 REPORT_TO_CHOICES = ("none", "tensorboard")
 RUN_FILES = ("model", CHECKPOINTS_DIR, "metrics.json", "train_config.json", "log.jsonl")
 # Options that may differ between a run and its --resume (they do not change what is computed).
@@ -309,24 +309,6 @@ class RunLog:
         self.accelerator.log(numbers, step=record.get("step"))
 
 
-def versions() -> dict[str, str]:
-    import accelerate
-    import datasets
-    import torch
-    import transformers
-
-    from sst2dist import __version__
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-        "sst2dist": __version__,
-    }
-
-
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -491,7 +473,7 @@ def train(config: TrainConfig) -> dict:
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "resumed_from": str(resume_from) if resume_from else None,
-        "versions": versions(),
+        "versions": package_versions(VERSIONED_PACKAGES),
     }
     if accelerator.is_main_process:
         write_json_atomic(output_dir / "metrics.json", metrics)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from sst2dist.bench import ALL_BACKENDS, BenchSettings, render_terminal, run_bench
 from sst2dist.cli import main
-from sst2dist.cpu import supports_bf16
+from sst2dist.environment import supports_bf16
 
 SENTENCES = [
     ("a gripping , funny and moving film .", 1),

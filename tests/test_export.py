@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from sst2dist import export
 from sst2dist.cli import main
-from sst2dist.cpu import ACCELERATION_FLAGS
+from sst2dist.environment import ACCELERATION_FLAGS
 from sst2dist.export import ExportError, export_bundle
 from sst2dist.runtime import VARIANT_FILES, Classifier
 

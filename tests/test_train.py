@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sst2dist.cpu import supports_bf16
 from sst2dist.data import LengthGroupedBatchSampler, make_collator
+from sst2dist.environment import supports_bf16
 from sst2dist.train import (
     ConfigError,
     TrainConfig,

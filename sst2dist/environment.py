@@ -1,8 +1,10 @@
-"""What this CPU can do (from /proc/cpuinfo): flags that choose bf16 training, the int8 config, bench backends."""
+"""What this machine has: CPU flags (choosing bf16 training, the int8 config, bench backends) and package versions."""
 
 from __future__ import annotations
 
+import platform
 from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 ACCELERATION_FLAGS = (
@@ -38,3 +40,14 @@ def acceleration_flags() -> list[str]:
 def supports_bf16() -> bool:
     """AMX or AVX-512 BF16: bf16 matmuls run natively (elsewhere bf16 autocast is slower than fp32)."""
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions by distribution name (None where one is not installed), plus Python's."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
