@@ -290,8 +290,12 @@ def down_projections(path: Path) -> list[str]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     shapes = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
-    narrowing = [n for n in graph.node if n.op_type == "MatMul" for i in n.input if len(shapes.get(i, [])) == 2]
-    return [n.name for n in narrowing if any(shapes.get(i, [0, 0])[0] > shapes.get(i, [0, 0])[1] for i in n.input)]
+
+    def narrows(node: onnx.NodeProto) -> bool:
+        weight = next((shapes[i] for i in node.input if len(shapes.get(i, [])) == 2), None)
+        return weight is not None and weight[0] > weight[1]
+
+    return [n.name for n in graph.node if n.op_type == "MatMul" and narrows(n)]
 
 
 def store_int8_weights(path: Path, node_names: list[str]) -> None:
