@@ -150,6 +150,8 @@ def render_markdown(report: dict) -> str:
         for name, row in report["sweep_summary"].items():
             best, final = row["best_accuracy"], row["final_accuracy"]
             lines.append(f"| {name} | {best['n']} | {mean_std(best)} | {mean_std(final)} | `{' '.join(SWEEP[name])}` |")
+    if report.get("notes"):
+        lines += ["", "## Notes", "", *(f"- {note}" for note in report["notes"])]
     return "\n".join(lines) + "\n"
 
 
