@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/accelerate launch --config_file accelerate_config.yaml -m sst2dist.train --data $(DATA) --output-dir $(RUN) --overwrite
-	$(BIN)/sst2dist export-onnx $(RUN)/model --output $(BUNDLE) --data $(DATA) --force --keep-failed
+	$(BIN)/sst2dist export-onnx $(RUN)/model --output $(BUNDLE) --data $(DATA) --quantize static --force --keep-failed
 	$(BIN)/sst2dist bench --model $(RUN)/model --bundle $(BUNDLE) --data $(DATA) --output $(REPORT)
 	@echo "model: $(RUN)/model  bundle: $(BUNDLE)  report: $(REPORT)/report.md  chart: $(REPORT)/chart.png"
 

@@ -262,17 +262,24 @@ def quantize_dynamic_int8(staging: Path) -> dict:
 
     target, flags = cpu_quantization_target()
     fp32_path = staging / VARIANT_FILES["fp32"]
+    recipe, weight_only = int8_recipe(fp32_path)
+    config = getattr(AutoQuantizationConfig, target)(is_static=False, **recipe)
+    quantizer = ORTQuantizer.from_pretrained(staging, file_name=fp32_path.name)
+    quantizer.quantize(config, save_dir=staging, file_suffix="quantized")
+    store_int8_weights(staging / VARIANT_FILES["int8"], weight_only)
+    return {"mode": "dynamic", "config": target, "cpu_flags": flags, **recipe, "int8_weight_only": weight_only}
+
+
+def int8_recipe(fp32_path: Path) -> tuple[dict, list[str]]:
+    """What both int8 variants quantize (per-channel weight MatMuls and Gathers), and the down-projections that
+    keep fp32 activations with int8 weights (weight-only)."""
     weight_only = down_projections(fp32_path)
     recipe = {
         "per_channel": True,
         "operators_to_quantize": ["MatMul", "Gather"],
         "nodes_to_exclude": activation_matmuls(fp32_path) + weight_only,
     }
-    config = getattr(AutoQuantizationConfig, target)(is_static=False, **recipe)
-    quantizer = ORTQuantizer.from_pretrained(staging, file_name=fp32_path.name)
-    quantizer.quantize(config, save_dir=staging, file_suffix="quantized")
-    store_int8_weights(staging / VARIANT_FILES["int8"], weight_only)
-    return {"mode": "dynamic", "config": target, "cpu_flags": flags, **recipe, "int8_weight_only": weight_only}
+    return recipe, weight_only
 
 
 def activation_matmuls(path: Path) -> list[str]:
@@ -327,7 +334,8 @@ def store_int8_weights(path: Path, node_names: list[str]) -> None:
 
 
 def quantize_static_int8(staging: Path, train: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict:
-    """model_static_quantized.onnx: int8 activations too, their ranges calibrated (min/max) on train sentences."""
+    """model_static_quantized.onnx: int8 activations too, their ranges calibrated (min/max) on train sentences.
+    Same recipe as the dynamic variant (down-projections weight-only); the fixed scales make it batch-invariant."""
     from datasets import Dataset
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
@@ -337,11 +345,7 @@ def quantize_static_int8(staging: Path, train: Dataset, tokenizer: PreTrainedTok
     sample = train.shuffle(seed=0).select(range(min(CALIBRATION_SAMPLES, len(train))))
     features = tokenizer(list(sample["sentence"]), truncation=True)  # calibrated one sentence at a time: no padding
     calibration = Dataset.from_dict({name: features[name] for name in onnx_input_names(fp32_path)})
-    recipe = {
-        "per_channel": True,
-        "operators_to_quantize": ["MatMul", "Gather"],
-        "nodes_to_exclude": activation_matmuls(fp32_path),
-    }
+    recipe, weight_only = int8_recipe(fp32_path)
     config = getattr(AutoQuantizationConfig, target)(is_static=True, **recipe)
     quantizer = ORTQuantizer.from_pretrained(staging, file_name=fp32_path.name)
     augmented = staging / "calibration_augmented.onnx"
@@ -353,12 +357,14 @@ def quantize_static_int8(staging: Path, train: Dataset, tokenizer: PreTrainedTok
     )
     augmented.unlink(missing_ok=True)
     quantizer.quantize(config, save_dir=staging, file_suffix="static_quantized", calibration_tensors_range=ranges)
+    store_int8_weights(staging / VARIANT_FILES["static-int8"], weight_only)
     return {
         "mode": "static",
         "config": target,
         "cpu_flags": flags,
         "calibration": {"split": "train", "samples": len(sample), "method": "minmax", "seed": 0},
         **recipe,
+        "int8_weight_only": weight_only,
     }
 
 

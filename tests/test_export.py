@@ -155,6 +155,28 @@ def test_int8_accuracy_gate_fails_or_keeps_marked(
     assert manifest["default_variant"] == "fp32" and Classifier(tmp_path / "b").variant == "fp32"
 
 
+def test_both_int8_variants_keep_down_projections_weight_only_and_static_is_batch_invariant(
+    tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path
+) -> None:
+    options = {"data": str(sst2_dir), "max_verify_samples": 32, "optimize": "none", "max_accuracy_drop": 100.0}
+    manifest = export_bundle(tiny_model_dir, tmp_path / "b", quantize="static", **options)
+    down = export.down_projections(tmp_path / "b" / VARIANT_FILES["fp32"])
+    assert len(down) == 2  # one FFN output layer per layer of the 2-layer tiny model
+    for variant, recipe in (("int8", manifest["quantization"]), ("static-int8", manifest["static_quantization"])):
+        assert recipe["int8_weight_only"] == down
+        graph = onnx.load(str(tmp_path / "b" / VARIANT_FILES[variant])).graph
+        weights = {tensor.name: tensor for tensor in graph.initializer}
+        matmuls = {node.name: node for node in graph.node if node.op_type == "MatMul"}
+        for name in down:  # still a float MatMul, fed by int8 weights dequantized at run time
+            dequantize = next(
+                n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in matmuls[name].input
+            )
+            assert weights[dequantize.input[0]].data_type == onnx.TensorProto.INT8
+    static = Classifier(tmp_path / "b", variant="static-int8")
+    alone = np.concatenate([static.logits([text]) for text in TEXTS[:3]])
+    assert np.abs(static.logits(TEXTS[:3]) - alone).max() < 1e-5  # fixed activation scales: no batch-mate effect
+
+
 # --- atomic writes ---
 
 
