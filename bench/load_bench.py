@@ -6,9 +6,11 @@ req/s and p50/p90/p99 latency per level; then runs 16 clients against the same s
 --max-batch-size 1 to show what micro-batching buys. Every answer is checked against the offline Classifier
 (top label equal, score within --tolerance) and every request must get a 200: errors or mismatches make the
 exit status 1. Also reports where a request's time goes (the server's queue/tokenization/inference timing
-headers against the client's latency) and what batching buys onnxruntime alone (ms per sentence at batch 1, 4,
-16, 32), so a missed target can be traced to HTTP or to the model. Writes bench/results/load_bench.json and
-load_bench.md.
+headers against the client's latency), where the CPU goes (CPU seconds per request of the server's event loop,
+of its batch worker with the onnxruntime threads, and of the load generator, from /proc on Linux), and what
+batching buys onnxruntime alone (ms per sentence at batch 1, 4, 16, 32 for sentences of similar length, and for
+random ones padded to the longest or split by length as the server does), so a missed target can be traced to
+HTTP or to the model. Writes bench/results/load_bench.json and load_bench.md.
 
     python bench/load_bench.py --bundle export/minilm --data ../shared/data/sst2          # the full run
     python bench/load_bench.py --bundle export/minilm --data ../shared/data/sst2 --quick  # a smoke run
@@ -24,7 +26,9 @@ import asyncio
 import json
 import os
 import platform
+import random
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -37,7 +41,7 @@ import numpy as np
 
 from sst2dist.data import load_sst2
 from sst2dist.runtime import Classifier
-from sst2dist.serve import load_classifier
+from sst2dist.serve import default_threads, default_workers, load_classifier, plan_chunks
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -63,6 +67,12 @@ class Level:
     tokenize_ms: float = 0.0
     inference_ms: float = 0.0
     other_ms: float = 0.0
+    # where the CPU goes (CPU ms per request): the server's event loop (its main thread), its batch worker and
+    # onnxruntime's threads (every other thread), the load generator; and how busy all cores were (%)
+    loop_cpu_ms: float = 0.0
+    worker_cpu_ms: float = 0.0
+    client_cpu_ms: float = 0.0
+    cpu_busy_pct: float = 0.0
     max_score_diff: float = 0.0
     first_problems: list[str] = field(default_factory=list)
 
@@ -97,6 +107,36 @@ def batch_stats(port: int) -> tuple[float, float]:
     total = float(re.search(r"^sst2dist_batch_size_sum (\S+)$", text, re.M).group(1))
     count = float(re.search(r"^sst2dist_batch_size_count (\S+)$", text, re.M).group(1))
     return total, count
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of a process, from /proc (empty where there is no /proc)."""
+    seconds = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return seconds
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def note_cpu(level: Level, pid: int, before: dict[int, float], after: dict[int, float], client_s: float) -> None:
+    """Fill the level's CPU columns from two thread_cpu() samples and the load generator's CPU seconds."""
+    used = {tid: seconds - before.get(tid, 0.0) for tid, seconds in after.items()}
+    loop = used.pop(pid, 0.0)
+    per_request = 1000 / max(level.requests, 1)
+    level.loop_cpu_ms = round(loop * per_request, 3)
+    level.worker_cpu_ms = round(sum(used.values()) * per_request, 3)
+    level.client_cpu_ms = round(client_s * per_request, 3)
+    busy = loop + sum(used.values()) + client_s
+    level.cpu_busy_pct = round(100 * busy / (level.seconds * (os.cpu_count() or 1)), 1)
 
 
 TIMING_HEADERS = (b"x-queue-time", b"x-tokenization-time", b"x-inference-time")
@@ -157,12 +197,21 @@ def check(answers: list, reference: list[dict[str, float]], tolerance: float, le
             level.first_problems.append(problem)
 
 
-def run_level(port: int, sentences: list[str], reference: list[dict], clients: int, max_batch_size: int, args) -> Level:
+def run_level(
+    server: subprocess.Popen,
+    port: int,
+    sentences: list[str],
+    reference: list[dict],
+    clients: int,
+    max_batch_size: int,
+    args,
+) -> Level:
     asyncio.run(load(port, sentences, clients, min(20, args.requests), 5))  # warm the connections and caches
-    before = batch_stats(port)
+    before, cpu_before, client_before = batch_stats(port), thread_cpu(server.pid), own_cpu()
     latencies, answers, seconds = asyncio.run(load(port, sentences, clients, args.requests, args.max_seconds))
-    after = batch_stats(port)
+    cpu_after, client_s, after = thread_cpu(server.pid), own_cpu() - client_before, batch_stats(port)
     level = Level(clients, max_batch_size, requests=len(latencies), seconds=round(seconds, 3))
+    note_cpu(level, server.pid, cpu_before, cpu_after, client_s)
     check(answers, reference, args.tolerance, level)
     ms = np.array(latencies) * 1000
     level.req_per_s = round(len(latencies) / seconds, 1)
@@ -185,31 +234,52 @@ def bench_server(args, flags: list[str], client_levels: list[int], sentences, re
     port = free_port()
     server = start_server(args.bundle, port, flags)
     try:
-        return [run_level(port, sentences, reference, n, max_batch_size, args) for n in client_levels]
+        return [run_level(server, port, sentences, reference, n, max_batch_size, args) for n in client_levels]
     finally:
         server.terminate()
         server.wait(60)
 
 
-def batch_scaling(bundle: str, variant: str, sentences: list[str], sizes=(1, 4, 16, 32)) -> list[dict]:
-    """onnxruntime time per batch and per sentence at each batch size, one thread, for similar-length sentences:
-    how much a CPU gains from batching before any HTTP is involved."""
-    classifier = Classifier(bundle, variant=variant, threads=1)
+def batch_scaling(bundle: str, variant: str, threads: int, sentences: list[str], sizes=(1, 4, 16, 32)) -> list[dict]:
+    """onnxruntime ms per sentence at each batch size, with the server's thread count: for sentences of similar
+    length (what batching buys a CPU before any HTTP or padding is involved), and for random validation
+    sentences run as one call padded to the longest ("padded") or split by length as the server does ("split")."""
+    classifier = Classifier(bundle, variant=variant, threads=threads)
     counts = classifier.token_counts(sentences)
     middle = sorted(range(len(sentences)), key=counts.__getitem__)[len(sentences) // 2 - 16 :][:32]
+    rng = random.Random(0)
     rows = []
     for size in sizes:
         encoded = classifier.encode([sentences[i] for i in middle[:size]])
-        classifier.run(encoded)
-        best = min(_timed(classifier.run, encoded) for _ in range(5))
-        rows.append({"batch_size": size, "ms": round(best * 1000, 3), "ms_per_sentence": round(best * 1000 / size, 3)})
+        mixed = [rng.sample(range(len(sentences)), size) for _ in range(4)]
+        padded = [classifier.encode([sentences[i] for i in batch]) for batch in mixed]
+        split = [
+            classifier.encode([sentences[batch[i]] for i in group])
+            for batch in mixed
+            for group in plan_chunks([counts[i] for i in batch], size, 8192)
+        ]
+        best = best_time(classifier, [encoded])
+        rows.append(
+            {
+                "batch_size": size,
+                "ms": round(best * 1000, 3),
+                "ms_per_sentence": round(best * 1000 / size, 3),
+                "mixed_padded_ms_per_sentence": round(best_time(classifier, padded) * 1000 / (4 * size), 3),
+                "mixed_split_ms_per_sentence": round(best_time(classifier, split) * 1000 / (4 * size), 3),
+            }
+        )
     return rows
 
 
-def _timed(function, *args) -> float:
-    start = time.perf_counter()
-    function(*args)
-    return time.perf_counter() - start
+def best_time(classifier: Classifier, batches: list[dict], repeats: int = 5) -> float:
+    """The best of `repeats` timings of running every encoded batch once (after one warm-up pass)."""
+    timings = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for encoded in batches:
+            classifier.run(encoded)
+        timings.append(time.perf_counter() - start)
+    return min(timings[1:])
 
 
 def markdown(results: dict) -> str:
@@ -222,6 +292,10 @@ def markdown(results: dict) -> str:
         "| clients | max batch | mean latency ms | queue | tokenize (batch) | onnxruntime (batch) | HTTP + rest |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    cpu = [
+        "| clients | max batch | event loop | batch worker + onnxruntime threads | load generator | all cores busy |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for level in results["levels"]:
         rows.append(
             f"| {level['clients']} | {level['max_batch_size']} | {level['req_per_s']:.1f} | {level['p50_ms']:.2f} | "
@@ -233,10 +307,19 @@ def markdown(results: dict) -> str:
             f"| {level['clients']} | {level['max_batch_size']} | {total:.2f} | {level['queue_ms']:.2f} | "
             f"{level['tokenize_ms']:.2f} | {level['inference_ms']:.2f} | {level['other_ms']:.2f} |"
         )
+        cpu.append(
+            f"| {level['clients']} | {level['max_batch_size']} | {level['loop_cpu_ms']:.2f} | "
+            f"{level['worker_cpu_ms']:.2f} | {level['client_cpu_ms']:.2f} | {level['cpu_busy_pct']:.0f}% |"
+        )
     scaling = [
-        "| batch size | onnxruntime ms per batch | ms per sentence |",
-        "|---:|---:|---:|",
-        *(f"| {row['batch_size']} | {row['ms']:.2f} | {row['ms_per_sentence']:.2f} |" for row in results["scaling"]),
+        "| batch size | similar length: ms per batch | ms per sentence | random: padded, ms per sentence "
+        "| random: split by length, ms per sentence |",
+        "|---:|---:|---:|---:|---:|",
+        *(
+            f"| {row['batch_size']} | {row['ms']:.2f} | {row['ms_per_sentence']:.2f} | "
+            f"{row['mixed_padded_ms_per_sentence']:.2f} | {row['mixed_split_ms_per_sentence']:.2f} |"
+            for row in results["scaling"]
+        ),
     ]
     summary = results["summary"]
     config = results["config"]
@@ -245,7 +328,8 @@ def markdown(results: dict) -> str:
             "# Load benchmark: `sst2dist serve` on loopback",
             "",
             f"Bundle `{config['bundle']}` (variant {config['variant']}), {config['cpus']} CPUs "
-            f"({config['processor']}), onnxruntime threads: {config['threads'] or 'all cores but one (default)'}, "
+            f"({config['processor']}), {config.get('workers', 1)} batch worker(s) with {config['threads']} "
+            f"onnxruntime thread(s) each{'' if config['threads_flag'] else ' (the defaults)'}, "
             f"max wait {config['max_wait_ms']} ms. Each client sends one SST-2 validation sentence per request "
             f"over a keep-alive connection; up to {config['requests']} requests or {config['max_seconds']} s "
             f"per level.{' Quick smoke run.' if config['quick'] else ''} Load average before/after: "
@@ -266,8 +350,13 @@ def markdown(results: dict) -> str:
             "",
             *split,
             "",
-            "What batching buys onnxruntime itself (offline, one thread, validation sentences of similar length, "
-            "best of 5):",
+            "Where the CPU goes (CPU ms per request, from /proc: the server's event loop thread, every other server "
+            "thread, the load generator; then the share of all cores busy):",
+            "",
+            *cpu,
+            "",
+            f"What batching buys onnxruntime itself (offline, one run at a time with {config['threads']} thread(s) "
+            "as each server run, best of 5; similar-length validation sentences, then 4 batches of random ones):",
             "",
             *scaling,
             "",
@@ -282,11 +371,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bundle", required=True, help="Bundle folder from `sst2dist export-onnx`.")
     parser.add_argument("--data", default="../shared/data/sst2", help="SST-2 folder or hub id (validation split).")
     parser.add_argument("--variant", default=None, help="Bundle variant (default: the one `sst2dist serve` picks).")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads of the server.")
+    parser.add_argument("--workers", type=int, default=None, help="The server's --workers (default: its own).")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads of each server run.")
     parser.add_argument("--clients", default="1,4,16,64", help="Comma-separated concurrent client counts.")
     parser.add_argument("--requests", type=int, default=2000, help="Requests per level (upper bound).")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="Time bound per level.")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="The server's --max-wait-ms.")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="The server's --max-wait-ms.")
     parser.add_argument("--max-batch-size", type=int, default=32, help="The batching server's --max-batch-size.")
     parser.add_argument(
         "--tolerance",
@@ -313,11 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     probabilities = offline.predict_proba(sentences, batch_size=1)  # each sentence alone, as a lone request runs
     reference = [dict(zip(offline.labels, map(float, row), strict=True)) for row in probabilities]
     flags = ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
-    flags += ["--variant", offline.variant] + (["--threads", str(args.threads)] if args.threads else [])
+    workers = args.workers or default_workers()
+    threads = args.threads or default_threads(workers)
+    flags += ["--variant", offline.variant, "--workers", str(workers), "--threads", str(threads)]
     client_levels = [int(n) for n in args.clients.split(",")]
 
     load_before = os.getloadavg()[0]
-    scaling = batch_scaling(args.bundle, offline.variant, sentences)
+    scaling = batch_scaling(args.bundle, offline.variant, threads, sentences)
     batched = bench_server(
         args,
         [*flags, "--max-batch-size", str(args.max_batch_size)],
@@ -334,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "bundle": args.bundle,
             "variant": offline.variant,
-            "threads": args.threads,
+            "workers": workers,
+            "threads": threads,
+            "threads_flag": args.threads is not None or args.workers is not None,
             "max_wait_ms": args.max_wait_ms,
             "requests": args.requests,
             "max_seconds": args.max_seconds,

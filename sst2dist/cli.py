@@ -188,17 +188,33 @@ VARIANT_HELP = (
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: all).")
 @click.option("--port", default=8080, show_default=True, help="TCP port.")
 @click.option("--variant", default=None, help=VARIANT_HELP)
-@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores but one).")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Batches that run at once, one thread each (default: one per core).",
+)
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="onnxruntime intra-op threads of each run (default: cores / workers).",
+)
 @click.option("--max-batch-size", default=32, show_default=True, help="Most texts merged into one batch.")
 @click.option("--max-batch-tokens", default=8192, show_default=True, help="Most padded tokens in one batch.")
-@click.option("--max-wait-ms", default=5.0, show_default=True, help="Longest wait for a batch to fill.")
+@click.option(
+    "--max-wait-ms",
+    default=0.0,
+    show_default=True,
+    help="How long a free worker waits for a partial batch to fill (0: run what is queued at once).",
+)
 @click.option("--max-client-batch", default=64, show_default=True, help="Most texts in one request (else 422).")
 @click.option("--max-payload", default=1_000_000, show_default=True, help="Largest request body in bytes (else 413).")
 @click.option("--max-queue", default=256, show_default=True, help="Most requests waiting (else 429 + Retry-After).")
 @click.option("--grace-period", default=30.0, show_default=True, help="Seconds to finish in-flight work on SIGTERM.")
 @click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
-def serve(bundle, host, port, variant, threads, log_level, access_log, **limits) -> None:
+def serve(bundle, host, port, variant, workers, threads, log_level, access_log, **limits) -> None:
     """Serve a bundle over HTTP: POST /predict (TEI style) and POST / (Hugging Face Inference API).
 
     Also GET /health, /ready, /metrics (Prometheus), /info, and the OpenAPI docs at /docs.
@@ -210,7 +226,7 @@ def serve(bundle, host, port, variant, threads, log_level, access_log, **limits)
     """
     import logging
 
-    from sst2dist.serve import ServeLimits
+    from sst2dist.serve import ServeLimits, default_workers
     from sst2dist.serve import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
@@ -221,7 +237,7 @@ def serve(bundle, host, port, variant, threads, log_level, access_log, **limits)
             port=port,
             variant=variant,
             threads=threads,
-            limits=ServeLimits(**limits),
+            limits=ServeLimits(workers=workers or default_workers(), **limits),
             log_level=log_level,
             access_log=access_log,
         )

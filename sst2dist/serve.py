@@ -6,7 +6,8 @@
 Endpoints: `POST /predict` (text-embeddings-inference style), `POST /` (Hugging Face Inference API
 text-classification dialect), `GET /health`, `/ready`, `/metrics` (Prometheus), `/info`, `/docs`.
 Concurrent requests wait in a bounded queue (full: 429 at once) and are merged into batches bounded by
-size, padded tokens and a short wait; the batches run on a single worker thread, off the event loop.
+size and padded tokens; the batches run on a single worker thread, off the event loop. A free worker takes
+whatever is queued at once: requests that arrive while a batch runs make up the next one.
 Every error answers `{"error": "...", "error_type": "..."}`. Imports no torch, transformers or optimum.
 """
 
@@ -45,8 +46,10 @@ logger = logging.getLogger("sst2dist.serve")
 # Test-only hooks, read from the environment at app creation (documented in tests/test_serve.py):
 # a batch holding this exact text is fed int64 ids as float32, so onnxruntime really fails on it;
 FAULT_TEXT_ENV = "SST2DIST_TEST_FAULT_TEXT"
-# the warm-up prediction sleeps this many seconds first, so that tests can see /ready answer 503.
+# the warm-up prediction sleeps this many seconds first, so that tests can see /ready answer 503;
 WARMUP_DELAY_ENV = "SST2DIST_TEST_WARMUP_DELAY_S"
+# every batch sleeps this many seconds on the worker first, so that tests can see requests pile up behind it.
+BATCH_DELAY_ENV = "SST2DIST_TEST_BATCH_DELAY_S"
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
 JSON = "application/json"
@@ -58,14 +61,16 @@ class ServeLimits:
 
     max_batch_size: int = 32
     max_batch_tokens: int = 8192
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0  # how long a free worker waits for a partial batch to fill; 0: run it at once
     max_client_batch: int = 64
     max_payload: int = 1_000_000
     max_queue: int = 256
     grace_period: float = 30.0
+    workers: int = 1  # batches running at once, each on its own thread (onnxruntime sessions run concurrently)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_batch_tokens", "max_client_batch", "max_payload", "max_queue"):
+        positive = ("max_batch_size", "max_batch_tokens", "max_client_batch", "max_payload", "max_queue", "workers")
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("max_wait_ms", "grace_period"):
@@ -274,8 +279,10 @@ class Job:
 
 
 # What one onnxruntime call costs beyond its padded tokens, in tokens: splitting a batch into length groups
-# pays off when it saves more padding than this per extra call (a rough CPU figure; see bench/load_bench.py).
-CALL_COST_TOKENS = 32
+# pays off when it saves more padding than this per extra call. Measured on SST-2 validation batches of 4-16
+# random sentences, one onnxruntime thread (the default per worker), static int8: 8-16 tokens gave the lowest
+# time per sentence, about 8 % below 32 and 10 % below no split at all.
+CALL_COST_TOKENS = 12
 
 
 def plan_chunks(token_counts: Sequence[int], max_size: int, max_tokens: int) -> list[list[int]]:
@@ -305,13 +312,20 @@ def plan_chunks(token_counts: Sequence[int], max_size: int, max_tokens: int) -> 
 
 
 class MicroBatcher:
-    """A bounded queue of jobs, drained into batches that run one at a time on a single worker thread."""
+    """A bounded queue of jobs, drained into batches; up to `workers` batches run at once, one per worker thread.
+
+    Several single-threaded onnxruntime runs side by side beat one run spread over the same cores: a
+    MiniLM-sized model on one sentence keeps one core busy but spends much of a second one synchronizing
+    (bench/results/load_bench.md)."""
 
     def __init__(self, classifier: Classifier, limits: ServeLimits, on_batch: Callable[[int, float], None]):
         self.classifier, self.limits, self.on_batch = classifier, limits, on_batch
         self.pending: deque[Job] = deque()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.executor = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="onnxruntime")
+        self._free_workers = asyncio.Semaphore(limits.workers)
+        self.running: set[asyncio.Task] = set()
         self.fault_text = os.environ.get(FAULT_TEXT_ENV)
+        self.batch_delay_s = float(os.environ.get(BATCH_DELAY_ENV, "0"))
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -343,19 +357,32 @@ class MicroBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
+            await self._free_workers.acquire()
             await self._wait_for_more()
-            batch = self._take_batch()
-            try:
-                await self.run_in_worker(self._execute, batch)
-            except Exception as err:  # a bug, not an onnxruntime error (those stay inside _execute)
-                logger.exception("the batch worker failed")
-                for job in batch:
-                    job.error = job.error or err
+            task = asyncio.create_task(self._run_batch(self._take_batch()))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def _run_batch(self, batch: list[Job]) -> None:
+        try:
+            await self.run_in_worker(self._execute, batch)
+        except Exception as err:  # a bug, not an onnxruntime error (those stay inside _execute)
+            logger.exception("the batch worker failed")
             for job in batch:
-                self._settle(job)
+                job.error = job.error or err
+        finally:
+            self._free_workers.release()
+        for job in batch:
+            self._settle(job)
 
     async def _wait_for_more(self) -> None:
-        """Give a not-yet-full batch until `max_wait_ms` after its oldest request arrived to fill up."""
+        """Give a not-yet-full batch until `max_wait_ms` after its oldest request arrived to fill up.
+
+        The default wait is 0: on a CPU a batch costs about as much per text as single texts do (see
+        bench/results/load_bench.md), so a free worker gains nothing by idling; under load, the requests that
+        arrive while a batch runs are batched anyway."""
+        if self.limits.max_wait_ms <= 0:
+            return
         deadline = self.pending[0].enqueued + self.limits.max_wait_ms / 1000
         while sum(len(job.texts) for job in self.pending) < self.limits.max_batch_size:
             remaining = deadline - time.perf_counter()
@@ -368,12 +395,16 @@ class MicroBatcher:
                 return
 
     def _take_batch(self) -> list[Job]:
+        """The oldest jobs, within the limits and within this worker's share of the queue: a worker that took
+        everything would leave the next free one idle while it works through the whole queue alone."""
+        share = math.ceil(sum(len(job.texts) for job in self.pending) / self.limits.workers)
+        max_size = max(1, min(self.limits.max_batch_size, share))
         batch = [self.pending.popleft()]
         size, longest = len(batch[0].texts), batch[0].estimated_tokens
         while self.pending:
             job = self.pending[0]
             new_size, new_longest = size + len(job.texts), max(longest, job.estimated_tokens)
-            if new_size > self.limits.max_batch_size or new_size * new_longest > self.limits.max_batch_tokens:
+            if new_size > max_size or new_size * new_longest > self.limits.max_batch_tokens:
                 break
             batch.append(self.pending.popleft())
             size, longest = new_size, new_longest
@@ -384,6 +415,8 @@ class MicroBatcher:
 
         Token counting happens here, once per batch, rather than per request on the event loop: tokenizers
         releases the GIL, and every release on the event loop's thread costs it a GIL hand-over."""
+        if self.batch_delay_s:
+            time.sleep(self.batch_delay_s)
         started = time.perf_counter()
         counts = self.classifier.token_counts([text for job in batch for text in job.texts])
         counted = time.perf_counter()
@@ -451,7 +484,7 @@ class MicroBatcher:
 class Metrics:
     """Prometheus metrics in a registry of their own (several apps can live in one process)."""
 
-    def __init__(self, queue_depth: Callable[[], int]):
+    def __init__(self, queue_depth: Callable[[], int], batches_running: Callable[[], int]):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "sst2dist_requests", "HTTP requests by path and status.", ["path", "status"], registry=self.registry
@@ -477,6 +510,10 @@ class Metrics:
         )
         self.queue_depth = Gauge("sst2dist_queue_depth", "Requests waiting for a batch.", registry=self.registry)
         self.queue_depth.set_function(queue_depth)
+        self.batches_running = Gauge(
+            "sst2dist_batches_running", "Batches running now (at most --workers).", registry=self.registry
+        )
+        self.batches_running.set_function(batches_running)
         self.in_flight = Gauge(
             "sst2dist_in_flight_requests", "Prediction requests received and not yet answered.", registry=self.registry
         )
@@ -491,7 +528,7 @@ class Service:
 
     def __init__(self, classifier: Classifier, limits: ServeLimits):
         self.classifier, self.limits = classifier, limits
-        self.metrics = Metrics(lambda: len(self.batcher.pending))
+        self.metrics = Metrics(lambda: len(self.batcher.pending), lambda: len(self.batcher.running))
         self.batcher = MicroBatcher(classifier, limits, self.metrics.observe_batch)
         self.ready = False
         self.not_ready_reason = "the model is warming up"
@@ -790,9 +827,15 @@ def load_classifier(bundle_dir: str | Path, variant: str | None = None, threads:
 SWITCH_INTERVAL_S = 0.0005
 
 
-def default_threads() -> int:
-    """All cores but one: the event loop parsing HTTP needs a core of its own while a batch runs."""
-    return max(1, (os.cpu_count() or 2) - 1)
+def default_workers() -> int:
+    """One batch worker per core: onnxruntime is where the time goes. The event loop (HTTP, JSON) needs about
+    0.4 ms of CPU per request, a tenth of a core at full load on 2 cores, so it gets no core of its own."""
+    return max(1, os.cpu_count() or 1)
+
+
+def default_threads(workers: int) -> int:
+    """The cores shared out between the workers' onnxruntime runs."""
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 class DrainingServer(uvicorn.Server):
@@ -831,7 +874,9 @@ def serve(
 ) -> None:
     """Load the bundle (failing before binding the port), then serve until SIGTERM/SIGINT and a drain."""
     limits = limits or ServeLimits()
-    classifier = load_classifier(bundle_dir, variant, threads or default_threads())
+    # The batch workers are the parallelism: tokenizers' own thread pool would only compete with onnxruntime.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    classifier = load_classifier(bundle_dir, variant, threads or default_threads(limits.workers))
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(classifier, limits)
     config = uvicorn.Config(

@@ -1,8 +1,9 @@
 """`sst2dist serve` against real uvicorn processes on free loopback ports (no mocks).
 
-Two test-only environment hooks of sst2dist.serve are used: SST2DIST_TEST_FAULT_TEXT (a batch holding that
-text is fed float32 ids, so onnxruntime itself fails on it) and SST2DIST_TEST_WARMUP_DELAY_S (the warm-up
-prediction starts late, so /ready is seen answering 503).
+Three test-only environment hooks of sst2dist.serve are used: SST2DIST_TEST_FAULT_TEXT (a batch holding that
+text is fed float32 ids, so onnxruntime itself fails on it), SST2DIST_TEST_WARMUP_DELAY_S (the warm-up
+prediction starts late, so /ready is seen answering 503) and SST2DIST_TEST_BATCH_DELAY_S (every batch sleeps
+first, so requests are seen piling up behind it).
 """
 
 from __future__ import annotations
@@ -205,6 +206,59 @@ def test_concurrent_requests_are_batched_and_match_the_offline_classifier(server
     alone = server.client.post("/predict", json={"inputs": texts[0]})
     assert alone.headers["x-batch-size"] == "1"
     assert_matches(alone.json(), rows[0], offline.labels)
+
+
+@pytest.fixture(scope="module")
+def busy_server(bundle: Path) -> Iterator[Server]:
+    """One worker, no wait for a batch to fill (the default), and every batch sleeps first: requests pile up
+    behind it."""
+    flags = ["--variant", VARIANT, "--max-wait-ms", "0", "--workers", "1"]
+    running = Server(bundle, *flags, env={"SST2DIST_TEST_BATCH_DELAY_S": "1.0"})
+    running.wait()
+    yield running
+    running.stop()
+
+
+def test_requests_arriving_during_a_batch_share_the_next_one(busy_server: Server, offline: Classifier) -> None:
+    texts = SENTENCES[:6]
+    rows = expected(offline, [SENTENCES[7], *texts])
+    with ThreadPoolExecutor(max_workers=7) as pool:
+        first = pool.submit(busy_server.client.post, "/predict", json={"inputs": SENTENCES[7]})
+        deadline = time.monotonic() + 10
+        while "sst2dist_in_flight_requests 1.0" not in busy_server.client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the first request never got in flight"
+            time.sleep(0.01)
+        later = list(pool.map(lambda text: busy_server.client.post("/predict", json={"inputs": text}), texts))
+    assert first.result().headers["x-batch-size"] == "1", "a free worker ran the lone request at once"
+    assert_matches(first.result().json(), rows[0], offline.labels)
+    assert max(int(r.headers["x-batch-size"]) for r in later) > 1, "requests queued behind a batch ran one by one"
+    for response, row in zip(later, rows[1:], strict=True):
+        assert_matches(response.json(), row, offline.labels)
+
+
+def test_two_workers_run_two_batches_at_once(bundle: Path, offline: Classifier) -> None:
+    server = Server(bundle, "--variant", VARIANT, "--workers", "2", env={"SST2DIST_TEST_BATCH_DELAY_S": "1.0"})
+    try:
+        server.wait()
+        rows = expected(offline, SENTENCES[:2])
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(server.client.post, "/predict", json={"inputs": SENTENCES[0]})
+            wait_for_metric(server, "sst2dist_batches_running 1.0")
+            second = pool.submit(server.client.post, "/predict", json={"inputs": SENTENCES[1]})
+            wait_for_metric(server, "sst2dist_batches_running 2.0")  # the second did not wait for the first
+        for response, row in zip((first.result(), second.result()), rows, strict=True):
+            assert response.headers["x-batch-size"] == "1"
+            assert_matches(response.json(), row, offline.labels)
+        assert "sst2dist_batches_running 0.0" in server.client.get("/metrics").text
+    finally:
+        server.stop()
+
+
+def wait_for_metric(server: Server, line: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in server.client.get("/metrics").text:
+        assert time.monotonic() < deadline, f"/metrics never showed {line!r}"
+        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("seed", range(5))
