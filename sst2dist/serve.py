@@ -6,8 +6,9 @@
 Endpoints: `POST /predict` (text-embeddings-inference style), `POST /` (Hugging Face Inference API
 text-classification dialect), `GET /health`, `/ready`, `/metrics` (Prometheus), `/info`, `/docs`.
 Concurrent requests wait in a bounded queue (full: 429 at once) and are merged into batches bounded by
-size and padded tokens; the batches run on a single worker thread, off the event loop. A free worker takes
-whatever is queued at once: requests that arrive while a batch runs make up the next one.
+size and padded tokens; the batches run on worker threads (`--workers`, one per core by default), off the
+event loop, sharing the session. A free worker takes its share of the queue at once: requests that arrive while
+batches run make up the next ones.
 Every error answers `{"error": "...", "error_type": "..."}`. Imports no torch, transformers or optimum.
 """
 
@@ -249,7 +250,7 @@ def apply_function(logits: np.ndarray, function: str) -> np.ndarray:
 
 @dataclass
 class Job:
-    """One request's texts on their way through the queue and the worker thread."""
+    """One request's texts on their way through the queue and a worker thread."""
 
     texts: list[str]
     truncate: bool
