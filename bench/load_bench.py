@@ -403,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     probabilities = offline.predict_proba(sentences, batch_size=1)  # each sentence alone, as a lone request runs
     reference = [dict(zip(offline.labels, map(float, row), strict=True)) for row in probabilities]
     flags = ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
-    workers = args.workers or default_workers()
-    threads = args.threads or default_threads(workers)
+    workers = default_workers() if args.workers is None else args.workers
+    threads = default_threads(workers) if args.threads is None else args.threads
     flags += ["--variant", offline.variant, "--workers", str(workers), "--threads", str(threads)]
     client_levels = [int(n) for n in args.clients.split(",")]
 

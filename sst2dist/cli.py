@@ -237,7 +237,7 @@ def serve(bundle, host, port, variant, workers, threads, log_level, access_log, 
             port=port,
             variant=variant,
             threads=threads,
-            limits=ServeLimits(workers=workers or default_workers(), **limits),
+            limits=ServeLimits(workers=default_workers() if workers is None else workers, **limits),
             log_level=log_level,
             access_log=access_log,
         )

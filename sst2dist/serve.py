@@ -877,7 +877,7 @@ def serve(
     limits = limits or ServeLimits()
     # The batch workers are the parallelism: tokenizers' own thread pool would only compete with onnxruntime.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    classifier = load_classifier(bundle_dir, variant, threads or default_threads(limits.workers))
+    classifier = load_classifier(bundle_dir, variant, default_threads(limits.workers) if threads is None else threads)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(classifier, limits)
     config = uvicorn.Config(

@@ -408,6 +408,17 @@ def test_missing_or_corrupt_bundle_exits_before_binding(bundle: Path, tmp_path: 
         assert "Uvicorn running" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [(["--workers", "0"], "--workers must be >= 1"), (["--threads", "0"], "threads must be >= 1")],
+)
+def test_bad_worker_flags_exit_before_binding(bundle: Path, flags: list[str], words: str) -> None:
+    command = [sys.executable, "-m", "sst2dist.cli", "serve", str(bundle), "--port", str(free_port()), *flags]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and words in result.stderr, result.stderr
+    assert "Uvicorn running" not in result.stderr + result.stdout
+
+
 @pytest.fixture(scope="module")
 def slow_server(bundle: Path, offline: Classifier) -> Iterator[Server]:
     """One text per onnxruntime call and a queue of one request, so that long requests pile up."""
