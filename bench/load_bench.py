@@ -328,8 +328,8 @@ def markdown(results: dict) -> str:
             "# Load benchmark: `sst2dist serve` on loopback",
             "",
             f"Bundle `{config['bundle']}` (variant {config['variant']}), {config['cpus']} CPUs "
-            f"({config['processor']}), {config.get('workers', 1)} batch worker(s) with {config['threads']} "
-            f"onnxruntime thread(s) each{'' if config['threads_flag'] else ' (the defaults)'}, "
+            f"({config['processor']}), {config['workers']} batch worker(s) with {config['threads']} "
+            f"onnxruntime thread(s) each{'' if config['concurrency_flags_given'] else ' (the defaults)'}, "
             f"max wait {config['max_wait_ms']} ms. Each client sends one SST-2 validation sentence per request "
             f"over a keep-alive connection; up to {config['requests']} requests or {config['max_seconds']} s "
             f"per level.{' Quick smoke run.' if config['quick'] else ''} Load average before/after: "
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             "variant": offline.variant,
             "workers": workers,
             "threads": threads,
-            "threads_flag": args.threads is not None or args.workers is not None,
+            "concurrency_flags_given": args.threads is not None or args.workers is not None,
             "max_wait_ms": args.max_wait_ms,
             "requests": args.requests,
             "max_seconds": args.max_seconds,
