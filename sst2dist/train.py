@@ -21,14 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sst2dist.atomic import write_json_atomic
-from sst2dist.checkpoint import (
-    CHECKPOINTS_DIR,
-    latest_checkpoint,
-    load_checkpoint,
-    replace_dir,
-    save_checkpoint,
-)
+from sst2dist.atomic import replace_dir, write_json_atomic
+from sst2dist.checkpoint import CHECKPOINTS_DIR, latest_checkpoint, load_checkpoint, save_checkpoint
 from sst2dist.data import DEFAULT_DATA
 from sst2dist.environment import package_versions, supports_bf16
 from sst2dist.modeling import DEFAULT_MODEL
@@ -45,7 +39,7 @@ VERSIONED_PACKAGES = ("sst2dist", "torch", "transformers", "accelerate", "datase
 REPORT_TO_CHOICES = ("none", "tensorboard")
 RUN_FILES = ("model", CHECKPOINTS_DIR, "metrics.json", "train_config.json", "log.jsonl")
 # Options that may differ between a run and its --resume (they do not change what is computed).
-RESUME_MAY_CHANGE = {"resume", "report_to", "data", "output_dir", "log_every", "overwrite"}
+RESUME_MAY_CHANGE = {"resume", "report_to", "data", "output_dir", "log_every", "overwrite", "teacher_cache"}
 
 
 def option(default: Any, help: str, **argparse_kwargs: Any) -> Any:
@@ -88,6 +82,19 @@ class TrainConfig:
     overwrite: bool = option(False, "delete an earlier run in --output-dir instead of refusing to start")
     eval_only: bool = option(
         False, "only evaluate --model on the validation split; writes OUTPUT_DIR/eval_metrics.json"
+    )
+    init_layers: str | None = option(
+        None, "keep only these encoder layers of --model, e.g. 0,2,4 for a 3-layer student (DistilBERT's init)"
+    )
+    teacher: str | None = option(
+        None,
+        "distil from this teacher: a fine-tuned model folder (its logits over the training split are computed "
+        "once and cached), a .npz logits file, or packaged:all-mpnet-base-v2-sst2 (shipped logits)",
+    )
+    distill_alpha: float = option(0.5, "weight of the label cross-entropy; the teacher's soft loss gets 1 - alpha")
+    distill_temperature: float = option(2.0, "softmax temperature of the teacher's soft targets")
+    teacher_cache: str | None = option(
+        None, "folder for computed teacher logits (default: $SST2DIST_CACHE or ~/.cache/sst2dist, teacher-logits/)"
     )
 
 
@@ -143,6 +150,23 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(f"--lr must be positive, got {config.lr}")
     if config.resume and config.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: pick one")
+    if not 0 <= config.distill_alpha <= 1:
+        raise ConfigError(f"--distill-alpha must be in [0, 1], got {config.distill_alpha}")
+    if not config.distill_temperature > 0:
+        raise ConfigError(f"--distill-temperature must be positive, got {config.distill_temperature}")
+    if config.init_layers is not None:
+        parse_layers(config.init_layers)
+
+
+def parse_layers(text: str) -> list[int]:
+    """`0,2,4` -> [0, 2, 4]; distinct, non-negative, increasing (the layers keep their order)."""
+    try:
+        layers = [int(part) for part in text.split(",")]
+    except ValueError:
+        layers = []
+    if not layers or any(i < 0 for i in layers) or layers != sorted(set(layers)):
+        raise ConfigError(f"--init-layers must be increasing layer indices like 0,2,4, got {text!r}")
+    return layers
 
 
 def resolve_mixed_precision(requested: str, on_gpu: bool) -> str:
@@ -212,13 +236,25 @@ def check_same_config(saved_file: Path, config: TrainConfig) -> None:
 
 def load_data(
     config: TrainConfig, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator
-) -> tuple[Dataset, Dataset]:
-    from sst2dist.data import load_sst2, sort_by_length, tokenize
+) -> tuple[Dataset, Dataset, dict | None]:
+    """Tokenized train and validation splits; with a teacher, each training row carries its `teacher_logits`
+    (computed over the whole split, so one cache serves every --max-train-samples)."""
+    from sst2dist.data import load_sst2, sort_by_length, take_first, tokenize
+    from sst2dist.distill import teacher_logits
 
+    with accelerator.main_process_first():  # the main process reads and converts, the others read its cache
+        raw = load_sst2(config.data, None if config.teacher else config.max_train_samples, config.max_eval_samples)
+    meta = None
+    if config.teacher:
+        rows = raw["train"]
+        cache = Path(config.teacher_cache) if config.teacher_cache else None
+        logits, meta = teacher_logits(
+            config.teacher, rows["sentence"], rows["label"], config.max_length, accelerator, cache
+        )
+        raw["train"] = take_first(rows.add_column("teacher_logits", logits.tolist()), config.max_train_samples)
     with accelerator.main_process_first():  # the main process tokenizes, the others read its cache
-        raw = load_sst2(config.data, config.max_train_samples, config.max_eval_samples)
         tokenized = tokenize(raw, tokenizer, config.max_length)
-    return tokenized["train"], sort_by_length(tokenized["validation"])
+    return tokenized["train"], sort_by_length(tokenized["validation"]), meta
 
 
 def make_train_loader(config: TrainConfig, train_set: Dataset, pad_token_id: int) -> tuple[DataLoader, Any]:
@@ -309,32 +345,130 @@ class RunLog:
         self.accelerator.log(numbers, step=record.get("step"))
 
 
+# ---------------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class TrainState:
+    """Everything, besides what Accelerate saves, needed to continue exactly where a checkpoint left off."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_accuracy: float = -1.0
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    samples: int = 0  # over all processes, up to the checkpoint
+    tokens: int = 0
+    padded_tokens: int = 0
+    train_seconds: float = 0.0
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict, path: Path) -> TrainState:
+        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"{path} holds an unknown trainer state ({', '.join(unknown)}): it is not ours")
+        return cls(**saved)
+
+
+class Window:
+    """Sums kept on the device between two reads, so a training step never waits for the host.
+
+    The loss sums, the per-process sample/token counts, and the first step whose loss was not finite (0: none)
+    are read only every --log-every steps and before anything is evaluated or written.
+    """
+
+    def __init__(self, device: Any, first_step: int) -> None:
+        import torch
+
+        self.losses = torch.zeros(3, device=device)  # loss, cross-entropy, distillation term
+        self.first_bad_step = torch.zeros((), dtype=torch.long, device=device)
+        self.counts = torch.zeros(3, dtype=torch.float64, device=device)  # since this launch: samples, tokens, padded
+        self.batches, self.first_step, self.started = 0, first_step, time.perf_counter()
+
+    def add(self, step: int, losses: torch.Tensor, mask: torch.Tensor) -> None:
+        import torch
+
+        bad = ~torch.isfinite(losses[0])
+        self.first_bad_step = torch.where(bad & (self.first_bad_step == 0), step, self.first_bad_step)
+        self.losses += losses
+        self.counts += torch.stack([mask.new_tensor(len(mask)), mask.sum(), mask.new_tensor(mask.numel())])
+        self.batches += 1
+
+    def packed(self) -> torch.Tensor:
+        import torch
+
+        scalars = torch.stack([self.first_bad_step.double(), self.counts.new_tensor(self.batches)])
+        return torch.cat([self.losses.double(), scalars[:1], self.counts, scalars[1:]])
+
+    def restart(self, next_step: int) -> None:
+        self.losses.zero_()
+        self.batches, self.first_step, self.started = 0, next_step, time.perf_counter()
+
+
 # ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class Run:
+    """What `setup` builds and `fit` drives."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: DataLoader
+    sampler: Any
+    eval_loader: DataLoader
+    metric: Any
+    log: RunLog
+    total_steps: int
+    steps_per_epoch: int
+    resume_from: Path | None
+    teacher_meta: dict | None
+    counts_at_start: tuple[int, int, int] = (0, 0, 0)  # samples, tokens, padded tokens of the checkpoint
+    progress: Any = None
+    final_accuracy: float | None = None
+    eval_samples: int = 0
+    last_eval_step: int = -1
+    last_save_step: int = -1
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
 
 
 def train(config: TrainConfig) -> dict:
     """Run the whole training (or evaluation with --eval-only); return what is written to metrics.json."""
-    import torch
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
-
-    from sst2dist.modeling import load_accuracy_metric, load_model, load_tokenizer
-
     started = time.perf_counter()
     check_config(config)
     accelerator = make_accelerator(config)
     if config.eval_only:
         return evaluate_only(config, accelerator)
-    output_dir = Path(config.output_dir)
+    run, state = setup(config, accelerator)
+    stopped_early = fit(run, state)
+    return finish(run, state, stopped_early, started)
+
+
+def setup(config: TrainConfig, accelerator: Accelerator) -> tuple[Run, TrainState]:
+    """Data, model, optimizer and schedule, prepared by Accelerate; the state restored from a checkpoint."""
+    import torch
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    from sst2dist.modeling import keep_layers, load_accuracy_metric, load_model, load_tokenizer
+
     resume_from = prepare_output_dir(config, accelerator)
     set_seed(config.seed)
-
     tokenizer = load_tokenizer(config.model)
-    train_set, eval_set = load_data(config, tokenizer, accelerator)
+    train_set, eval_set, teacher_meta = load_data(config, tokenizer, accelerator)
     train_loader, sampler = make_train_loader(config, train_set, tokenizer.pad_token_id)
     eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
     model = load_model(config.model)
+    if config.init_layers:
+        keep_layers(model, parse_layers(config.init_layers))
     if config.compile:
         model = torch.compile(model, dynamic=True)
     optimizer = make_optimizer(model, config)
@@ -344,161 +478,190 @@ def train(config: TrainConfig) -> dict:
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimizer step
-    metric = load_accuracy_metric()
-    log = RunLog(accelerator, output_dir)
+    log = RunLog(accelerator, Path(config.output_dir))
     accelerator.init_trackers("sst2dist", config={k: str(v) for k, v in asdict(config).items()})
+    run = Run(
+        config, accelerator, model, tokenizer, optimizer, scheduler, train_loader, sampler, eval_loader,
+        load_accuracy_metric(), log, total_steps, steps_per_epoch, resume_from, teacher_meta,
+    )  # fmt: skip
 
-    # Everything needed to continue exactly where a checkpoint left off.
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_accuracy": -1.0, "best_step": 0}
-    state |= {"evals_without_improvement": 0, "samples": 0, "tokens": 0, "padded_tokens": 0, "train_seconds": 0.0}
+    state = TrainState()
     if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
-        accelerator.print(f"resuming from {resume_from} (step {state['step']})")
-    if state["batches_in_epoch"] >= len(train_loader):  # the checkpoint was taken at an epoch's end
-        state |= {"epoch": state["epoch"] + 1, "batches_in_epoch": 0}
+        state = TrainState.from_checkpoint(load_checkpoint(accelerator, resume_from), resume_from)
+        accelerator.print(f"resuming from {resume_from} (step {state.step})")
+    if state.batches_in_epoch >= len(train_loader):  # the checkpoint was taken at an epoch's end
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+    run.counts_at_start = (state.samples, state.tokens, state.padded_tokens)
+    return run, state
 
+
+def fit(run: Run, state: TrainState) -> bool:
+    """The loop: forward, backward, step; read the device sums, evaluate and checkpoint on schedule.
+
+    Returns True when early stopping ended the run.
+    """
+    from tqdm.auto import tqdm
+
+    config, accelerator, model = run.config, run.accelerator, run.model
     accelerator.print(
-        f"training {total_steps} steps ({steps_per_epoch}/epoch) on {len(train_set)} sentences, "
+        f"training {run.total_steps} steps ({run.steps_per_epoch}/epoch) on {len(run.sampler.lengths)} sentences, "
         f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}"
+        + (f", distilling from {config.teacher}" if config.teacher else "")
     )
-    progress = tqdm(total=total_steps, initial=state["step"], disable=not accelerator.is_local_main_process)
-    # samples, tokens, padded tokens seen by this process since (re)start; on the device, for reduce()
-    local = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
-    window_loss, window_batches, window_start = 0.0, 0, time.perf_counter()
-    last_eval_step = last_save_step = -1
-    final_accuracy, eval_samples, stop = None, 0, False
+    run.progress = tqdm(total=run.total_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    window = Window(accelerator.device, first_step=state.step + 1)
+    stop = False
     model.train()
-
-    def seen(totals: torch.Tensor) -> dict:
-        """Counts over all processes since the run began: the checkpoint's plus this launch's."""
-        names = ("samples", "tokens", "padded_tokens")
-        return {name: state[name] + int(total) for name, total in zip(names, totals.tolist(), strict=True)}
-
-    def checkpoint() -> None:
-        totals = accelerator.reduce(local.clone(), reduction="sum")
-        save_checkpoint(accelerator, output_dir, state | seen(totals), keep=config.keep_checkpoints)
-
-    def evaluate_and_keep_best() -> bool:
-        """Evaluate; save the model when it is the best so far; True when early stopping says stop."""
-        nonlocal final_accuracy, eval_samples, last_eval_step
-        accuracy, eval_samples = evaluate(model, eval_loader, accelerator, metric)
-        final_accuracy, last_eval_step = accuracy, state["step"]
-        improved = accuracy > state["best_accuracy"]
-        if improved:
-            state.update(best_accuracy=accuracy, best_step=state["step"], evals_without_improvement=0)
-            save_model(accelerator, model, tokenizer, output_dir / "model")
-        else:
-            state["evals_without_improvement"] += 1
-        best = state["best_accuracy"]
-        log.write(
-            {"step": state["step"], "eval_accuracy": accuracy, "eval_samples": eval_samples, "best_accuracy": best}
-        )
-        progress.set_postfix(acc=f"{accuracy:.4f}", best=f"{state['best_accuracy']:.4f}")
-        patience = config.early_stopping_patience
-        return bool(patience) and state["evals_without_improvement"] >= patience
-
-    while state["step"] < total_steps and not stop:
+    while state.step < run.total_steps and not stop:
         # The prepared loader re-sets its sampler's epoch from its own counter on every pass: set both.
-        train_loader.set_epoch(state["epoch"])
-        sampler.set_epoch(state["epoch"])
-        skip = state["batches_in_epoch"]
-        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        run.train_loader.set_epoch(state.epoch)
+        run.sampler.set_epoch(state.epoch)
+        skip = state.batches_in_epoch
+        batches = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
         tick = time.perf_counter()
         for batch in batches:
+            mask = batch["attention_mask"]
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                stop_if_not_finite(accelerator, loss, state, log)
-                accelerator.backward(loss)
+                losses = forward_losses(run, batch)
+                accelerator.backward(losses[0])
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
+                run.optimizer.step()
                 if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:  # fp16 overflow
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            state["batches_in_epoch"] += 1
-            mask = batch["attention_mask"]
-            local += torch.stack([mask.new_tensor(len(mask)), mask.sum(), mask.new_tensor(mask.numel())])
-            window_loss, window_batches = window_loss + loss.item(), window_batches + 1
+                    run.scheduler.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            state.batches_in_epoch += 1
+            window.add(state.step + 1, losses.detach(), mask)
             if not accelerator.sync_gradients:
                 continue
-            state["step"] += 1
-            progress.update(1)
-
-            if state["step"] % config.log_every == 0:
-                window_mean = torch.tensor(window_loss / window_batches, device=accelerator.device)
-                mean_loss = accelerator.reduce(window_mean, "mean").item()
-                seconds = time.perf_counter() - window_start
-                rate = round(config.log_every / seconds, 3)
-                lr = scheduler.get_last_lr()[0]
-                log.write({"step": state["step"], "loss": round(mean_loss, 5), "lr": lr, "steps_per_second": rate})
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-                window_loss, window_batches, window_start = 0.0, 0, time.perf_counter()
-            done = state["step"] >= total_steps
-            if config.eval_every and state["step"] % config.eval_every == 0 and not done:
-                state["train_seconds"] += time.perf_counter() - tick
-                stop = evaluate_and_keep_best()
-                tick = time.perf_counter()
-            if config.save_every and state["step"] % config.save_every == 0 and not done and not stop:
-                state["train_seconds"] += time.perf_counter() - tick
-                checkpoint()
-                last_save_step, tick = state["step"], time.perf_counter()
+            state.step += 1
+            run.progress.update(1)
+            done = state.step >= run.total_steps
+            due_log = state.step % config.log_every == 0
+            due_eval = bool(config.eval_every) and state.step % config.eval_every == 0 and not done
+            due_save = bool(config.save_every) and state.step % config.save_every == 0 and not done
+            if not (due_log or due_eval or due_save or done):
+                continue
+            state.train_seconds += time.perf_counter() - tick
+            read_window(run, state, window, log_it=due_log)
+            stop = due_eval and evaluate_and_keep_best(run, state)
+            if due_save and not stop:
+                save_checkpoint(accelerator, run.output_dir, asdict(state), keep=config.keep_checkpoints)
+                run.last_save_step = state.step
+            tick = time.perf_counter()
             if done or stop:
                 break
-        state["train_seconds"] += time.perf_counter() - tick
-        if state["batches_in_epoch"] >= len(train_loader):
-            state |= {"epoch": state["epoch"] + 1, "batches_in_epoch": 0}
+        else:
+            state.train_seconds += time.perf_counter() - tick
+        if state.batches_in_epoch >= len(run.train_loader):
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+    run.progress.close()
+    return stop
 
-    progress.close()
-    if last_eval_step != state["step"]:
-        evaluate_and_keep_best()
-    if last_save_step != state["step"]:
-        checkpoint()
-    totals = seen(accelerator.reduce(local, reduction="sum"))
-    samples, tokens = totals["samples"], totals["tokens"]
+
+def forward_losses(run: Run, batch: dict) -> torch.Tensor:
+    """[loss, cross-entropy, distillation term]; the loss is the cross-entropy alone without a teacher."""
+    import torch
+
+    from sst2dist.distill import distillation_loss
+
+    teacher_logits = batch.pop("teacher_logits", None)
+    if teacher_logits is None:
+        loss = run.model(**batch).loss
+        return torch.stack([loss, loss.detach(), torch.zeros_like(loss)])
+    labels = batch.pop("labels")
+    logits = run.model(**batch).logits
+    alpha, temperature = run.config.distill_alpha, run.config.distill_temperature
+    return torch.stack(distillation_loss(logits, teacher_logits, labels, alpha, temperature))
+
+
+def read_window(run: Run, state: TrainState, window: Window, log_it: bool) -> None:
+    """The one host sync between logs: gather every process's sums, stop on a non-finite loss, log the means."""
+    accelerator = run.accelerator
+    rows = accelerator.gather(window.packed()).reshape(accelerator.num_processes, -1).cpu().double()
+    losses, first_bad, counts, batches = rows[:, :3].sum(0), rows[:, 3], rows[:, 4:7].sum(0), rows[:, 7].sum()
+    if (first_bad > 0).any():
+        stop_on_non_finite_loss(run, int(first_bad[first_bad > 0].min()), window.first_step, state.step)
+    state.samples, state.tokens, state.padded_tokens = (
+        base + int(total) for base, total in zip(run.counts_at_start, counts.tolist(), strict=True)
+    )
+    if not log_it:
+        return
+    loss, ce, kd = (losses / batches).tolist()
+    record = {"step": state.step, "loss": round(loss, 5)}
+    if run.config.teacher:
+        record |= {"loss_ce": round(ce, 5), "loss_kd": round(kd, 5)}
+    rate = (state.step - window.first_step + 1) / (time.perf_counter() - window.started)
+    run.log.write(record | {"lr": run.scheduler.get_last_lr()[0], "steps_per_second": round(rate, 3)})
+    run.progress.set_postfix(loss=f"{loss:.4f}")
+    window.restart(state.step + 1)
+
+
+def stop_on_non_finite_loss(run: Run, bad_step: int, first: int, last: int) -> None:
+    """Every process reads the same gathered sums, so they all stop here, before anything of steps first..last
+    is evaluated or written."""
+    run.log.write({"step": bad_step, "event": "non_finite_loss", "window": [first, last]})
+    raise NonFiniteLossError(
+        f"the training loss is not finite at step {bad_step} (checked over steps {first}-{last}): stopped on every "
+        "process; no checkpoint or model was written from these steps. Lower --lr, keep --max-grad-norm > 0, "
+        "or try --mixed-precision no"
+    )
+
+
+def evaluate_and_keep_best(run: Run, state: TrainState) -> bool:
+    """Evaluate; save the model when it is the best so far; True when early stopping says stop."""
+    accuracy, run.eval_samples = evaluate(run.model, run.eval_loader, run.accelerator, run.metric)
+    run.final_accuracy, run.last_eval_step = accuracy, state.step
+    if accuracy > state.best_accuracy:
+        state.best_accuracy, state.best_step, state.evals_without_improvement = accuracy, state.step, 0
+        save_model(run.accelerator, run.model, run.tokenizer, run.output_dir / "model")
+    else:
+        state.evals_without_improvement += 1
+    record = {"step": state.step, "eval_accuracy": accuracy, "eval_samples": run.eval_samples}
+    run.log.write(record | {"best_accuracy": state.best_accuracy})
+    if run.progress is not None:
+        run.progress.set_postfix(acc=f"{accuracy:.4f}", best=f"{state.best_accuracy:.4f}")
+    patience = run.config.early_stopping_patience
+    return bool(patience) and state.evals_without_improvement >= patience
+
+
+def finish(run: Run, state: TrainState, stopped_early: bool, started: float) -> dict:
+    """Evaluate and checkpoint the last step (unless just done), write metrics.json; return the metrics."""
+    config, accelerator = run.config, run.accelerator
+    if run.last_eval_step != state.step:
+        evaluate_and_keep_best(run, state)
+    if run.last_save_step != state.step:
+        save_checkpoint(accelerator, run.output_dir, asdict(state), keep=config.keep_checkpoints)
     metrics = {
-        "best_accuracy": state["best_accuracy"],
-        "best_step": state["best_step"],
-        "final_accuracy": final_accuracy,
-        "eval_samples": eval_samples,
-        "steps": state["step"],
-        "epochs": round(state["step"] / steps_per_epoch, 3),
-        "stopped_early": stop,
-        "train_samples_seen": samples,
-        "train_tokens_seen": tokens,
-        "train_padded_tokens_seen": totals["padded_tokens"],
-        "train_seconds": round(state["train_seconds"], 2),
-        "samples_per_second": round(samples / state["train_seconds"], 2),
-        "tokens_per_second": round(tokens / state["train_seconds"], 1),
+        "best_accuracy": state.best_accuracy,
+        "best_step": state.best_step,
+        "final_accuracy": run.final_accuracy,
+        "eval_samples": run.eval_samples,
+        "steps": state.step,
+        "epochs": round(state.step / run.steps_per_epoch, 3),
+        "stopped_early": stopped_early,
+        "train_samples_seen": state.samples,
+        "train_tokens_seen": state.tokens,
+        "train_padded_tokens_seen": state.padded_tokens,
+        "train_seconds": round(state.train_seconds, 2),
+        "samples_per_second": round(state.samples / state.train_seconds, 2),
+        "tokens_per_second": round(state.tokens / state.train_seconds, 1),
         "wall_seconds_this_launch": round(time.perf_counter() - started, 2),
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
-        "resumed_from": str(resume_from) if resume_from else None,
+        "resumed_from": str(run.resume_from) if run.resume_from else None,
+        "teacher": run.teacher_meta,
         "versions": package_versions(VERSIONED_PACKAGES),
     }
     if accelerator.is_main_process:
-        write_json_atomic(output_dir / "metrics.json", metrics)
-        resolved = {"resolved_mixed_precision": accelerator.mixed_precision, "total_steps": total_steps}
+        write_json_atomic(run.output_dir / "metrics.json", metrics)
+        resolved = {"resolved_mixed_precision": accelerator.mixed_precision, "total_steps": run.total_steps}
         resolved["num_processes"] = accelerator.num_processes
-        write_json_atomic(output_dir / "train_config.json", asdict(config) | resolved)
-    log.write({"step": state["step"], "event": "done", **{k: v for k, v in metrics.items() if k != "versions"}})
+        write_json_atomic(run.output_dir / "train_config.json", asdict(config) | resolved)
+    logged = {k: v for k, v in metrics.items() if k not in ("versions", "teacher")}
+    run.log.write({"step": state.step, "event": "done", **logged})
     accelerator.end_training()
     return metrics
-
-
-def stop_if_not_finite(accelerator: Accelerator, loss: torch.Tensor, state: dict, log: RunLog) -> None:
-    """Every process learns whether any process saw a NaN/inf loss, so they all stop at the same step."""
-    import torch
-
-    bad = accelerator.reduce((~torch.isfinite(loss.detach())).float().reshape(1), reduction="sum")
-    if bad.item() == 0:
-        return
-    step = state["step"] + 1
-    log.write({"step": step, "event": "non_finite_loss", "loss": str(loss.item())})
-    raise NonFiniteLossError(
-        f"the training loss is {loss.item()} (not finite) at step {step}: stopped on every process; "
-        "no checkpoint or model was written from this step. Lower --lr, keep --max-grad-norm > 0, "
-        "or try --mixed-precision no"
-    )
 
 
 def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
@@ -509,7 +672,8 @@ def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
     set_seed(config.seed)  # a base model's new classification head is random
 
     tokenizer = load_tokenizer(config.model)
-    _, eval_set = load_data(dataclasses.replace(config, max_train_samples=1), tokenizer, accelerator)
+    eval_config = dataclasses.replace(config, max_train_samples=1, teacher=None)
+    _, eval_set, _ = load_data(eval_config, tokenizer, accelerator)
     eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
     model, eval_loader = accelerator.prepare(load_model(config.model), eval_loader)
     accuracy, counted = evaluate(model, eval_loader, accelerator, load_accuracy_metric())

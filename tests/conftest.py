@@ -63,3 +63,33 @@ def tiny_bundle_dir(tiny_model_dir: Path, sst2_dir: Path, tmp_path_factory: pyte
     bundle = tmp_path_factory.mktemp("tiny-bundle") / "bundle"
     export_bundle(tiny_model_dir, bundle, data=str(sst2_dir), max_verify_samples=64, max_accuracy_drop=100.0)
     return bundle
+
+
+def make_tiny_mpnet(path: Path, seed: int = 0) -> Path:
+    """A random 2-layer MPNet classifier (no token type ids, pad id 1) with an MPNet tokenizer built from the
+    packaged MiniLM's WordPiece vocabulary: the teacher's architecture, without its 440 MB."""
+    import torch
+    from transformers import MPNetConfig, MPNetForSequenceClassification, MPNetTokenizerFast
+
+    from sst2dist.modeling import DEFAULT_MODEL, ID2LABEL, LABEL2ID, resolve_model
+
+    torch.manual_seed(seed)
+    wordpieces = (Path(resolve_model(DEFAULT_MODEL)) / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    path.mkdir(parents=True)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["<s>", "<pad>", "</s>", "<unk>", *wordpieces, "<mask>"]) + "\n", encoding="utf-8")
+    tokenizer = MPNetTokenizerFast(vocab_file=str(vocab), model_max_length=512)
+    config = MPNetConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=2,
+        id2label=ID2LABEL,
+        label2id=LABEL2ID,
+    )
+    MPNetForSequenceClassification(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

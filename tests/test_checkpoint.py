@@ -75,14 +75,3 @@ def test_folders_without_trainer_state_are_not_checkpoints(tmp_path: Path) -> No
     (tmp_path / "checkpoints" / "step-00000009" / "model.safetensors").write_bytes(b"half")
     assert latest_checkpoint(tmp_path) is None
     assert latest_checkpoint(tmp_path / "missing") is None
-
-
-def test_replace_dir_swaps_in_the_new_folder(tmp_path: Path) -> None:
-    old, new = tmp_path / "model", tmp_path / ".tmp-model"
-    old.mkdir()
-    (old / "weights").write_text("old")
-    new.mkdir()
-    (new / "weights").write_text("new")
-    checkpoint.replace_dir(new, old)
-    assert (old / "weights").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -328,3 +328,36 @@ def test_real_minilm_export_and_gate(sst2_dir: Path, tmp_path: Path) -> None:
     assert {"Attention", "SkipLayerNormalization"} <= {
         node.op_type for node in onnx.load(str(tmp_path / "bundle" / VARIANT_FILES["optimized"])).graph.node
     }
+
+
+@pytest.mark.slow
+def test_a_tiny_mpnet_trains_exports_and_passes_the_gate(sst2_dir: Path, tmp_path: Path) -> None:
+    """The teacher's architecture: no token type ids, pad id 1; the same loop, exporter and gate."""
+    from accelerate.state import AcceleratorState, GradientState
+    from conftest import make_tiny_mpnet
+
+    from sst2dist.train import main as train_main
+
+    base = make_tiny_mpnet(tmp_path / "mpnet")
+    assert json.loads((base / "config.json").read_text())["pad_token_id"] == 1
+    run = tmp_path / "run"
+    options = ["--data", str(sst2_dir), "--model", str(base), "--output-dir", str(run), "--batch-size", "16"]
+    options += ["--max-train-samples", "64", "--max-eval-samples", "32", "--max-steps", "3", "--lr", "1e-3"]
+    try:
+        assert train_main(options) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    bundle = tmp_path / "bundle"
+    manifest = export_bundle(run / "model", bundle, data=str(sst2_dir), max_verify_samples=64, max_accuracy_drop=100.0)
+    assert onnx_inputs(bundle / VARIANT_FILES["fp32"]) == ["input_ids", "attention_mask"]
+    assert {"fp32", "int8"} <= set(manifest["variants"])
+    for name in manifest["variants"]:
+        assert manifest["verification"][name]["passed"], (name, manifest["verification"][name])
+    labels = Classifier(bundle, variant="fp32").predict(TEXTS)
+    assert {p["label"] for p in labels} <= {"negative", "positive"}
+
+
+def onnx_inputs(path: Path) -> list[str]:
+    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]

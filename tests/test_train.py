@@ -265,3 +265,37 @@ def test_two_processes_and_one_evaluate_a_checkpoint_identically(sst2_dir: Path,
     assert results[1]["eval_accuracy"] == results[2]["eval_accuracy"]
     # The (random, seeded) head predicts both classes: a constant answer would hide mis-gathered samples.
     assert round(results[1]["eval_accuracy"] * 872) not in (428, 444)
+
+
+@pytest.mark.slow
+def test_training_steps_never_read_the_device_between_logs(
+    sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every host read of a tensor (.item(), .tolist(), .cpu(), .numpy(), bool()) is counted: a run of 9 steps
+    makes exactly as many as a run of 3, so no step waits for the device (the loss and the NaN check stay there
+    until a log, evaluation or checkpoint reads them)."""
+    import torch
+    from accelerate.state import AcceleratorState, GradientState
+
+    reads = {"count": 0}
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: object, _original=original, **kwargs: object) -> object:
+            reads["count"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = {}
+    for steps in (3, 9):
+        options = quick_options(sst2_dir, tiny_model_dir, tmp_path / f"run{steps}")
+        options += ["--max-train-samples", "320", "--max-eval-samples", "16", "--batch-size", "16"]
+        options += ["--max-steps", str(steps), "--log-every", "1000", "--eval-every", "0", "--save-every", "0"]
+        reads["count"] = 0
+        try:
+            assert main([*options, "--mixed-precision", "no"]) == 0
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+        counts[steps] = reads["count"]
+    assert counts[3] == counts[9] > 0

@@ -1,0 +1,200 @@
+"""Knowledge distillation: a teacher's logits over the training split, computed once and cached, and the loss.
+
+The logits live in one `.npz` file (float32 `logits` of shape rows × 2, and a JSON `meta` record) keyed by the
+teacher's weights sha256, the training data and the max length. A file is only trusted for the training split
+it was computed on (`meta["data_sha256"]`), so a run never distils from logits of other sentences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sst2dist.atomic import atomic_path
+from sst2dist.packaged import default_cache_dir, sha256_of
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+
+SHIPPED_LOGITS_DIR = Path(__file__).parent / "teachers"
+# Logits shipped with the package: the fine-tuned all-mpnet-base-v2 over the 67,349 GLUE SST-2 training rows.
+SHIPPED_LOGITS = {"packaged:all-mpnet-base-v2-sst2": SHIPPED_LOGITS_DIR / "all-mpnet-base-v2-sst2.npz"}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class TeacherError(ValueError):
+    """The --teacher value cannot give logits for this training data; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LogitsKey:
+    """What the logits depend on: the teacher's weights, the training sentences and labels, the max length."""
+
+    teacher_sha256: str
+    data_sha256: str
+    max_length: int
+
+    @property
+    def filename(self) -> str:
+        return f"{self.teacher_sha256[:16]}-{self.data_sha256[:16]}-len{self.max_length}.npz"
+
+
+def data_fingerprint(sentences: Sequence[str], labels: Sequence[int]) -> str:
+    digest = hashlib.sha256()
+    for sentence, label in zip(sentences, labels, strict=True):
+        digest.update(f"{label}\t{sentence}\n".encode())
+    return digest.hexdigest()
+
+
+def teacher_weights_sha256(model_dir: Path) -> str:
+    for name in WEIGHT_FILES:
+        if (model_dir / name).is_file():
+            return sha256_of(model_dir / name)
+    raise TeacherError(f"--teacher {model_dir} has no {' or '.join(WEIGHT_FILES)}: point it at a trained model folder")
+
+
+# ---------------------------------------------------------------------------------------------- the loss
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """α · CE(labels) + (1 − α) · T² · KL(softmax(teacher/T) ‖ softmax(student/T)); returns (loss, ce, kd).
+
+    T² keeps the soft term's gradients on the scale of the hard term's as T grows (Hinton et al., 2015).
+    """
+    import torch.nn.functional as F
+
+    student, teacher = student_logits.float(), teacher_logits.float()
+    ce = F.cross_entropy(student, labels)
+    log_student = F.log_softmax(student / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    kd = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+    return alpha * ce + (1 - alpha) * kd, ce, kd
+
+
+# ---------------------------------------------------------------------------------------------- the logits
+
+
+def load_logits(path: Path) -> tuple[np.ndarray, dict]:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return stored["logits"], json.loads(str(stored["meta"]))
+    except (OSError, KeyError, ValueError) as err:
+        raise TeacherError(f"{path} is not a teacher-logits file ({err}); delete it to recompute") from err
+
+
+def save_logits(path: Path, logits: np.ndarray, meta: dict) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, logits=logits.astype(np.float32), meta=np.array(json.dumps(meta, sort_keys=True)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(buffer.getvalue())
+
+
+def teacher_logits(
+    teacher: str,
+    sentences: Sequence[str],
+    labels: Sequence[int],
+    max_length: int,
+    accelerator: Accelerator,
+    cache_dir: Path | None = None,
+) -> tuple[np.ndarray, dict]:
+    """The teacher's logits for every training row, with their metadata: from a logits file, the cache, or
+    computed by the teacher model (sharded over the processes) and cached."""
+    data_sha256 = data_fingerprint(sentences, labels)
+    if teacher in SHIPPED_LOGITS or teacher.endswith(".npz"):
+        return logits_from_file(Path(SHIPPED_LOGITS.get(teacher, teacher)), data_sha256, len(sentences))
+    model_dir = Path(teacher).expanduser()
+    if not (model_dir / "config.json").is_file():
+        raise TeacherError(
+            f"--teacher {teacher} is neither a model folder (no config.json) nor a .npz logits file "
+            f"nor one of {', '.join(SHIPPED_LOGITS)}"
+        )
+    key = LogitsKey(teacher_weights_sha256(model_dir), data_sha256, max_length)
+    path = (cache_dir or default_cache_dir() / "teacher-logits") / key.filename
+    if not path.is_file():
+        compute_and_cache(model_dir, sentences, key, path, accelerator)
+    logits, meta = load_logits(path)
+    if meta.get("key") != asdict(key) or logits.shape != (len(sentences), 2):
+        raise TeacherError(f"{path} does not match its name (teacher, data or max length): delete it to recompute")
+    return logits, meta
+
+
+def logits_from_file(path: Path, data_sha256: str, rows: int) -> tuple[np.ndarray, dict]:
+    if not path.is_file():
+        raise TeacherError(f"teacher logits file {path} does not exist")
+    logits, meta = load_logits(path)
+    if meta.get("key", {}).get("data_sha256") != data_sha256 or len(logits) != rows:
+        raise TeacherError(
+            f"{path} holds logits for other training data ({len(logits)} rows, computed on "
+            f"{meta.get('data', 'unknown data')}); this run has {rows} training rows. Use the same --data, "
+            "or pass the teacher's model folder to --teacher to compute logits for this data"
+        )
+    return logits, meta
+
+
+def compute_and_cache(
+    model_dir: Path, sentences: Sequence[str], key: LogitsKey, path: Path, accelerator: Accelerator
+) -> None:
+    """Each process scores rows rank, rank + N, ...; the main process joins the shards and writes the file."""
+    parts = path.with_name(f".parts-{path.stem}")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        parts.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    mine = list(range(rank, len(sentences), world))
+    shard = score(model_dir, [sentences[i] for i in mine], key.max_length, accelerator)
+    with atomic_path(parts / f"rank-{rank}.npy") as temporary, temporary.open("wb") as handle:
+        np.save(handle, shard)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        logits = np.zeros((len(sentences), 2), dtype=np.float32)
+        for other in range(world):
+            logits[other::world] = np.load(parts / f"rank-{other}.npy")
+        save_logits(path, logits, logits_meta(model_dir, key))
+        shutil.rmtree(parts, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def logits_meta(model_dir: Path, key: LogitsKey) -> dict:
+    """What a reader of the file needs to trust it: its key, and the teacher's own dev accuracy when known."""
+    meta: dict = {"key": asdict(key), "teacher": str(model_dir)}
+    metrics_file = model_dir.parent / "metrics.json"
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        meta["teacher_dev_accuracy"] = metrics.get("best_accuracy")
+    return meta
+
+
+def score(model_dir: Path, sentences: Sequence[str], max_length: int, accelerator: Accelerator) -> np.ndarray:
+    """The model's logits for `sentences`, in their order; batches of similar length, under the run's precision."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(accelerator.device).eval()
+    encoded = tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    logits = np.zeros((len(sentences), 2), dtype=np.float32)
+    batch_size = 128
+    progress = tqdm(total=len(order), desc="teacher logits", disable=not accelerator.is_local_main_process)
+    with torch.inference_mode(), accelerator.autocast():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+            output = model(**{k: v.to(accelerator.device) for k, v in batch.items()}).logits
+            logits[rows] = output.float().cpu().numpy()
+            progress.update(len(rows))
+    progress.close()
+    return logits

@@ -1,0 +1,171 @@
+"""Distillation: the loss against a hand computation, the teacher-logits cache, and real training runs with a
+teacher (exact resume, smaller students)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_tiny_model
+
+from sst2dist.distill import TeacherError, data_fingerprint, distillation_loss, save_logits, teacher_logits
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SENTENCES = ["a gorgeous, witty film", "dull and lifeless", "it works", "never again", "fine"]
+LABELS = [1, 0, 1, 0, 1]
+
+
+def test_the_loss_is_alpha_ce_plus_t_squared_kl() -> None:
+    import torch
+
+    student = torch.tensor([[1.0, -0.5], [0.2, 0.3], [-2.0, 1.5]])
+    teacher = torch.tensor([[2.0, -1.0], [-0.4, 0.9], [-1.0, 3.0]])
+    labels = torch.tensor([0, 1, 1])
+    alpha, t = 0.3, 2.5
+
+    def softmax(row: list[float]) -> list[float]:
+        exps = [math.exp(x) for x in row]
+        return [e / sum(exps) for e in exps]
+
+    ce = -sum(math.log(softmax(s)[y]) for s, y in zip(student.tolist(), labels.tolist(), strict=True)) / 3
+    kl = 0.0
+    for s, te in zip(student.tolist(), teacher.tolist(), strict=True):
+        p_t, p_s = softmax([x / t for x in te]), softmax([x / t for x in s])
+        kl += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s, strict=True))
+    expected_kd = t * t * kl / 3
+    loss, ce_out, kd_out = distillation_loss(student, teacher, labels, alpha, t)
+    assert ce_out.item() == pytest.approx(ce, rel=1e-6)
+    assert kd_out.item() == pytest.approx(expected_kd, rel=1e-5)
+    assert loss.item() == pytest.approx(alpha * ce + (1 - alpha) * expected_kd, rel=1e-5)
+
+
+@pytest.fixture
+def accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_logits_are_cached_reused_and_invalidated(tmp_path: Path, tiny_model_dir: Path, accelerator) -> None:
+    cache = tmp_path / "cache"
+    logits, meta = teacher_logits(str(tiny_model_dir), SENTENCES, LABELS, 32, accelerator, cache)
+    assert logits.shape == (5, 2) and np.isfinite(logits).all()
+    assert meta["key"]["data_sha256"] == data_fingerprint(SENTENCES, LABELS)
+    [cached] = list(cache.iterdir())
+    written = cached.stat().st_mtime_ns
+
+    again, _ = teacher_logits(str(tiny_model_dir), SENTENCES, LABELS, 32, accelerator, cache)
+    assert np.array_equal(again, logits) and cached.stat().st_mtime_ns == written  # reused, not recomputed
+
+    teacher_logits(str(tiny_model_dir), SENTENCES, [0, 0, 1, 0, 1], 32, accelerator, cache)  # other labels
+    teacher_logits(str(tiny_model_dir), SENTENCES, LABELS, 16, accelerator, cache)  # other max length
+    other_teacher = make_tiny_model(tmp_path / "other-teacher", seed=7)
+    other, _ = teacher_logits(str(other_teacher), SENTENCES, LABELS, 32, accelerator, cache)
+    assert len(list(cache.glob("*.npz"))) == 4 and not np.array_equal(other, logits)
+    assert not list(cache.glob(".*"))  # no shards or temporaries left
+
+
+def test_the_logits_match_the_teacher_one_sentence_at_a_time(tiny_model_dir: Path, tmp_path: Path, accelerator) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    logits, _ = teacher_logits(str(tiny_model_dir), SENTENCES, LABELS, 32, accelerator, tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for row, sentence in enumerate(SENTENCES):
+            alone = model(**tokenizer(sentence, return_tensors="pt")).logits[0].numpy()
+            np.testing.assert_allclose(logits[row], alone, atol=1e-2)  # bf16 autocast where the CPU has it
+
+
+def test_a_logits_file_for_other_data_is_refused(tmp_path: Path, accelerator) -> None:
+    file = tmp_path / "logits.npz"
+    key = {"data_sha256": data_fingerprint(SENTENCES, LABELS), "teacher_sha256": "t", "max_length": 8}
+    save_logits(file, np.zeros((5, 2)), {"key": key, "data": "five sentences"})
+    assert teacher_logits(str(file), SENTENCES, LABELS, 8, accelerator)[0].shape == (5, 2)
+    with pytest.raises(TeacherError, match="other training data .*five sentences"):
+        teacher_logits(str(file), SENTENCES[:4], LABELS[:4], 8, accelerator)
+    with pytest.raises(TeacherError, match="neither a model folder"):
+        teacher_logits(str(tmp_path), SENTENCES, LABELS, 8, accelerator)
+
+
+# ------------------------------------------------------------------------------------------ real runs
+
+
+def train(*args: object) -> subprocess.CompletedProcess:
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "sst2dist.train", *map(str, args)]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+
+
+def student_options(sst2_dir: Path, student: Path, teacher: Path, out: Path, cache: Path) -> list[object]:
+    return [
+        "--data", sst2_dir, "--model", student, "--teacher", teacher, "--teacher-cache", cache,
+        "--output-dir", out, "--max-train-samples", 160, "--max-eval-samples", 32, "--batch-size", 32,
+        "--epochs", 3, "--eval-every", 4, "--save-every", 7, "--keep-checkpoints", 5, "--lr", 1e-3,
+        "--log-every", 2, "--distill-alpha", 0.2, "--distill-temperature", 3,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_resume_with_a_teacher_gives_the_same_weights_as_a_straight_run(
+    sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    teacher = make_tiny_model(tmp_path / "teacher", seed=3)
+    cache = tmp_path / "cache"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    result = train(*student_options(sst2_dir, tiny_model_dir, teacher, straight, cache))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(cache.glob("*.npz"))) == 1  # the whole training split, scored once
+
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    logged = [r for r in log if "loss_kd" in r]
+    assert logged and all(r["loss"] == pytest.approx(0.2 * r["loss_ce"] + 0.8 * r["loss_kd"], abs=2e-4) for r in logged)
+    metrics = json.loads((straight / "metrics.json").read_text())
+    assert metrics["teacher"]["key"]["teacher_sha256"] and metrics["train_samples_seen"] == 480
+
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / "step-00000007", resumed / "checkpoints" / "step-00000007")
+    shutil.copy(straight / "train_config.json", resumed / "train_config.json")
+    result = train(*student_options(sst2_dir, tiny_model_dir, teacher, resumed, cache), "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((resumed / "metrics.json").read_text())["train_samples_seen"] == 480
+    final_a = load_file(straight / "checkpoints" / "step-00000015" / "model.safetensors")
+    final_b = load_file(resumed / "checkpoints" / "step-00000015" / "model.safetensors")
+    assert all((final_a[k] == final_b[k]).all() for k in final_a)
+
+    changed = train(*student_options(sst2_dir, tiny_model_dir, tiny_model_dir, resumed, cache), "--resume")
+    assert changed.returncode == 1 and "--teacher" in changed.stderr  # another teacher: not the same run
+
+
+@pytest.mark.slow
+def test_init_layers_builds_a_smaller_student(sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    options = ["--data", sst2_dir, "--model", tiny_model_dir, "--output-dir", out, "--max-train-samples", 32]
+    options += ["--max-eval-samples", 16, "--batch-size", 16, "--max-steps", 2, "--init-layers", "1"]
+    result = train(*options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1
+
+    from safetensors.torch import load_file
+
+    student = load_file(out / "checkpoints" / "step-00000002" / "model.safetensors")
+    assert not any(".layer.1." in name for name in student)
+    bad = train(*options[:-2], "--init-layers", "0,5", "--overwrite")
+    assert bad.returncode == 1 and "the model has 2 layers" in bad.stderr
+    assert train(*options[:-2], "--init-layers", "2,1", "--overwrite").returncode == 1
