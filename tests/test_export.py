@@ -353,8 +353,10 @@ def test_a_tiny_mpnet_trains_exports_and_passes_the_gate(sst2_dir: Path, tmp_pat
     manifest = export_bundle(run / "model", bundle, data=str(sst2_dir), max_verify_samples=64, max_accuracy_drop=100.0)
     assert onnx_inputs(bundle / VARIANT_FILES["fp32"]) == ["input_ids", "attention_mask"]
     assert {"fp32", "int8"} <= set(manifest["variants"])
-    for name in manifest["variants"]:
-        assert manifest["verification"][name]["passed"], (name, manifest["verification"][name])
+    for name, entry in manifest["variants"].items():
+        assert entry["passed"], (name, entry["failure"])
+    assert "Attention" not in manifest["optimization"]["fused_operators"]  # relative-position attention: no fusion
+    assert "Attention" in manifest["optimization"]["note"]
     labels = Classifier(bundle, variant="fp32").predict(TEXTS)
     assert {p["label"] for p in labels} <= {"negative", "positive"}
 
