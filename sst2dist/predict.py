@@ -2,7 +2,9 @@
 
 Readers yield `(line_number, text)`; a line that cannot give a text raises `BadLine` naming its number (or is
 skipped and counted with `skip_bad=True`). Output to a file goes to a temporary file beside it, renamed over
-the target only when every line succeeded. Imports no torch, transformers or optimum.
+the target only when every line succeeded. Lines are classified a window at a time: the classifier sorts each
+window by length, so batches pad little, while memory stays flat and the output keeps the input's order. Imports
+no torch, transformers or optimum.
 
     sst2dist predict export/minilm "a gripping, funny film" "a dull mess"
     sst2dist predict export/minilm --input reviews.csv --column review --output predictions.jsonl
@@ -13,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,12 +22,12 @@ from pathlib import Path
 from typing import TextIO
 
 from sst2dist.atomic import atomic_open
+from sst2dist.runtime import Classifier, clean_text
 
 FORMATS = ("text", "jsonl", "csv", "tsv")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 TEXT_FIELDS = ("text", "sentence")  # looked up in this order when --field/--column is not given
-CHUNK = 256  # texts read, classified and written per step
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+WINDOW = 1024  # texts read, classified and written per step
 
 
 class BadLine(ValueError):
@@ -35,15 +36,6 @@ class BadLine(ValueError):
     def __init__(self, line: int, reason: str, where: str = "line"):
         super().__init__(f"{where} {line}: {reason}")
         self.line, self.reason = line, reason
-
-
-def clean_text(text: str) -> str:
-    """Lone UTF-16 surrogates (JSON "\\ud800", undecodable argv bytes) become U+FFFD; tokenizers rejects them."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return LONE_SURROGATE.sub("\ufffd", text)
-    return text
 
 
 def check_line_text(line: int, text: object, where: str = "line") -> str:
@@ -179,15 +171,17 @@ class PredictSummary:
 
 
 def predict_records(
-    classifier,
+    classifier: Classifier,
     records: Iterable[tuple[int, str | BadLine]],
     out: TextIO,
     *,
     batch_size: int = 32,
     skip_bad: bool = False,
     progress=None,
+    window: int = WINDOW,
 ) -> PredictSummary:
-    """Classify `records` in chunks, writing one JSON line per text; a BadLine stops it unless `skip_bad`."""
+    """Classify `records` `window` texts at a time, writing one JSON line per text in their order; a BadLine
+    stops it unless `skip_bad`."""
     summary = PredictSummary()
     chunk: list[str] = []
 
@@ -208,7 +202,7 @@ def predict_records(
                 progress.update(1)
             continue
         chunk.append(text)
-        if len(chunk) >= CHUNK:
+        if len(chunk) >= window:
             flush()
     if chunk:
         flush()
@@ -221,7 +215,7 @@ def count_lines(path: Path) -> int:
 
 
 def run_predict(
-    classifier,
+    classifier: Classifier,
     *,
     texts: Iterable[str] = (),
     input_path: str | None = None,

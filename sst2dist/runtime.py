@@ -1,4 +1,4 @@
-"""Run an exported bundle on CPU: onnxruntime session + `tokenizers` tokenizer, no torch.
+"""Run an exported bundle on CPU: loading a classifier, cleaning its input text, batched inference; no torch.
 
 Only onnxruntime, tokenizers and numpy (and the standard library) are imported here, so the base install
 (`pip install sst2dist`, without the train extra) can load a bundle, predict, bench and serve.
@@ -11,6 +11,7 @@ Only onnxruntime, tokenizers and numpy (and the standard library) are imported h
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ DEFAULT_VARIANT_ORDER = ("int8", "optimized", "fp32")
 # the default is the first of these that passed the gate: their scores do not depend on the batch.
 BATCH_INVARIANT_ORDER = ("static-int8", "optimized", "fp32", "int8")
 MANIFEST_FILE = "manifest.json"
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BundleError(ValueError):
@@ -153,11 +155,22 @@ class Classifier:
         return self.session.run(["logits"], encoded)[0]
 
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Logits [n_texts, n_labels] in the order of `texts`.
+
+        Past one batch, the texts run sorted by token length, so that each batch holds texts of similar length
+        and pads little; the rows are put back in the caller's order."""
         texts = _check_texts(texts)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        batches = [self.run(self.encode(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
-        return np.concatenate(batches) if batches else np.zeros((0, len(self.labels)), dtype=np.float32)
+        if len(texts) <= batch_size:
+            return self.run(self.encode(texts))
+        lengths = [min(count, self.max_length) for count in self.token_counts(texts)]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            batch = order[start : start + batch_size]
+            logits[batch] = self.run(self.encode([texts[i] for i in batch]))
+        return logits
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Every label's probability, [n_texts, n_labels]; column i is `self.labels[i]`."""
@@ -168,6 +181,32 @@ class Classifier:
         probabilities = self.predict_proba(texts, batch_size)
         best = probabilities.argmax(axis=-1)
         return [{"label": self.labels[i], "score": float(p[i])} for i, p in zip(best, probabilities, strict=True)]
+
+
+def load_classifier(bundle_dir: str | Path, variant: str | None = None, threads: int | None = None) -> Classifier:
+    """What `serve` and `predict` run: the bundle's classifier, by default in the first variant whose scores do not
+    depend on the batch, or a BundleError saying what is wrong with the bundle."""
+    try:
+        variant = variant or default_variant(read_manifest(bundle_dir), batch_invariant=True)
+        return Classifier(bundle_dir, variant=variant, threads=threads)
+    except BundleError:
+        raise
+    except ValueError as err:
+        raise BundleError(str(err)) from err
+    except Exception as err:  # onnxruntime raises its own classes for a corrupt model file
+        raise BundleError(
+            f"could not load {bundle_dir} ({type(err).__name__}: {str(err)[:300]}): the bundle looks corrupt; "
+            "export it again with `sst2dist export-onnx`"
+        ) from err
+
+
+def clean_text(text: str) -> str:
+    """Lone UTF-16 surrogates (JSON "\\ud800", undecodable argv bytes) become U+FFFD; tokenizers rejects them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return LONE_SURROGATE.sub("\ufffd", text)
+    return text
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

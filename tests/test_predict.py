@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from sst2dist.cli import main
-from sst2dist.predict import BadLine, clean_text, read_texts
-from sst2dist.serve import load_classifier
+from sst2dist.predict import BadLine, predict_records, read_texts
+from sst2dist.runtime import load_classifier
 
 TEXTS = ["a gripping, funny film", "a dull, lifeless mess", 'said "great", then left']
 
@@ -177,4 +181,56 @@ def test_many_lines_are_batched_and_show_progress(bundle: Path, tmp_path: Path) 
 def test_readers_and_surrogates() -> None:
     rows = list(read_texts([b"ok\n", b"\n"], "text"))
     assert rows[0] == (1, "ok") and isinstance(rows[1][1], BadLine) and rows[1][1].line == 2
-    assert clean_text("a\ud800b") == "a\ufffdb" and clean_text("fine") == "fine"
+    assert list(read_texts([b'{"text": "a\\ud800b"}\n'], "jsonl")) == [(1, "a\ufffdb")]
+
+
+class CountingOutput(io.StringIO):
+    """Notes how many records had been read when the first line was written."""
+
+    def __init__(self, read: list[int]):
+        super().__init__()
+        self.read, self.read_at_first_write = read, None
+
+    def write(self, text: str) -> int:
+        if self.read_at_first_write is None:
+            self.read_at_first_write = self.read[0]
+        return super().write(text)
+
+
+def test_records_are_classified_a_window_at_a_time_in_input_order(bundle: Path) -> None:
+    texts = [("a rather long and winding sentence about the film " * (i % 4)) + f"number {i}" for i in range(11)]
+    read = [0]
+
+    def source() -> Iterator[tuple[int, str]]:
+        for number, text in enumerate(texts, start=1):
+            read[0] += 1
+            yield number, text
+
+    classifier = load_classifier(bundle)
+    out = CountingOutput(read)
+    summary = predict_records(classifier, source(), out, batch_size=2, window=4)
+    assert summary.written == len(texts)
+    assert out.read_at_first_write == 4, "the first window was not written before reading on"
+    lines = records(out.getvalue())
+    assert [line["text"] for line in lines] == texts
+    alone = [classifier.predict([text])[0] for text in texts]
+    assert [line["label"] for line in lines] == [want["label"] for want in alone]
+    assert [line["score"] for line in lines] == pytest.approx([want["score"] for want in alone], abs=1e-5)
+
+
+NO_SERVER = """
+import sys
+from click.testing import CliRunner
+from sst2dist.cli import main
+result = CliRunner().invoke(main, ["predict", sys.argv[1], "fine"])
+assert result.exit_code == 0, result.output
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("fastapi", "uvicorn", "prometheus_client", "starlette"))
+loaded += sorted(m for m in sys.modules if m.startswith("sst2dist.serve"))
+print("loaded:", loaded)
+"""
+
+
+def test_predict_does_not_import_the_server(bundle: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", NO_SERVER, str(bundle)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "loaded: []" in result.stdout, result.stdout

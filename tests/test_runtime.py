@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sst2dist.runtime import VARIANT_FILES, BundleError, Classifier, default_variant
+from sst2dist.runtime import VARIANT_FILES, BundleError, Classifier, clean_text, default_variant, load_classifier
 
 EDGE_TEXTS = [
     "",
@@ -176,3 +176,58 @@ def test_batch_invariant_default_prefers_variants_whose_scores_ignore_batch_mate
     assert default_variant(manifest, batch_invariant=True) == "static-int8"
     manifest["variants"] = {"int8": {"passed": True}, "optimized": {"passed": False}}
     assert default_variant(manifest, batch_invariant=True) == "int8"
+
+
+class Recording(Classifier):
+    """The real classifier, noting the padded width of every batch it runs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.widths: list[int] = []
+
+    def run(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        self.widths.append(encoded["input_ids"].shape[1])
+        return super().run(encoded)
+
+
+def test_batches_run_sorted_by_length_and_answer_in_the_callers_order(tiny_bundle_dir: Path) -> None:
+    classifier = Recording(tiny_bundle_dir, variant="optimized", threads=1)  # scores independent of batch mates
+    short, long = (
+        ["fine", "dull", "a film", "ok"],
+        ["a long, winding and ultimately rewarding film " * k for k in (3, 4)],
+    )
+    texts = [long[0], short[0], short[1], long[1], short[2], short[3], "a mid-length sentence about it"]
+    alone = np.concatenate([classifier.logits([text]) for text in texts])
+    classifier.widths.clear()
+    batched = classifier.logits(texts, batch_size=2)
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    counts = sorted(classifier.token_counts(texts))
+    assert classifier.widths == [max(counts[i : i + 2]) for i in range(0, len(texts), 2)], "batches were not by length"
+    assert [p["label"] for p in classifier.predict(texts, batch_size=3)] == [
+        classifier.labels[i] for i in alone.argmax(1)
+    ]
+    one_batch = Recording(tiny_bundle_dir, variant="optimized", threads=1)
+    np.testing.assert_allclose(one_batch.logits(texts, batch_size=len(texts)), alone, atol=1e-5)
+    assert len(one_batch.widths) == 1
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        classifier.logits(texts, batch_size=0)
+
+
+def test_load_classifier_picks_the_batch_invariant_variant_and_names_bad_bundles(
+    tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
+    assert load_classifier(tiny_bundle_dir).variant == "optimized"  # int8 passed too, but moves with batch mates
+    assert load_classifier(tiny_bundle_dir, "int8").variant == "int8"
+    with pytest.raises(BundleError, match="does not exist"):
+        load_classifier(tmp_path / "missing")
+    with pytest.raises(BundleError, match="threads must be >= 1"):
+        load_classifier(tiny_bundle_dir, threads=0)
+    corrupt = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "corrupt"))
+    (corrupt / VARIANT_FILES["optimized"]).write_bytes(b"not an onnx model")
+    with pytest.raises(BundleError, match="looks corrupt; export it again"):
+        load_classifier(corrupt)
+
+
+def test_clean_text_replaces_only_lone_surrogates() -> None:
+    assert clean_text("a\ud800b\udfff") == "a\ufffdb\ufffd"
+    assert clean_text("pair \U0001f600, café") == "pair \U0001f600, café"

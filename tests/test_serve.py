@@ -1,9 +1,7 @@
-"""`sst2dist serve` against real uvicorn processes on free loopback ports (no mocks).
-
-Three test-only environment hooks of sst2dist.serve are used: SST2DIST_TEST_FAULT_TEXT (a batch holding that
-text is fed float32 ids, so onnxruntime itself fails on it), SST2DIST_TEST_WARMUP_DELAY_S (the warm-up
-prediction starts late, so /ready is seen answering 503) and SST2DIST_TEST_BATCH_DELAY_S (every batch sleeps
-first, so requests are seen piling up behind it).
+"""`sst2dist serve` against real uvicorn servers on loopback (no mocks): the CLI in a subprocess, and, where a
+test needs a slow or failing model, `create_app` around a Classifier subclass on uvicorn in a thread of this
+process. The subclasses still run the real onnxruntime session: `Gated` holds its runs until the test opens the
+gate, `Faulty` feeds onnxruntime float32 ids for one text so that onnxruntime itself fails on it.
 """
 
 from __future__ import annotations
@@ -23,9 +21,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import uvicorn
+from pydantic import ValidationError
 
-from sst2dist.runtime import Classifier, softmax
-from sst2dist.serve import plan_chunks
+from sst2dist.runtime import Classifier, load_classifier, softmax
+from sst2dist.serve import InferenceRequest, PredictRequest, ServeLimits, create_app, plan_chunks
+from sst2dist.serve.app import manifest_scalars
+from sst2dist.serve.protocol import validation_failure
 
 FAULT = "__make_onnxruntime_fail__"
 SENTENCES = [
@@ -46,23 +48,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Server:
-    """`sst2dist serve` in a subprocess on a free port."""
+class Running:
+    """What the tests need of a server: its URL, a client, and a wait for a path to answer 200."""
 
-    def __init__(self, bundle: Path, *flags: str, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "sst2dist.cli", "serve", str(bundle), "--port", str(self.port), *flags]
-        self.process = subprocess.Popen(
-            command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=60)
+    url: str
+    client: httpx.Client
+
+    def alive(self) -> bool:
+        return True
 
     def wait(self, path: str = "/ready", timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited early:\n{self.process.stdout.read()}")
+            assert self.alive(), "the server stopped before answering"
             try:
                 if self.client.get(path).status_code == 200:
                     return
@@ -70,6 +68,24 @@ class Server:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"{path} never answered 200")
+
+
+class Server(Running):
+    """`sst2dist serve` in a subprocess on a free port."""
+
+    def __init__(self, bundle: Path, *flags: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "sst2dist.cli", "serve", str(bundle), "--port", str(self.port), *flags]
+        self.process = subprocess.Popen(
+            command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def alive(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"server exited early:\n{self.process.stdout.read()}")
+        return True
 
     def stop(self) -> None:
         self.client.close()
@@ -80,6 +96,61 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class InProcess(Running):
+    """`create_app(classifier, limits)` on a real uvicorn, listening on a loopback socket, in a thread."""
+
+    def __init__(self, classifier: Classifier, limits: ServeLimits):
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        config = uvicorn.Config(create_app(classifier, limits), log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.socket.close()
+
+
+class Gated(Classifier):
+    """The real classifier, except that each onnxruntime run waits while the gate is closed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def run(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().run(encoded)
+
+
+def float_ids(encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {**encoded, "input_ids": encoded["input_ids"].astype(np.float32)}
+
+
+class Faulty(Gated):
+    """Gated, and a batch holding FAULT reaches onnxruntime with float32 ids, so that onnxruntime fails on it."""
+
+    def encode(self, texts: list[str], truncate: bool = True) -> dict[str, np.ndarray]:
+        encoded = super().encode(texts, truncate)
+        return float_ids(encoded) if FAULT in texts else encoded
+
+
+class Broken(Classifier):
+    """onnxruntime fails on every batch, the warm-up prediction's included."""
+
+    def encode(self, texts: list[str], truncate: bool = True) -> dict[str, np.ndarray]:
+        return float_ids(super().encode(texts, truncate))
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +171,7 @@ def offline(bundle: Path) -> Classifier:
 @pytest.fixture(scope="module")
 def server(bundle: Path) -> Iterator[Server]:
     flags = ["--variant", VARIANT, "--max-client-batch", "8", "--max-payload", "20000", "--max-wait-ms", "20"]
-    running = Server(bundle, *flags, env={"SST2DIST_TEST_FAULT_TEXT": FAULT})
+    running = Server(bundle, *flags)
     running.wait()
     yield running
     running.stop()
@@ -208,53 +279,93 @@ def test_concurrent_requests_are_batched_and_match_the_offline_classifier(server
     assert_matches(alone.json(), rows[0], offline.labels)
 
 
-@pytest.fixture(scope="module")
-def busy_server(bundle: Path) -> Iterator[Server]:
-    """One worker, no wait for a batch to fill (the default), and every batch sleeps first: requests pile up
-    behind it."""
-    flags = ["--variant", VARIANT, "--max-wait-ms", "0", "--workers", "1"]
-    running = Server(bundle, *flags, env={"SST2DIST_TEST_BATCH_DELAY_S": "1.0"})
+@pytest.fixture
+def gated(bundle: Path) -> Gated:
+    return Gated(bundle, variant=VARIANT, threads=1)
+
+
+def start_gated(classifier: Gated, **limits: float) -> InProcess:
+    running = InProcess(classifier, ServeLimits(**limits))
     running.wait()
-    yield running
-    running.stop()
+    classifier.gate.clear()
+    return running
 
 
-def test_requests_arriving_during_a_batch_share_the_next_one(busy_server: Server, offline: Classifier) -> None:
+def test_requests_arriving_during_a_batch_share_the_next_one(gated: Gated, offline: Classifier) -> None:
+    """One worker, no wait for a batch to fill (the default): a lone request runs at once, and the requests that
+    arrive while it runs make up the next batch together."""
+    running = start_gated(gated, workers=1, max_wait_ms=0)
     texts = SENTENCES[:6]
     rows = expected(offline, [SENTENCES[7], *texts])
-    with ThreadPoolExecutor(max_workers=7) as pool:
-        first = pool.submit(busy_server.client.post, "/predict", json={"inputs": SENTENCES[7]})
-        deadline = time.monotonic() + 10
-        while "sst2dist_in_flight_requests 1.0" not in busy_server.client.get("/metrics").text:
-            assert time.monotonic() < deadline, "the first request never got in flight"
-            time.sleep(0.01)
-        later = list(pool.map(lambda text: busy_server.client.post("/predict", json={"inputs": text}), texts))
-    assert first.result().headers["x-batch-size"] == "1", "a free worker ran the lone request at once"
-    assert_matches(first.result().json(), rows[0], offline.labels)
-    assert max(int(r.headers["x-batch-size"]) for r in later) > 1, "requests queued behind a batch ran one by one"
-    for response, row in zip(later, rows[1:], strict=True):
+    try:
+        with ThreadPoolExecutor(max_workers=7) as pool:
+            first = pool.submit(running.client.post, "/predict", json={"inputs": SENTENCES[7]})
+            wait_for_metric(running, "sst2dist_batches_running 1.0")
+            later = [pool.submit(running.client.post, "/predict", json={"inputs": text}) for text in texts]
+            wait_for_metric(running, "sst2dist_queue_depth 6.0")
+            gated.gate.set()
+            responses = [first.result(), *(future.result() for future in later)]
+    finally:
+        gated.gate.set()
+        running.stop()
+    assert responses[0].headers["x-batch-size"] == "1", "a free worker ran the lone request at once"
+    assert [r.headers["x-batch-size"] for r in responses[1:]] == ["6"] * 6, "queued requests ran one by one"
+    for response, row in zip(responses, rows, strict=True):
         assert_matches(response.json(), row, offline.labels)
 
 
-def test_two_workers_run_two_batches_at_once(bundle: Path, offline: Classifier) -> None:
-    server = Server(bundle, "--variant", VARIANT, "--workers", "2", env={"SST2DIST_TEST_BATCH_DELAY_S": "1.0"})
+def test_two_workers_run_two_batches_at_once(gated: Gated, offline: Classifier) -> None:
+    running = start_gated(gated, workers=2)
+    rows = expected(offline, SENTENCES[:2])
     try:
-        server.wait()
-        rows = expected(offline, SENTENCES[:2])
         with ThreadPoolExecutor(max_workers=2) as pool:
-            first = pool.submit(server.client.post, "/predict", json={"inputs": SENTENCES[0]})
-            wait_for_metric(server, "sst2dist_batches_running 1.0")
-            second = pool.submit(server.client.post, "/predict", json={"inputs": SENTENCES[1]})
-            wait_for_metric(server, "sst2dist_batches_running 2.0")  # the second did not wait for the first
-        for response, row in zip((first.result(), second.result()), rows, strict=True):
+            first = pool.submit(running.client.post, "/predict", json={"inputs": SENTENCES[0]})
+            wait_for_metric(running, "sst2dist_batches_running 1.0")
+            second = pool.submit(running.client.post, "/predict", json={"inputs": SENTENCES[1]})
+            wait_for_metric(running, "sst2dist_batches_running 2.0")  # the second did not wait for the first
+            gated.gate.set()
+            responses = [first.result(), second.result()]
+        for response, row in zip(responses, rows, strict=True):
             assert response.headers["x-batch-size"] == "1"
             assert_matches(response.json(), row, offline.labels)
-        assert "sst2dist_batches_running 0.0" in server.client.get("/metrics").text
+        assert "sst2dist_batches_running 0.0" in running.client.get("/metrics").text
     finally:
-        server.stop()
+        gated.gate.set()
+        running.stop()
 
 
-def wait_for_metric(server: Server, line: str, timeout: float = 10) -> None:
+def test_ready_flips_after_the_warm_up(bundle: Path) -> None:
+    classifier = Gated(bundle, threads=1)
+    classifier.gate.clear()  # the warm-up prediction waits
+    running = InProcess(classifier, ServeLimits())
+    try:
+        running.wait("/health")
+        assert_error(running.client.get("/ready"), 503, "warming up")
+        assert_error(running.client.post("/predict", json={"inputs": "too early"}), 503, "warming up")
+        assert_error(running.client.post("/predict", json={"wrong": "body"}), 503, "warming up")
+        assert running.client.get("/ready").headers["retry-after"] == "1"
+        classifier.gate.set()
+        running.wait("/ready")
+        assert running.client.post("/predict", json={"inputs": "in time"}).status_code == 200
+    finally:
+        classifier.gate.set()
+        running.stop()
+
+
+def test_a_failed_warm_up_keeps_ready_503(bundle: Path) -> None:
+    running = InProcess(Broken(bundle, variant=VARIANT), ServeLimits())
+    try:
+        running.wait("/health")
+        deadline = time.monotonic() + 30
+        while "warming up" in (ready := running.client.get("/ready")).text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert_error(ready, 503, "the warm-up prediction failed", "INVALID_ARGUMENT")
+        assert_error(running.client.post("/predict", json={"inputs": "x"}), 503, "warm-up prediction failed")
+    finally:
+        running.stop()
+
+
+def wait_for_metric(server: Running, line: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while line not in server.client.get("/metrics").text:
         assert time.monotonic() < deadline, f"/metrics never showed {line!r}"
@@ -291,11 +402,32 @@ def test_plan_chunks_covers_every_text_within_the_limits(seed: int) -> None:
         (b'{"inputs": ["ok", " \\t\\n "]}', 422, ["inputs[1]", "whitespace-only"]),
         (json.dumps({"inputs": ["x"] * 9}).encode(), 422, ["9 texts", "limit of 8", "--max-client-batch"]),
         (json.dumps({"inputs": "x" * 30000}).encode(), 413, ["20000", "--max-payload"]),
+        (b"", 400, ["body is empty"]),
+        (b"null", 422, ["JSON object", "got null"]),
+        (b'{"inputs": "fine", "truncation_direction": "left"}', 422, ["truncation_direction", "right"]),
+        (b'{"inputs": "fine", "options": {}}', 422, ["options is not a known field", "raw_scores"]),
     ],
 )
 def test_bad_requests_get_one_error_shape(server: Server, body: bytes, status: int, words: list[str]) -> None:
     response = server.client.post("/predict", content=body, headers={"content-type": "application/json"})
     assert_error(response, status, *words)
+
+
+def test_body_is_json_whatever_its_content_type(server: Server, offline: Classifier) -> None:
+    """`curl -d` sends application/x-www-form-urlencoded; clients that send no Content-Type exist too."""
+    for headers in ({"content-type": "application/x-www-form-urlencoded"}, {"content-type": "text/plain"}, {}):
+        response = server.client.post("/", content=json.dumps({"inputs": SENTENCES[0]}).encode(), headers=headers)
+        assert response.status_code == 200, (headers, response.text)
+        assert_matches(response.json()[0], expected(offline, SENTENCES[:1])[0], offline.labels)
+
+
+def test_inference_api_rejects_unknown_parameters(server: Server) -> None:
+    body = {"inputs": "fine", "parameters": {"top_k": 1, "temperature": 2}}
+    assert_error(server.client.post("/", json=body), 422, "parameters.temperature is not supported", "top_k")
+    bad = {"inputs": "fine", "parameters": {"top_k": "1"}, "options": {"wait_for_model": True}}
+    assert_error(server.client.post("/", json=bad), 422, "parameters.top_k must be a positive integer")
+    fine = {"inputs": "fine", "parameters": None, "options": {"wait_for_model": True}}
+    assert server.client.post("/", json=fine).status_code == 200
 
 
 def test_payload_limit_holds_without_content_length(server: Server) -> None:
@@ -325,21 +457,30 @@ def test_text_over_the_token_limit(server: Server, offline: Classifier) -> None:
     assert_error(refused, 422, "inputs[1]", f"limit of {offline.max_length}", "truncate")
 
 
-def test_onnxruntime_failure_fails_only_its_request(server: Server, offline: Classifier) -> None:
+def test_onnxruntime_failure_fails_only_its_request(bundle: Path, offline: Classifier) -> None:
+    """A batch that onnxruntime fails on is rerun request by request: only the request that broke it fails."""
+    classifier = Faulty(bundle, variant=VARIANT, threads=1)
+    running = start_gated(classifier, workers=1)
     texts = [FAULT, *SENTENCES[:5]]
-
-    def ask(text: str) -> httpx.Response:
-        return server.client.post("/predict", json={"inputs": text})
-
-    with ThreadPoolExecutor(max_workers=len(texts)) as pool:
-        responses = list(pool.map(ask, texts))
-    assert_error(responses[0], 500, "inference failed", "INVALID_ARGUMENT")
-    assert responses[0].json()["error_type"] == "backend"
-    for response, row in zip(responses[1:], expected(offline, SENTENCES[:5]), strict=True):
-        assert response.status_code == 200
-        assert_matches(response.json(), row, offline.labels)
-    assert server.client.get("/ready").status_code == 200
-    assert server.client.post("/predict", json={"inputs": SENTENCES[0]}).status_code == 200
+    try:
+        with ThreadPoolExecutor(max_workers=len(texts) + 1) as pool:
+            blocker = pool.submit(running.client.post, "/predict", json={"inputs": SENTENCES[5]})
+            wait_for_metric(running, "sst2dist_batches_running 1.0")
+            futures = [pool.submit(running.client.post, "/predict", json={"inputs": text}) for text in texts]
+            wait_for_metric(running, f"sst2dist_queue_depth {len(texts)}.0")  # they will make up one batch
+            classifier.gate.set()
+            responses = [future.result() for future in futures]
+        assert blocker.result().status_code == 200
+        assert_error(responses[0], 500, "inference failed", "INVALID_ARGUMENT")
+        assert responses[0].json()["error_type"] == "backend"
+        for response, row in zip(responses[1:], expected(offline, SENTENCES[:5]), strict=True):
+            assert response.status_code == 200
+            assert_matches(response.json(), row, offline.labels)
+        assert running.client.get("/ready").status_code == 200
+        assert running.client.post("/predict", json={"inputs": SENTENCES[0]}).status_code == 200
+    finally:
+        classifier.gate.set()
+        running.stop()
 
 
 def test_unknown_path_and_method_use_the_error_shape(server: Server) -> None:
@@ -360,7 +501,6 @@ def test_health_info_docs_and_metrics(server: Server, offline: Classifier) -> No
     assert server.client.get("/docs").status_code == 200
     schema = server.client.get("/openapi.json").json()
     assert {"/predict", "/", "/health", "/ready", "/metrics", "/info"} <= set(schema["paths"])
-    assert "inputs" in json.dumps(schema["paths"]["/predict"]["post"]["requestBody"])
 
     def count_200() -> float:
         for line in server.client.get("/metrics").text.splitlines():
@@ -382,6 +522,71 @@ def test_health_info_docs_and_metrics(server: Server, offline: Classifier) -> No
         assert name in text
 
 
+def test_openapi_schema_comes_from_the_request_models(server: Server) -> None:
+    schema = server.client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    for path, model in (("/predict", PredictRequest), ("/", InferenceRequest)):
+        operation = schema["paths"][path]["post"]
+        body = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{model.__name__}"}
+        assert set(components[model.__name__]["properties"]) == set(model.model_fields)
+        for status in ("400", "413", "422", "429", "500", "503"):
+            error = operation["responses"][status]["content"]["application/json"]["schema"]
+            assert error == {"$ref": "#/components/schemas/ErrorBody"}
+        assert "LabelScore" in json.dumps(operation["responses"]["200"])
+    assert components["PredictRequest"]["additionalProperties"] is False
+    assert components["PredictRequest"]["required"] == ["inputs"]
+    assert components["InferenceParameters"]["properties"]["function_to_apply"]["enum"] == [
+        "softmax",
+        "sigmoid",
+        "none",
+    ]
+    assert "HTTPValidationError" not in components
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "texts", "query"),
+    [
+        (PredictRequest, {"inputs": "one"}, ["one"], {"single": True, "function": "softmax", "truncate": True}),
+        (PredictRequest, {"inputs": [["a"], ["b"]], "raw_scores": True}, ["a", "b"], {"function": "none"}),
+        (PredictRequest, {"inputs": ["x\ud800"], "truncate": None, "top_k": 1}, ["x\ufffd"], {"top_k": 1}),
+        (InferenceRequest, {"inputs": ["a"], "parameters": {"truncation": False}}, ["a"], {"truncate": False}),
+        (InferenceRequest, {"inputs": "a", "parameters": {"function_to_apply": None}}, ["a"], {"function": "softmax"}),
+    ],
+)
+def test_request_models_give_one_query(model: type, body: dict, texts: list[str], query: dict) -> None:
+    parsed = model.model_validate(body).query()
+    assert parsed.texts == texts
+    for name, value in query.items():
+        assert getattr(parsed, name) == value
+
+
+def test_validation_failures_name_every_bad_field() -> None:
+    with pytest.raises(ValidationError) as caught:
+        PredictRequest.model_validate({"inputs": ["fine", 3], "truncate": 1, "top_k": True})
+    failure = validation_failure(caught.value.errors())
+    assert failure.status == 422 and failure.error_type == "validation"
+    assert failure.message.split("; ") == [
+        "inputs[1] must be a string, got a number",
+        "truncate must be true or false, got a number",
+        "top_k must be a positive integer, got true",
+    ]
+
+
+def test_manifest_scalars_keep_scalars_and_drop_hashes() -> None:
+    manifest = {
+        "model": "m",
+        "max_length": 512,
+        "sha256": "ab",
+        "cpu": {"avx": True},
+        "variants": {
+            "fp32": {"passed": True, "file_sha256": "cd", "verification": {"accuracy": 0.9}},
+            "broken": "not a dict",
+        },
+    }
+    assert manifest_scalars(manifest) == {"model": "m", "max_length": 512, "variants": {"fp32": {"passed": True}}}
+
+
 # --- start-up, overload and shutdown, each on a server of its own -------------------------------------
 
 
@@ -392,7 +597,6 @@ def test_missing_or_corrupt_bundle_exits_before_binding(bundle: Path, tmp_path: 
         if item.is_file():
             (corrupt / item.name).write_bytes(item.read_bytes())
     from sst2dist.runtime import VARIANT_FILES
-    from sst2dist.serve import load_classifier
 
     (corrupt / VARIANT_FILES[load_classifier(bundle).variant]).write_bytes(b"not an onnx model")
     for folder, words in [(tmp_path / "missing", "does not exist"), (corrupt, "corrupt")]:
@@ -423,7 +627,8 @@ def test_bad_worker_flags_exit_before_binding(bundle: Path, flags: list[str], wo
 def slow_server(bundle: Path, offline: Classifier) -> Iterator[Server]:
     """One text per onnxruntime call and a queue of one request, so that long requests pile up."""
     flags = ["--max-batch-size", "1", "--max-queue", "1", "--max-client-batch", "64", "--grace-period", "60"]
-    running = Server(bundle, *flags, env={"SST2DIST_TEST_WARMUP_DELAY_S": "1.5"})
+    running = Server(bundle, *flags)
+    running.wait()
     yield running
     running.stop()
 
@@ -432,13 +637,9 @@ def long_texts(offline: Classifier, count: int = 64) -> list[str]:
     return [f"{i} " + "word " * offline.max_length for i in range(count)]
 
 
-def test_ready_flips_after_the_warm_up(slow_server: Server) -> None:
-    slow_server.wait("/health")
-    assert_error(slow_server.client.get("/ready"), 503, "warming up")
-    assert_error(slow_server.client.post("/predict", json={"inputs": "too early"}), 503)
+def test_serve_defaults_to_a_batch_invariant_variant(slow_server: Server) -> None:
     # No --variant: the bundle's int8 passed the gate, but serve picks the batch-invariant "optimized".
     assert slow_server.client.get("/info").json()["variant"] == "optimized"
-    slow_server.wait("/ready")
 
 
 def test_full_queue_answers_429_at_once(slow_server: Server, offline: Classifier) -> None:
@@ -491,7 +692,8 @@ for name in ("torch", "transformers", "optimum"):
     sys.modules[name] = None  # any import of these now raises ImportError
 from click.testing import CliRunner
 from sst2dist.cli import main
-from sst2dist.serve import create_app, load_classifier
+from sst2dist.runtime import load_classifier
+from sst2dist.serve import create_app
 from starlette.testclient import TestClient
 with TestClient(create_app(load_classifier(sys.argv[1]))) as client:
     while client.get("/ready").status_code != 200:

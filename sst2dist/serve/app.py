@@ -1,0 +1,238 @@
+"""The FastAPI app: the service state the endpoints share (classifier, batcher, metrics, ready and draining), the
+routes, and the handlers that give every error one shape."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sst2dist import __version__
+from sst2dist.runtime import Classifier
+from sst2dist.serve.batcher import Job, MicroBatcher
+from sst2dist.serve.body import JsonBody
+from sst2dist.serve.limits import ServeLimits
+from sst2dist.serve.metrics import Metrics, ObserveRequests
+from sst2dist.serve.protocol import (
+    ERROR_RESPONSES,
+    InferenceAnswer,
+    InferenceRequest,
+    PredictAnswer,
+    PredictRequest,
+    Query,
+    ServeError,
+    apply_function,
+    error_response,
+    json_response,
+    present,
+    validation_failure,
+)
+
+logger = logging.getLogger("sst2dist.serve")
+CLASSIFY_PATHS = ("/predict", "/")
+
+
+class Service:
+    """What the endpoints share: the classifier, the batcher, the metrics and the ready/draining state."""
+
+    def __init__(self, classifier: Classifier, limits: ServeLimits):
+        self.classifier, self.limits = classifier, limits
+        self.metrics = Metrics(lambda: len(self.batcher.pending), lambda: len(self.batcher.running))
+        self.batcher = MicroBatcher(classifier, limits, self.metrics.observe_batch)
+        self.ready = False
+        self.not_ready_reason = "the model is warming up"
+        self.draining = False
+        self.drain_deadline = math.inf
+        self.in_flight = 0
+
+    async def warm_up(self) -> None:
+        try:
+            await self.batcher.run_in_worker(self.classifier.predict, ["warm-up prediction", "a second one"])
+        except Exception as err:
+            self.not_ready_reason = f"the warm-up prediction failed: {err}"
+            logger.exception("warm-up prediction failed; /ready stays 503")
+            return
+        self.ready = True
+        logger.info("model warmed up; ready")
+
+    def begin_drain(self) -> None:
+        self.draining, self.ready = True, False
+        self.not_ready_reason = "the server is shutting down"
+        self.drain_deadline = time.monotonic() + self.limits.grace_period
+
+    def drained(self) -> bool:
+        return self.draining and (self.in_flight == 0 or time.monotonic() > self.drain_deadline)
+
+    def check_admission(self) -> None:
+        if not self.ready:
+            raise ServeError(503, "unavailable", f"{self.not_ready_reason}: retry shortly", {"Retry-After": "1"})
+
+    async def classify(self, query: Query) -> tuple[list[list[dict]], dict[str, str]]:
+        """Scores for every text of a query, and the timing headers of the batch that ran it."""
+        self.check_admission()
+        query.check_size(self.limits.max_client_batch)
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            job = Job(query.texts, query.truncate, query.single, asyncio.get_running_loop().create_future())
+            self.batcher.submit(job)
+            try:
+                await job.future
+            except ServeError:
+                raise
+            except Exception as err:
+                raise ServeError(
+                    500, "backend", f"inference failed for this request ({type(err).__name__}: {err})"
+                ) from err
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+        scores = apply_function(job.logits, query.function)
+        answers = [present(row, self.classifier.labels, query.top_k) for row in scores]
+        return answers, timing_headers(job)
+
+    def info(self) -> dict:
+        manifest = self.classifier.manifest
+        return {
+            "version": __version__,
+            "model": manifest.get("model_name") or manifest.get("source_model") or manifest.get("model"),
+            "bundle": str(self.classifier.bundle_dir),
+            "variant": self.classifier.variant,
+            "labels": self.classifier.labels,
+            "max_length": self.classifier.max_length,
+            "manifest": manifest_scalars(manifest),
+            "limits": asdict(self.limits),
+        }
+
+
+def timing_headers(job: Job) -> dict[str, str]:
+    """TEI's header names, in milliseconds; tokenization and inference are those of the whole batch."""
+    return {
+        "x-queue-time": f"{(job.started - job.enqueued) * 1000:.3f}",
+        "x-tokenization-time": f"{job.tokenize_s * 1000:.3f}",
+        "x-inference-time": f"{job.inference_s * 1000:.3f}",
+        "x-batch-size": str(job.batch_size),
+    }
+
+
+def manifest_scalars(manifest: dict) -> dict:
+    """The manifest's top-level scalars and, per variant, its scalars (hashes and CPU flags left out)."""
+
+    def scalars(entry: dict) -> dict:
+        return {k: v for k, v in entry.items() if isinstance(v, str | int | float | bool) and "sha" not in k}
+
+    variants = manifest.get("variants", {})
+    kept = scalars(manifest)
+    kept["variants"] = {name: scalars(entry) for name, entry in variants.items() if isinstance(entry, dict)}
+    return kept
+
+
+def create_app(classifier: Classifier, limits: ServeLimits | None = None) -> FastAPI:
+    """The ASGI app around a loaded classifier; the worker, warm-up and metrics start with its lifespan."""
+    service = Service(classifier, limits or ServeLimits())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.batcher.start()
+        warm_up = asyncio.get_running_loop().create_task(service.warm_up())
+        yield
+        warm_up.cancel()
+        await service.batcher.stop()
+
+    app = FastAPI(
+        title="sst2dist",
+        version=__version__,
+        description="SST-2 sentiment classification from an ONNX bundle, micro-batched on CPU.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    add_error_handlers(app)
+    add_classify_routes(app, service)
+    add_operations_routes(app, service)
+    app.add_middleware(JsonBody, max_payload=service.limits.max_payload, paths=CLASSIFY_PATHS)
+    app.add_middleware(ObserveRequests, metrics=service.metrics)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServeError)
+    async def on_serve_error(request: Request, err: ServeError) -> Response:
+        return error_response(err.status, err.error_type, err.message, err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, err: StarletteHTTPException) -> Response:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http")
+        return error_response(err.status_code, kind, str(err.detail), getattr(err, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, err: RequestValidationError) -> Response:
+        failure = validation_failure(err.errors())
+        return error_response(failure.status, failure.error_type, failure.message)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, err: Exception) -> Response:
+        logger.exception("unexpected error")
+        return error_response(500, "internal", f"internal error ({type(err).__name__}): see the server log")
+
+
+def add_classify_routes(app: FastAPI, service: Service) -> None:
+    async def admit() -> None:  # async: FastAPI would run a plain function on its thread pool
+        service.check_admission()
+
+    # Dependencies run before the body is validated: a server that is not ready answers 503 whatever was sent.
+    admitted = [Depends(admit)]
+
+    async def answer(query: Query, nest_single: bool) -> Response:
+        answers, headers = await service.classify(query)
+        return json_response(answers[0] if query.single and not nest_single else answers, headers=headers)
+
+    @app.post(
+        "/predict",
+        summary="Classify text (text-embeddings-inference style)",
+        response_model=PredictAnswer,
+        response_description="one string: a list of {label, score}, best first; a list: one such list per text",
+        responses=ERROR_RESPONSES,
+        dependencies=admitted,
+    )
+    async def predict(body: PredictRequest) -> Response:
+        return await answer(body.query(), nest_single=False)
+
+    @app.post(
+        "/",
+        summary="Classify text (Hugging Face Inference API text-classification)",
+        response_model=InferenceAnswer,
+        response_description="a list holding one list of {label, score} per text, best first",
+        responses=ERROR_RESPONSES,
+        dependencies=admitted,
+    )
+    async def inference_api(body: InferenceRequest) -> Response:
+        return await answer(body.query(), nest_single=True)
+
+
+def add_operations_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/health", summary="Liveness: 200 while the process serves HTTP")
+    async def health() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/ready", summary="Readiness: 200 once warmed up; 503 before that and while draining")
+    async def ready() -> Response:
+        service.check_admission()
+        return json_response({"status": "ready"})
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/info", summary="Model, variant, manifest summary and limits")
+    async def info() -> Response:
+        return json_response(service.info())

@@ -1,0 +1,78 @@
+"""Running the app: `serve()` loads the bundle before binding the port, then runs uvicorn until a signal and a
+drain."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from sst2dist.runtime import load_classifier
+from sst2dist.serve.app import Service, create_app
+from sst2dist.serve.limits import ServeLimits, default_threads
+
+logger = logging.getLogger("sst2dist.serve")
+
+# Python hands the GIL between threads every 5 ms by default: the event loop would wait that long for it after
+# each onnxruntime call and the worker after each socket write. A short interval keeps both moving.
+SWITCH_INTERVAL_S = 0.0005
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first SIGTERM/SIGINT drains instead of stopping: /ready and new predictions answer
+    503 at once, in-flight requests finish (up to the grace period), then the listener closes and the process
+    exits 0 (uvicorn would re-raise the signal at exit instead). A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, service: Service):
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.service.draining:
+            self.should_exit = self.force_exit = True
+            return
+        name = signal.Signals(sig).name
+        logger.info("%s: draining for up to %.1fs", name, self.service.limits.grace_period)
+        self.service.begin_drain()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.service.drained():
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def serve(
+    bundle_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    variant: str | None = None,
+    threads: int | None = None,
+    limits: ServeLimits | None = None,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> None:
+    """Load the bundle (failing before binding the port), then serve until SIGTERM/SIGINT and a drain."""
+    limits = limits or ServeLimits()
+    # The batch workers are the parallelism: tokenizers' own thread pool would only compete with onnxruntime.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    classifier = load_classifier(bundle_dir, variant, default_threads(limits.workers) if threads is None else threads)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    app = create_app(classifier, limits)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=max(1, math.ceil(limits.grace_period)),
+    )
+    logger.info("serving %s (variant %s) on http://%s:%d", bundle_dir, classifier.variant, host, port)
+    DrainingServer(config, app.state.service).run()
