@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from sst2dist.data import load_sst2
-from sst2dist.runtime import Classifier
-from sst2dist.serve import default_threads, default_workers, load_classifier, plan_chunks
+from sst2dist.runtime import Classifier, load_classifier
+from sst2dist.serve import default_threads, default_workers, plan_chunks
 
 RESULTS = Path(__file__).parent / "results"
 
