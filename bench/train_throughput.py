@@ -5,9 +5,9 @@
   sst2dist      `python -m sst2dist.train` with its defaults (length-grouped, bf16 on AMX, fused AdamW ...)
 
 Each case runs in its own process (Trainer and Accelerate keep global state). Reports samples/s, real tokens/s,
-and the share of the CPU's peak: FLOPs ~= 6 x parameters x processed (padded) tokens, against the AMX bf16 peak
-of the cores (1024 bf16 FLOP per cycle per core for Sapphire-Rapids-class AMX, at the `cpu MHz` of
-/proc/cpuinfo). The % of fp32 AVX-512 peak (64 FLOP/cycle/core) is reported too.
+and the share of the CPU's peak: FLOPs ~= 6 x parameters x processed (padded) tokens, against the fp32 and bf16
+peaks of the cores as `sst2dist.environment` derives them from this CPU's instruction set and clock (AVX2 or
+AVX-512 FMA for fp32; AMX or AVX-512 BF16 for bf16), or "unknown" where it cannot.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/train_throughput.py --data ../shared/data/sst2           # full
     HF_HUB_OFFLINE=1 .venv/bin/python bench/train_throughput.py --data ../shared/data/sst2 --quick   # smoke
@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from sst2dist.environment import cpu_info, peak_gops
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASES = ("seed-trainer", "plain-loop", "sst2dist")
@@ -35,8 +36,7 @@ STEPS = {
     "plain-loop": ((3, 40), (1, 3)),
     "sst2dist": ((0, 300), (0, 10)),
 }
-AMX_BF16_FLOP_PER_CYCLE = 1024  # Sapphire Rapids AMX: 1024 bf16 FLOP (2048 int8 ops) per cycle per core
-AVX512_FP32_FLOP_PER_CYCLE = 64
+PRECISIONS = ("fp32", "bf16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -202,24 +202,17 @@ def result(
     }
 
 
-def cpu_info() -> dict:
-    cores = os.cpu_count() or 1
-    mhz, name = 2600.0, platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "cpu MHz":
-                mhz = float(value)
-            elif key.strip() == "model name":
-                name = value.strip()
-    except OSError:
-        pass
+def machine() -> dict:
+    """This CPU and its peak TFLOP/s per precision ({} where its instruction set gives no known peak)."""
+    cpu = cpu_info()
+    cores = cpu["usable_cpus"]
     return {
-        "name": name,
+        "name": cpu["model"],
+        "kind": cpu["kind"],
         "cores": cores,
-        "mhz": mhz,
-        "peak_amx_bf16_tflops": round(cores * AMX_BF16_FLOP_PER_CYCLE * mhz * 1e6 / 1e12, 2),
-        "peak_avx512_fp32_tflops": round(cores * AVX512_FP32_FLOP_PER_CYCLE * mhz * 1e6 / 1e12, 3),
+        "mhz": cpu["peak_clock_mhz"],
+        "clock_source": cpu["peak_clock_source"],
+        "peak_tflops": {p: {isa: round(g / 1e3, 3) for isa, g in peak_gops(p, cores).items()} for p in PRECISIONS},
     }
 
 
@@ -227,8 +220,20 @@ def add_flops(rows: list[dict], parameters: int, cpu: dict) -> None:
     for row in rows:
         tflops = 6 * parameters * row["padded_tokens_per_second"] / 1e12
         row["achieved_tflops"] = round(tflops, 4)
-        row["pct_of_amx_bf16_peak"] = round(100 * tflops / cpu["peak_amx_bf16_tflops"], 2)
-        row["pct_of_fp32_peak"] = round(100 * tflops / cpu["peak_avx512_fp32_tflops"], 1)
+        for precision in PRECISIONS:
+            peak = next(iter(cpu["peak_tflops"][precision].values()), None)
+            row[f"pct_of_{precision}_peak"] = round(100 * tflops / peak, 2) if peak else None
+
+
+def percent(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "unknown"
+
+
+def peak_sentence(cpu: dict) -> str:
+    peaks = [f"{label} {tflops} TFLOP/s" for p in PRECISIONS for label, tflops in cpu["peak_tflops"][p].items()]
+    known = "; ".join(peaks) or "unknown for this instruction set"
+    clock = f" at {cpu['mhz']:.0f} MHz ({cpu['clock_source']})" if cpu["mhz"] else " (clock unknown)"
+    return f"Peaks on {cpu['cores']} cores{clock}: {known}."
 
 
 def markdown(report: dict) -> str:
@@ -236,14 +241,14 @@ def markdown(report: dict) -> str:
     lines = [
         "# Training throughput",
         "",
-        f"`{report['command']}` on {cpu['name']} ({cpu['cores']} cores, {cpu['mhz']:.0f} MHz), "
+        f"`{report['command']}` on {cpu['name']} [{cpu['kind']}] ({cpu['cores']} cores), "
         f"model `{report['model']}` ({report['parameters'] / 1e6:.1f}M non-embedding parameters), {report['date']}.",
         f"Load average before/after: {report['load_before']} / {report['load_after']}"
         + (" (busy machine: numbers are low and noisy)" if report["busy"] else "")
         + ("; **quick smoke run**" if report["quick"] else "")
         + ".",
         "",
-        "| case | what | samples/s | tokens/s | padded tokens/s | TFLOP/s | % AMX bf16 peak | % fp32 peak | vs seed |"
+        "| case | what | samples/s | tokens/s | padded tokens/s | TFLOP/s | % bf16 peak | % fp32 peak | vs seed |"
         " vs plain |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -256,15 +261,13 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {row['case']} | {row['description']} | {row['samples_per_second']:.1f} | "
             f"{row['tokens_per_second']:.0f} | {row['padded_tokens_per_second']:.0f} | {row['achieved_tflops']:.3f} | "
-            f"{row['pct_of_amx_bf16_peak']:.2f} | {row['pct_of_fp32_peak']:.1f} | {ratios[0]} | {ratios[1]} |"
+            f"{percent(row['pct_of_bf16_peak'])} | {percent(row['pct_of_fp32_peak'])} | {ratios[0]} | {ratios[1]} |"
         )
     lines += [
         "",
         f"FLOPs ~= 6 x non-embedding parameters x padded tokens (forward + backward; attention score matmuls left "
-        f"out, so this understates the work a little, most at length 512). Peak: {cpu['cores']} cores x "
-        f"{AMX_BF16_FLOP_PER_CYCLE} bf16 FLOP/cycle (AMX) x {cpu['mhz']:.0f} MHz = "
-        f"{cpu['peak_amx_bf16_tflops']} TFLOP/s; fp32 AVX-512: {AVX512_FP32_FLOP_PER_CYCLE} FLOP/cycle/core = "
-        f"{cpu['peak_avx512_fp32_tflops']} TFLOP/s. Tokens/s counts real (unpadded) tokens.",
+        f"out, so this understates the work a little, most at length 512). {peak_sentence(cpu)} "
+        "Tokens/s counts real (unpadded) tokens.",
         "",
     ]
     return "\n".join(lines)
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    cpu = cpu_info()
+    cpu = machine()
     parameters = count_parameters(args.model)
     add_flops(rows, parameters, cpu)
     load_after = round(os.getloadavg()[0], 2)

@@ -117,12 +117,19 @@ def export_onnx(model_dir: str, output: str, **options) -> None:
         )
 
 
-# --- bench (owner: bench helper) ---
+# --- bench ---
 
 
 @main.command()
 @click.option("--model", "model", default=None, help="Trained model folder (the PyTorch baseline).")
-@click.option("--bundle", required=True, help="Bundle folder written by `sst2dist export-onnx`.")
+@click.option("--bundle", default=None, help="Bundle folder written by `sst2dist export-onnx`.")
+@click.option(
+    "--menu",
+    multiple=True,
+    metavar="NAME=BUNDLE_DIR",
+    help="Instead of --bundle: compare models, every variant of each bundle (repeatable): accuracy, batch-1 "
+    "latency, sorted-batch throughput, size. Writes menu.json, menu.md and menu.png. onnxruntime only.",
+)
 @click.option("--data", default=None, help="SST-2 hub id or local folder (e.g. ../shared/data/sst2). Default: the hub.")
 @click.option(
     "--backends",
@@ -130,44 +137,57 @@ def export_onnx(model_dir: str, output: str, **options) -> None:
     help="Comma-separated subset of torch-fp32, torch-bf16, ort-fp32, ort-optimized, ort-int8, "
     "ort-static-int8. Default: all that this CPU and bundle support.",
 )
-@click.option("--threads", default=None, help="Comma-separated thread counts to measure. Default: 1 and all cores.")
-@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated throughput batch sizes.")
-@click.option("--output", default=None, help="Results folder. Default: bench/results/<bundle folder name>.")
+@click.option(
+    "--threads",
+    default=None,
+    help="Comma-separated thread counts to measure. Default: 1 and all cores (--menu: the largest, default all cores).",
+)
+@click.option(
+    "--batch-sizes",
+    default="1,8,32",
+    show_default=True,
+    help="Comma-separated throughput batch sizes (--menu: the largest).",
+)
+@click.option(
+    "--output",
+    default=None,
+    help="Results folder; {cpu} becomes this CPU's kind, e.g. bench/results/{cpu}/minilm. "
+    "Default: bench/results/<bundle folder name> (--menu: bench/results/menu).",
+)
 @click.option(
     "--max-samples", type=int, default=None, help="Validation sentences for accuracy and throughput (default: all 872)."
 )
 @click.option("--latency-samples", type=int, default=None, help="Sentences timed at batch 1 (default: all).")
 @click.option("--warmup", type=int, default=20, show_default=True, help="Untimed warm-up sentences per backend.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def bench(
-    model, bundle, data, backends, threads, batch_sizes, output, max_samples, latency_samples, warmup, progress
-) -> None:
+def bench(model, bundle, menu, data, backends, threads, batch_sizes, output, **options) -> None:
     """Benchmark PyTorch against every ONNX variant of a bundle, side by side on SST-2.
 
-    Writes results.json, report.md and chart.png to --output and prints the table.
+    Writes results.json, report.md and chart.png to --output and prints the table. With --menu, compares
+    several bundles instead (accuracy against latency) and writes menu.json, menu.md and menu.png.
 
     \b
     Example:
       sst2dist bench --model runs/minilm/model --bundle export/minilm --data ../shared/data/sst2
       sst2dist bench --bundle export/minilm --backends ort-fp32,ort-int8 --threads 2 --data ../shared/data/sst2
+      sst2dist bench --menu teacher=export/teacher --menu L6=export/l6 --menu L3=export/l3 \\
+          --data ../shared/data/sst2 --output 'bench/results/{cpu}/menu'
     """
-    from sst2dist.bench import BenchSettings, parse_int_list, render_terminal, run_bench
+    from sst2dist.bench import BenchSettings, parse_int_list, run_bench
     from sst2dist.data import DEFAULT_DATA
+    from sst2dist.report import render_terminal
 
+    if bool(bundle) == bool(menu):
+        raise click.UsageError("give --bundle BUNDLE_DIR, or --menu NAME=BUNDLE_DIR (repeatable), not both")
+    options |= {"data": data or DEFAULT_DATA, "output": output}
+    options["backends"] = [b.strip() for b in backends.split(",") if b.strip()] if backends is not None else None
     try:
-        settings = BenchSettings(
-            bundle=bundle,
-            model=model,
-            data=data or DEFAULT_DATA,
-            output=output,
-            max_samples=max_samples,
-            latency_samples=latency_samples,
-            warmup=warmup,
-            progress=progress,
-            backends=[b.strip() for b in backends.split(",") if b.strip()] if backends is not None else None,
-            threads=parse_int_list(threads, "--threads") if threads is not None else None,
-            batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
-        )
+        thread_counts = parse_int_list(threads, "--threads") if threads is not None else None
+        sizes = parse_int_list(batch_sizes, "--batch-sizes")
+        if menu:
+            bench_menu(menu, model, thread_counts, sizes, options)
+            return
+        settings = BenchSettings(bundle=bundle, model=model, threads=thread_counts, batch_sizes=sizes, **options)
         results = run_bench(settings)
     except ValueError as err:  # BenchError, BundleError, DataError, ModelNotFoundError
         raise click.ClickException(str(err)) from err
@@ -175,7 +195,22 @@ def bench(
     click.echo(f"\nWrote results.json, report.md and chart.png to {settings.output}")
 
 
-# --- serve / predict (owner: serve helper) ---
+def bench_menu(items: tuple[str, ...], model: str | None, threads: list[int] | None, sizes: list[int], options) -> None:
+    """`sst2dist bench --menu ...`: every variant of several bundles, in one run."""
+    from sst2dist.menu import MenuSettings, parse_menu_items, run_menu
+    from sst2dist.report import render_menu_terminal
+
+    if model is not None:
+        raise click.UsageError("--menu measures bundles only (onnxruntime): drop --model")
+    settings = MenuSettings(
+        bundles=parse_menu_items(items), threads=max(threads) if threads else None, batch_size=max(sizes), **options
+    )
+    menu = run_menu(settings)
+    click.echo(render_menu_terminal(menu))
+    click.echo(f"\nWrote menu.json, menu.md and menu.png to {settings.output}")
+
+
+# --- serve / predict ---
 
 VARIANT_HELP = (
     "Bundle variant: fp32, optimized, int8, static-int8. Default: the fastest whose scores do not depend on "
@@ -276,7 +311,7 @@ def predict(bundle, texts, input_path, fmt, field_name, output, variant, threads
     import sys
 
     from sst2dist.predict import run_predict
-    from sst2dist.serve import load_classifier
+    from sst2dist.runtime import load_classifier
 
     if not texts and not input_path and sys.stdin.isatty():
         raise click.UsageError("give texts as arguments, --input FILE, or pipe text to stdin")

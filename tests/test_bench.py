@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sst2dist.bench import ALL_BACKENDS, BenchSettings, render_terminal, run_bench
+from sst2dist.bench import ALL_BACKENDS, BenchSettings, run_bench
 from sst2dist.cli import main
-from sst2dist.environment import supports_bf16
+from sst2dist.environment import cpu_kind, supports_bf16
+from sst2dist.report import render_terminal
 
 SENTENCES = [
     ("a gripping , funny and moving film .", 1),
@@ -33,14 +34,17 @@ LATENCY_SAMPLES = 6
 BATCH_SIZES = (1, 4)
 
 
-@pytest.fixture(scope="module")
-def small_sst2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_small_sst2(folder: Path) -> Path:
     """A GLUE-layout folder with a handful of labelled sentences of varied length (train.tsv is unused)."""
-    folder = tmp_path_factory.mktemp("sst2-small")
     rows = "".join(f"{sentence}\t{label}\n" for sentence, label in SENTENCES)
     for name in ("train.tsv", "dev.tsv"):
         (folder / name).write_text("sentence\tlabel\n" + rows, encoding="utf-8")
     return folder
+
+
+@pytest.fixture(scope="module")
+def small_sst2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_small_sst2(tmp_path_factory.mktemp("sst2-small"))
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +99,12 @@ def test_every_default_backend_produced_numbers(results: dict, tiny_bundle_dir: 
             assert set(figures["latency_ms"][part]) == {"mean", "p50", "p90", "p99"}
             assert len(raw["threads"]["1"]["latency_ms"][part]) == LATENCY_SAMPLES
         assert set(figures["throughput_sentences_per_s"]) == {str(b) for b in BATCH_SIZES}
+        assert set(figures["sorted_throughput_sentences_per_s"]) == {str(b) for b in BATCH_SIZES if b > 1}
         for path, value in walk_numbers(metrics):
             assert isinstance(value, float | int) and math.isfinite(value), (name, path, value)
-            if path[0] not in ("accuracy", "accuracy_by_batch_size", "agreement_with_baseline"):
+            if path[0] == "accuracy_drop_points":  # one-sided: 0 when at least as accurate as the baseline
+                assert value == max(0.0, -metrics["accuracy_delta_points"]), (name, value)
+            elif path[0] not in ("accuracy", "accuracy_by_batch_size", "agreement_with_baseline"):
                 assert path[0] == "accuracy_delta_points" or value > 0, (name, path, value)
         assert raw["file_size_bytes"] == sum(Path(f).stat().st_size for f in backend["files"])
         cold = raw["cold_start"]
@@ -106,6 +113,7 @@ def test_every_default_backend_produced_numbers(results: dict, tiny_bundle_dir: 
         assert len(raw["predictions"]) == len(SENTENCES)
     for label, present in results["environment"]["cpu"]["flags"].items():
         assert isinstance(present, bool), label
+    assert results["environment"]["cpu"]["kind"] == cpu_kind()
     assert results["environment"]["packages"]["onnxruntime"]
 
 
@@ -117,9 +125,12 @@ def test_ratios_are_recomputed_from_the_raw_figures_of_this_run(results: dict) -
         latency = np.array(raw["threads"]["1"]["latency_ms"]["total"])
         assert metrics["threads"]["1"]["latency_ms"]["total"]["p50"] == pytest.approx(np.percentile(latency, 50), 1e-3)
         assert metrics["threads"]["1"]["latency_ms"]["total"]["mean"] == pytest.approx(latency.mean(), 1e-3)
-        for batch, figures in raw["threads"]["1"]["throughput"].items():
-            speed = figures["sentences"] / figures["seconds"]
-            assert metrics["threads"]["1"]["throughput_sentences_per_s"][batch] == pytest.approx(speed)
+        for prefix, key in (("", "throughput"), ("sorted_", "throughput_sorted")):
+            for batch, figures in raw["threads"]["1"][key].items():
+                speed = figures["sentences"] / figures["seconds"]
+                assert metrics["threads"]["1"][f"{prefix}throughput_sentences_per_s"][batch] == pytest.approx(speed)
+        sorted_pass, in_order = raw["threads"]["1"]["throughput_sorted"]["4"], raw["threads"]["1"]["throughput"]["4"]
+        assert sorted_pass["padded_tokens"] < in_order["padded_tokens"]  # SENTENCES' lengths are mixed
         predictions = np.array(raw["predictions"])
         assert metrics["accuracy"] == pytest.approx((predictions == labels).mean())
         agreement = (predictions == np.array(base["raw"]["predictions"])).mean()
@@ -153,9 +164,15 @@ def test_report_chart_and_json_are_written(results: dict) -> None:
         assert f"| {name} |" in report
         assert name in table
     assert "## Environment" in report and "CPU flags:" in report
+    cpu = results["environment"]["cpu"]
+    for text in (report, table):
+        assert f"CPU: {cpu['model']} [{cpu['kind']}]" in text
+        assert "bs4 sorted" in text and "Sorted batch 4 vs batch 1" in text
+        assert " met" not in text and "NOT met" not in text  # targets live in the README, not in the tool
     peak = results["peak_estimate"]
     assert peak["backend"] in results["backends"]
     assert all(0 < p["fraction"] < 1 for p in peak["peaks"].values())
+    assert bool(peak["peaks"]) != bool(peak["unknown"])
 
 
 TORCH_BLOCKER = """
@@ -177,10 +194,11 @@ sys.meta_path.insert(0, Block())
 
 def test_ort_only_bench_runs_without_torch(tiny_bundle_dir: Path, small_sst2: Path, tmp_path: Path) -> None:
     (tmp_path / "sitecustomize.py").write_text(TORCH_BLOCKER)
-    log, output = tmp_path / "imports.log", tmp_path / "out"
+    log, output = tmp_path / "imports.log", tmp_path / cpu_kind() / "out"
     command = [sys.executable, "-m", "sst2dist.cli", "bench", "--bundle", str(tiny_bundle_dir), "--data",
                str(small_sst2), "--backends", "ort-int8,ort-fp32", "--threads", "1", "--batch-sizes", "2",
-               "--latency-samples", "4", "--warmup", "1", "--no-progress", "--output", str(output)]  # fmt: skip
+               "--latency-samples", "4", "--warmup", "1", "--no-progress",
+               "--output", str(tmp_path / "{cpu}" / "out")]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "IMPORT_LOG": str(log), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
