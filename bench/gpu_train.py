@@ -103,7 +103,7 @@ def run_sweep(args: argparse.Namespace, started: float) -> list[dict]:
     return [{"recipe": name, "seed": seed, **read_run(run_dir)} for name, seed, run_dir, _ in running]
 
 
-def summarize(values: list[float]) -> dict:
+def mean_and_std(values: list[float]) -> dict:
     mean = statistics.mean(values) if values else None
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": mean, "std": spread, "n": len(values)}
@@ -166,7 +166,7 @@ def main() -> None:
     report: dict = {"command": " ".join(["python", *sys.argv]), "environment": gpu_info(), "smoke": args.smoke}
     report["default"] = run_default(args, started)
     report["default_summary"] = {
-        key: summarize([r[key] for r in report["default"] if r["completed"]])
+        key: mean_and_std([r[key] for r in report["default"] if r["completed"]])
         for key in ("best_accuracy", "final_accuracy", "samples_per_second", "epoch_seconds")
     }
     write_report(args.output, report)
@@ -174,7 +174,7 @@ def main() -> None:
         report["sweep"] = run_sweep(args, started)
         report["sweep_summary"] = {
             name: {
-                key: summarize([r[key] for r in report["sweep"] if r["recipe"] == name and r["completed"]])
+                key: mean_and_std([r[key] for r in report["sweep"] if r["recipe"] == name and r["completed"]])
                 for key in ("best_accuracy", "final_accuracy")
             }
             for name in SWEEP

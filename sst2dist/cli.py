@@ -24,7 +24,7 @@ def main() -> None:
     """
 
 
-# --- train (owner: train helper) ---
+# --- train ---
 
 
 @main.command(
@@ -63,7 +63,7 @@ def train(ctx: click.Context, num_processes: int) -> None:
         raise click.ClickException(str(err)) from err
 
 
-# --- export-onnx (owner: export helper) ---
+# --- export-onnx ---
 
 
 @main.command("export-onnx")

@@ -498,7 +498,7 @@ def verify_bundle(
         started = time.perf_counter()
         classifier = Classifier(bundle, variant=name, threads=1)  # no thread spinning beside PyTorch
         results = [compare(classifier.logits(texts, size), reference[size], labels) for size in VERIFY_BATCH_SIZES]
-        entry["verification"] = summarize(results, reference_accuracy)
+        entry["verification"] = worst_over_batch_sizes(results, reference_accuracy)
         entry["verification"]["seconds"] = round(time.perf_counter() - started, 1)
         judge(name, entry, manifest, max_accuracy_drop)
     return {
@@ -539,7 +539,7 @@ def compare(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> di
     }
 
 
-def summarize(results: list[dict], reference_accuracy: float) -> dict:
+def worst_over_batch_sizes(results: list[dict], reference_accuracy: float) -> dict:
     """The worst case over the batch sizes."""
     worst_accuracy = min(r["accuracy"] for r in results)
     return {
