@@ -52,7 +52,7 @@ define train_stage
 endef
 define export_stage
 	@if [ -f $(2)/manifest.json ]; then echo "$(2): exported, skipped"; \
-	else $(BIN)/sst2dist export-onnx $(1) --output $(2) --data $(DATA) --force --keep-failed; fi
+	else $(BIN)/sst2dist export-onnx $(1) --output $(2) --data $(DATA) --quantize static --force --keep-failed; fi
 endef
 
 teacher: setup-teacher

@@ -183,3 +183,37 @@ def test_the_shipped_teacher_logits_fit_the_real_training_split(sst2_dir: Path, 
     assert logits.shape == (67349, 2) and meta["rows"] == 67349
     assert (logits.argmax(axis=1) == labels).mean() > 0.9  # the teacher learned these very labels
     assert meta["teacher_dev_accuracy"] >= 0.935
+
+
+@pytest.mark.slow
+def test_two_processes_shard_the_teacher_and_stop_together_on_a_nan_loss(
+    sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path, accelerator
+) -> None:
+    """The teacher's logits computed by 2 processes (rows r, r + 2, ...) equal the 1-process ones, and the NaN
+    guard still stops both processes at the same step when a teacher is in the loss."""
+    from sst2dist.data import load_sst2
+
+    teacher = make_tiny_model(tmp_path / "teacher", seed=5)
+    cache = tmp_path / "cache"
+    out = tmp_path / "run"
+    options = ["--data", sst2_dir, "--model", tiny_model_dir, "--teacher", teacher, "--teacher-cache", cache]
+    options += ["--output-dir", out, "--max-train-samples", 128, "--max-eval-samples", 16, "--batch-size", 16]
+    options += ["--lr", 1e6, "--save-every", 1, "--max-steps", 30, "--log-every", 2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    sst2dist = Path(sys.executable).parent / "sst2dist"
+    result = subprocess.run(
+        [str(sst2dist), "train", "--num-processes", "2", *map(str, options)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1 and "not finite" in result.stderr, result.stderr[-3000:]
+    stops = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "non_finite" in line]
+    assert len(stops) == 1 and f"at step {stops[0]['step']}" in result.stderr
+    assert not (out / "model").exists()
+
+    [sharded_file] = list(cache.glob("*.npz"))
+    train_split = load_sst2(str(sst2_dir))["train"]
+    alone, _ = teacher_logits(
+        str(teacher), train_split["sentence"], train_split["label"], 128, accelerator, tmp_path / "alone"
+    )
+    with np.load(sharded_file) as sharded:
+        np.testing.assert_allclose(sharded["logits"], alone, atol=2e-2)
