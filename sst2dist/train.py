@@ -188,12 +188,19 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     from accelerate import Accelerator
 
     precision = resolve_mixed_precision(config.mixed_precision, on_gpu=torch.cuda.is_available())
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=config.grad_accum,
         log_with=None if config.report_to == "none" else config.report_to,
         project_dir=config.output_dir,
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:  # each process would silently train alone on part of the data
+        raise ConfigError(
+            f"launched as {launched} processes but Accelerate runs {accelerator.num_processes}: on machines "
+            "without a GPU set ACCELERATE_USE_CPU=true (docs/distributed.md)"
+        )
+    return accelerator
 
 
 def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | None:

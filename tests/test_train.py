@@ -302,3 +302,11 @@ def test_training_steps_never_read_the_device_between_logs(
             GradientState._reset_state()
         counts[steps] = reads["count"]
     assert counts[3] == counts[9] > 0
+
+
+def test_a_launch_that_accelerate_does_not_join_is_refused(tmp_path: Path) -> None:
+    """torchrun said 2 processes but nothing set up the process group: each would train alone, so it stops."""
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "0"}
+    command = train_command("--eval-only", "--output-dir", tmp_path / "run", "--mixed-precision", "no")
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1 and "launched as 2 processes but Accelerate runs 1" in result.stderr
