@@ -45,18 +45,19 @@ def train(ctx: click.Context, num_processes: int) -> None:
     `accelerate launch --cpu --num_processes N` does not do. Trainer options follow.
     """
     from sst2dist import train as trainer
+    from sst2dist import train_config
 
     args = list(ctx.args)
     if "-h" in args or "--help" in args:
         click.echo(ctx.get_help())
-        click.echo("\n" + trainer.build_parser().format_help())
+        click.echo("\n" + train_config.build_parser().format_help())
         return
     if num_processes > 1:
         code = trainer.launch_processes(num_processes, args)
         if code:
             raise click.ClickException(f"training failed in one of the {num_processes} processes (exit {code})")
         return
-    config = trainer.parse_config(args)
+    config = train_config.parse_config(args)
     try:
         trainer.train(config)
     except (ValueError, trainer.NonFiniteLossError) as err:

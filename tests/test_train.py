@@ -14,11 +14,11 @@ import pytest
 
 from sst2dist.data import LengthGroupedBatchSampler, make_collator
 from sst2dist.environment import supports_bf16
-from sst2dist.train import (
+from sst2dist.train import main
+from sst2dist.train_config import (
     ConfigError,
     TrainConfig,
     build_parser,
-    main,
     parse_config,
     resolve_mixed_precision,
 )
