@@ -15,16 +15,9 @@ import statistics
 from pathlib import Path
 
 from sst2dist.atomic import write_json_atomic
-from sst2dist.environment import acceleration_flags
+from sst2dist.environment import acceleration_flags, cpu_info
 
 RUN_FILES = ("metrics.json", "train_config.json", "log.jsonl")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return "unknown"
 
 
 def collect(runs: Path, output: Path) -> dict:
@@ -55,7 +48,8 @@ def collect(runs: Path, output: Path) -> dict:
             "best_accuracy_mean": statistics.mean(best),
             "best_accuracy_std": statistics.stdev(best) if len(best) > 1 else 0.0,
         }
-    return {"cpu": {"model": cpu_name(), "flags": acceleration_flags()}, "models": models}
+    cpu = cpu_info()
+    return {"cpu": {"model": cpu["model"], "kind": cpu["kind"], "flags": acceleration_flags()}, "models": models}
 
 
 def copy_run(run: Path, target: Path) -> None:
@@ -68,7 +62,7 @@ def markdown(results: dict) -> str:
     lines = [
         "# Teacher and students: dev accuracy",
         "",
-        f"CPU: {results['cpu']['model']} ({', '.join(results['cpu']['flags'])}), 2 cores.",
+        f"CPU: {results['cpu']['model']} [{results['cpu']['kind']}] ({', '.join(results['cpu']['flags'])}), 2 cores.",
         "",
         "| model | seeds | best dev accuracy (mean ± std) | per seed | train seconds (mean) | samples/s |",
         "|---|---:|---:|---|---:|---:|",
