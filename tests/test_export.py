@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from sst2dist import export
+from sst2dist import export, export_int8
 from sst2dist.cli import main
 from sst2dist.environment import ACCELERATION_FLAGS
 from sst2dist.export import ExportError, export_bundle
@@ -160,7 +160,7 @@ def test_both_int8_variants_keep_down_projections_weight_only_and_static_is_batc
 ) -> None:
     options = {"data": str(sst2_dir), "max_verify_samples": 32, "optimize": "none", "max_accuracy_drop": 100.0}
     manifest = export_bundle(tiny_model_dir, tmp_path / "b", quantize="static", **options)
-    down = export.down_projections(tmp_path / "b" / VARIANT_FILES["fp32"])
+    down = export_int8.down_projections(tmp_path / "b" / VARIANT_FILES["fp32"])
     assert len(down) == 2  # one FFN output layer per layer of the 2-layer tiny model
     for variant, recipe in (("int8", manifest["quantization"]), ("static-int8", manifest["static_quantization"])):
         assert recipe["int8_weight_only"] == down
