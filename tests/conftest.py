@@ -1,4 +1,5 @@
-"""Shared fixtures: offline hub, the real SST-2 folder, tiny random BERT models built in the test session."""
+"""Shared fixtures: offline hub, the real SST-2 folder and a small sample of its format, tiny random BERT models
+built in the test session."""
 
 from __future__ import annotations
 
@@ -13,13 +14,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SST2_DIR = REPO_ROOT.parent / "shared" / "data" / "sst2"
+SST2_SAMPLE_DIR = REPO_ROOT / "tests" / "data" / "sst2"
 
 
 @pytest.fixture(scope="session")
 def sst2_dir() -> Path:
+    """The real SST-2 (GLUE TSVs), for tests whose result depends on it: accuracy, row counts, real-data benches."""
     if not (SST2_DIR / "dev.tsv").is_file():
         pytest.fail(f"the real SST-2 data is expected at {SST2_DIR}")
     return SST2_DIR
+
+
+@pytest.fixture(scope="session")
+def sst2_sample_dir() -> Path:
+    """60 training and 72 validation sentences in the same layout, written for the tests: for tests that need
+    some SST-2-format data, so they run from a fresh clone."""
+    return SST2_SAMPLE_DIR
 
 
 def make_tiny_model(path: Path, seed: int = 0) -> Path:
@@ -53,7 +63,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle_dir(tiny_model_dir: Path, sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_bundle_dir(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle exported from `tiny_model_dir` with fp32, optimized and int8 variants (int8 is the default).
 
     The tiny model is random, so its int8 accuracy gate means nothing: the drop limit is lifted here.
@@ -61,7 +71,7 @@ def tiny_bundle_dir(tiny_model_dir: Path, sst2_dir: Path, tmp_path_factory: pyte
     from sst2dist.export import export_bundle
 
     bundle = tmp_path_factory.mktemp("tiny-bundle") / "bundle"
-    export_bundle(tiny_model_dir, bundle, data=str(sst2_dir), max_verify_samples=64, max_accuracy_drop=100.0)
+    export_bundle(tiny_model_dir, bundle, data=str(sst2_sample_dir), max_verify_samples=64, max_accuracy_drop=100.0)
     return bundle
 
 
