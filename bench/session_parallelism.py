@@ -18,14 +18,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sst2dist.bench import read_local_validation
+from sst2dist.data import load_validation
 from sst2dist.runtime import Classifier
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", required=True, help="bundle folder from `sst2dist export-onnx`")
-    parser.add_argument("--data", required=True, help="SST-2 folder with dev.tsv")
+    parser.add_argument("--data", required=True, help="SST-2 folder with dev.tsv (or a hub id, with `datasets`)")
     parser.add_argument("--variant", default="static-int8", help="bundle variant")
     parser.add_argument("--sentences", type=int, default=400, help="validation sentences per measurement")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
@@ -50,7 +50,7 @@ def sentences_per_second(classifier: Classifier, batches: list[list[str]], calle
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    texts = read_local_validation(args.data)[0][: args.sentences]
+    texts = load_validation(args.data, args.sentences)[0]
     cores = os.cpu_count() or 1
     ways = {f"1 caller x {cores} threads": (cores, 1), f"{cores} callers x 1 thread": (1, cores), "1 x 1": (1, 1)}
     rows = []

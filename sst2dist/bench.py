@@ -26,13 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sst2dist.bench_settings import (
-    BenchSettings,
-    check_settings,
-    load_validation,
-    parse_int_list,
-    read_local_validation,
-)
+from sst2dist.bench_settings import BenchSettings, check_settings, parse_int_list
+from sst2dist.data import load_validation
 from sst2dist.environment import VectorPeak, clock_mhz, cpu_info, package_versions, peak_gops, vector_peaks
 from sst2dist.measure import (
     ALL_BACKENDS,
@@ -51,7 +46,7 @@ from sst2dist.measure import (
 )
 
 # The public names of the bench, wherever they are defined.
-__all__ = ["ALL_BACKENDS", "BenchError", "BenchSettings", "parse_int_list", "read_local_validation", "run_bench"]
+__all__ = ["ALL_BACKENDS", "BenchError", "BenchSettings", "parse_int_list", "run_bench"]
 
 BASELINE = "torch-fp32"
 PACKAGES = ("sst2dist", "numpy", "onnxruntime", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx")

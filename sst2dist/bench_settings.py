@@ -1,5 +1,5 @@
-"""What a bench run is asked to do, checked before any work starts: the settings, option parsing, backend choice,
-the output folder, and the validation sentences (for `sst2dist.bench` and `sst2dist.menu`)."""
+"""What a bench run is asked to do, checked before any work starts: the settings, option parsing, backend choice
+and the output folder (for `sst2dist.bench` and `sst2dist.menu`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from sst2dist.data import DEFAULT_DATA, DataError, find_split_files
+from sst2dist.data import DEFAULT_DATA
+from sst2dist.data import load_validation as load_validation  # where `sst2dist.menu` imports it from
 from sst2dist.environment import cpu_kind, supports_bf16
 from sst2dist.measure import ALL_BACKENDS, ORT_BACKENDS, TORCH_BACKENDS, BenchError
 
@@ -162,46 +161,3 @@ def check_torch_model(model: str | None) -> None:
         raise BenchError(f"--model {model} is not a folder: point it at the trained model folder (runs/.../model)")
     if not (path / "config.json").is_file():
         raise BenchError(f"--model {model} has no config.json: point it at a folder saved by `save_pretrained`")
-
-
-# --- data -----------------------------------------------------------------------------------------------------
-
-
-def load_validation(data: str, limit: int | None) -> tuple[list[str], np.ndarray]:
-    """The SST-2 validation sentences and labels: the one way the bench and the menu read data.
-
-    A local folder whose validation file is TSV/CSV is read with the standard library, whatever is installed;
-    a hub id, JSONL or Parquet goes through `sst2dist.data.load_sst2`, which needs `datasets`."""
-    path = Path(data).expanduser()
-    if path.exists() and find_split_files(path)["validation"].suffix in (".tsv", ".csv"):
-        sentences, labels = read_local_validation(data)
-        return sentences[:limit], np.asarray(labels[:limit], dtype=np.int64)
-    try:
-        from sst2dist.data import load_sst2
-
-        validation = load_sst2(data, max_train_samples=1, max_eval_samples=limit)["validation"]
-    except ImportError as err:
-        raise DataError(
-            f"reading --data {data} needs `datasets` (pip install 'sst2dist[train]'); "
-            "or point --data at a local folder with dev.tsv"
-        ) from err
-    return list(validation["sentence"]), np.asarray(validation["label"], dtype=np.int64)
-
-
-def read_local_validation(data: str) -> tuple[list[str], list[int]]:
-    """GLUE-style dev.tsv (or a validation CSV) with the standard library."""
-    import csv
-
-    file = find_split_files(Path(data).expanduser())["validation"]
-    if file.suffix not in (".tsv", ".csv"):
-        raise DataError(f"reading {file.name} needs `datasets` (pip install 'sst2dist[train]'); or use dev.tsv")
-    delimiter, quoting = ("\t", csv.QUOTE_NONE) if file.suffix == ".tsv" else (",", csv.QUOTE_MINIMAL)
-    with file.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter=delimiter, quoting=quoting))
-    try:
-        sentences, labels = [row["sentence"] for row in rows], [int(row["label"]) for row in rows]
-    except (KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{file} needs a sentence and a 0/1 label column on every row ({err})") from err
-    if not rows or set(labels) - {0, 1}:
-        raise DataError(f"{file} needs at least one row, and labels 0 or 1 only")
-    return sentences, labels

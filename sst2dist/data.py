@@ -1,14 +1,18 @@
-"""Load SST-2 (a dataset-hub id or local files, always through `datasets`), validate it and tokenize it once."""
+"""The package's one SST-2 reader: `load_sst2` through `datasets` (a hub id or local files) for training and export,
+`load_validation` with the standard library (local TSV/CSV/JSONL) for the base install, the same checks on both;
+then tokenizing once, length-grouped batches and padding."""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     from datasets import Dataset, DatasetDict
     from transformers import PreTrainedTokenizerBase
 
@@ -17,6 +21,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATA = "stanfordnlp/sst2"
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "dev", "valid", "val")}
 FORMATS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+STDLIB_FORMATS = (".tsv", ".csv", ".jsonl")  # what `read_rows` reads without `datasets`
 LABELS = (0, 1)
 
 
@@ -45,7 +50,7 @@ def load_sst2(
         splits = load_hub_splits(data)
     for split, dataset in splits.items():
         check_split(dataset, files[split])
-    splits = {split: ds.select_columns(["sentence", "label"]) for split, ds in splits.items()}
+    splits = {split: with_int_labels(ds.select_columns(["sentence", "label"])) for split, ds in splits.items()}
     limits = {"train": max_train_samples, "validation": max_eval_samples}
     return DatasetDict({split: take_first(ds, limits[split]) for split, ds in splits.items()})
 
@@ -67,6 +72,7 @@ def find_split_files(folder: Path) -> dict[str, Path]:
 def read_split_file(file: Path) -> Dataset:
     from datasets import load_dataset
 
+    check_not_empty(file)
     builder = FORMATS[file.suffix]
     options: dict = {}
     if builder == "csv":
@@ -99,24 +105,58 @@ def load_hub_splits(hub_id: str) -> dict[str, Dataset]:
     return {split: loaded[split] for split in SPLIT_FILE_STEMS}
 
 
+# --- the checks both readers apply -----------------------------------------------------------------------------
+
+
 def check_split(dataset: Dataset, source: Path) -> None:
     """Refuse what would silently train on wrong data; count (and keep) empty sentences."""
-    missing = {"sentence", "label"} - set(dataset.column_names)
+    check_table(dataset.column_names, len(dataset), source)
+    check_rows(dataset["sentence"], dataset["label"], source)
+
+
+def check_not_empty(file: Path) -> None:
+    if file.stat().st_size == 0:
+        raise DataError(f"{file} has no rows")
+
+
+def check_table(columns: Sequence[str], rows: int, source: Path) -> None:
+    if rows == 0:
+        raise DataError(f"{source} has no rows")
+    missing = {"sentence", "label"} - set(columns)
     if missing:
         raise DataError(
-            f"{source} has no {', '.join(sorted(missing))} column (columns: {dataset.column_names}); "
+            f"{source} has no {', '.join(sorted(missing))} column (columns: {list(columns)}); "
             "rename its columns to sentence and label"
         )
-    if len(dataset) == 0:
-        raise DataError(f"{source} has no rows")
-    for index, (sentence, label) in enumerate(zip(dataset["sentence"], dataset["label"], strict=True)):
-        if label not in LABELS or isinstance(label, bool):
-            raise DataError(f"{source} {describe_row(source, index)}: label {label!r} is not 0 or 1")
+
+
+def check_rows(sentences: Sequence[object], labels: Sequence[object], source: Path) -> None:
+    for index, (sentence, label) in enumerate(zip(sentences, labels, strict=True)):
+        if label_value(label) is None:
+            raise DataError(f"{source} {describe_row(source, index)}: label {str(label)!r} is not 0 or 1")
         if not isinstance(sentence, str):
             raise DataError(f"{source} {describe_row(source, index)}: sentence {sentence!r} is not text")
-    empty = count_empty_sentences(dataset)
+    empty = sum(1 for sentence in sentences if not sentence.strip())
     if empty:
         logger.warning("%s: %d empty sentences (kept, they tokenize to [CLS] [SEP])", source, empty)
+
+
+def label_value(label: object) -> int | None:
+    """0 or 1 from an integer or its text ("0", "1"); None for anything else, booleans and floats included."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        return label if label in LABELS else None
+    if isinstance(label, str) and label in ("0", "1"):
+        return int(label)
+    return None
+
+
+def with_int_labels(dataset: Dataset) -> Dataset:
+    """Labels given as text (e.g. "1" in JSON) become integers, as `read_rows` makes them."""
+    if dataset.features["label"].dtype in ("string", "large_string"):
+        from datasets import Value
+
+        return dataset.cast_column("label", Value("int64"))
+    return dataset
 
 
 def describe_row(source: Path, index: int) -> str:
@@ -138,6 +178,74 @@ def take_first(dataset: Dataset, limit: int | None) -> Dataset:
 
 def count_empty_sentences(dataset: Dataset) -> int:
     return sum(1 for sentence in dataset["sentence"] if not sentence.strip())
+
+
+# --- the standard-library reader --------------------------------------------------------------------------------
+
+
+def load_validation(data: str, limit: int | None = None) -> tuple[list[str], np.ndarray]:
+    """The first `limit` validation sentences and their labels, for the bench, the menu and bench scripts.
+
+    A local folder whose validation file is TSV/CSV/JSONL is read with the standard library, whatever is
+    installed; a hub id, JSON or Parquet goes through `load_sst2`, which needs `datasets`."""
+    import numpy as np
+
+    path = Path(data).expanduser()
+    if path.exists() and (file := find_split_files(path)["validation"]).suffix in STDLIB_FORMATS:
+        sentences, labels = read_rows(file)
+        return sentences[:limit], np.asarray(labels[:limit], dtype=np.int64)
+    try:
+        validation = load_sst2(data, max_train_samples=1, max_eval_samples=limit)["validation"]
+    except ImportError as err:
+        raise DataError(
+            f"reading --data {data} needs `datasets` (pip install 'sst2dist[train]'); "
+            "or point --data at a local folder with dev.tsv"
+        ) from err
+    return list(validation["sentence"]), np.asarray(validation["label"], dtype=np.int64)
+
+
+def read_rows(file: Path) -> tuple[list[str], list[int]]:
+    """One local TSV, CSV or JSONL split file, checked as `load_sst2` checks it: its sentences and 0/1 labels."""
+    if file.suffix not in STDLIB_FORMATS:
+        raise DataError(f"reading {file.name} needs `datasets` (pip install 'sst2dist[train]'); or use dev.tsv")
+    check_not_empty(file)
+    try:
+        columns, rows = read_jsonl(file) if file.suffix == ".jsonl" else read_delimited(file)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"could not read {file}: {err}") from err
+    check_table(columns, len(rows), file)
+    sentences, labels = [row.get("sentence") for row in rows], [row.get("label") for row in rows]
+    check_rows(sentences, labels, file)
+    return sentences, [label_value(label) for label in labels]
+
+
+def read_delimited(file: Path) -> tuple[list[str], list[dict]]:
+    """GLUE TSVs are unquoted and tab-separated; CSVs are quoted as needed. Every cell is text."""
+    delimiter, quoting = ("\t", csv.QUOTE_NONE) if file.suffix == ".tsv" else (",", csv.QUOTE_MINIMAL)
+    with file.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
+        rows = list(reader)
+    for index, row in enumerate(rows):
+        if None in row:  # more fields than the header names
+            raise DataError(f"could not read {file}: {describe_row(file, index)} has more fields than the header")
+    return list(reader.fieldnames or []), rows
+
+
+def read_jsonl(file: Path) -> tuple[list[str], list[dict]]:
+    """One JSON object a line (blank lines skipped); the columns are every key any row has."""
+    rows = []
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"could not read {file}: line {number} is not valid JSON ({err})") from err
+            if not isinstance(row, dict):
+                raise DataError(f"could not read {file}: line {number} is not a JSON object")
+            rows.append(row)
+    return list(dict.fromkeys(key for row in rows for key in row)), rows
 
 
 def tokenize(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> DatasetDict:

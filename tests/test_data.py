@@ -1,11 +1,17 @@
+"""Reading SST-2: local formats and the hub through `datasets`, the standard-library reader, the checks both share,
+tokenizing."""
+
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from sst2dist.data import DataError, count_empty_sentences, load_sst2, tokenize
+from sst2dist.data import DataError, count_empty_sentences, load_sst2, load_validation, read_rows, tokenize
 
 ROWS = [("a gorgeous , witty film", 1), ("null", 0), ('he said "no" , twice', 0), ("", 1)]
 
@@ -56,7 +62,7 @@ def test_sample_limits_take_the_first_rows(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("train_rows", "header", "message"),
     [
-        ([("fine", 1), ("bad label", 2)], "sentence\tlabel", "line 3: label 2 is not 0 or 1"),
+        ([("fine", 1), ("bad label", 2)], "sentence\tlabel", "line 3: label '2' is not 0 or 1"),
         ([("fine", 1)], "text\tlabel", "no sentence column"),
         ([("fine", 1)], "sentence\ttarget", "no label column"),
         ([], "sentence\tlabel", "has no rows"),
@@ -101,3 +107,107 @@ def test_real_sst2_has_every_row(sst2_dir: Path) -> None:
     data = load_sst2(str(sst2_dir))
     assert (len(data["train"]), len(data["validation"])) == (67349, 872)
     assert set(data["validation"]["label"]) == {0, 1}
+
+
+# --- the standard-library reader agrees with `load_sst2` ----------------------------------------------------------
+
+
+def assert_same_validation(folder: Path, limit: int | None = None) -> None:
+    sentences, labels = load_validation(str(folder), limit)
+    expected = load_sst2(str(folder), max_eval_samples=limit)["validation"]
+    assert sentences == expected["sentence"]
+    assert labels.dtype == np.int64 and labels.tolist() == expected["label"]
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "jsonl"])
+def test_stdlib_reader_reads_every_row_as_load_sst2_does(tmp_path: Path, fmt: str) -> None:
+    write_split(tmp_path, "train", fmt, ROWS)
+    write_split(tmp_path, "dev" if fmt == "tsv" else "validation", fmt, ROWS)
+    assert_same_validation(tmp_path)
+    assert_same_validation(tmp_path, limit=2)
+    file = tmp_path / ("dev.tsv" if fmt == "tsv" else f"validation.{fmt}")
+    assert read_rows(file) == ([s for s, _ in ROWS], [y for _, y in ROWS])
+
+
+def test_stdlib_reader_agrees_on_the_sample(sst2_sample_dir: Path) -> None:
+    assert_same_validation(sst2_sample_dir)
+    sentences, labels = read_rows(sst2_sample_dir / "train.tsv")
+    assert sentences == load_sst2(str(sst2_sample_dir))["train"]["sentence"] and set(labels) == {0, 1}
+
+
+@pytest.mark.slow
+def test_stdlib_reader_agrees_on_the_real_dev_set(sst2_dir: Path) -> None:
+    assert_same_validation(sst2_dir)
+    assert len(load_validation(str(sst2_dir))[0]) == 872
+
+
+BAD_FILES = {
+    "int label": ("dev.tsv", "sentence\tlabel\nfine\t1\nbad\t2\n", "line 3: label '2' is not 0 or 1"),
+    "text label": ("dev.tsv", "sentence\tlabel\nfine\t1\nbad\tx\n", "line 3: label 'x' is not 0 or 1"),
+    "empty label": ("dev.tsv", "sentence\tlabel\nfine\t1\nbad\t\n", "line 3: label '' is not 0 or 1"),
+    "float label": ("dev.tsv", "sentence\tlabel\nfine\t1.0\n", "line 2: label '1.0' is not 0 or 1"),
+    "csv label": ("validation.csv", 'sentence,label\nfine,1\n"a, b",-1\n', "line 3: label '-1' is not 0 or 1"),
+    "json bool": ("validation.jsonl", '{"sentence": "a", "label": true}\n', "line 1: label 'True' is not 0 or 1"),
+    "json text": ("validation.jsonl", '{"sentence": 5, "label": 1}\n', "line 1: sentence 5 is not text"),
+    "no sentence": ("dev.tsv", "text\tlabel\nfine\t1\n", "has no sentence column"),
+    "no label": ("validation.jsonl", '{"sentence": "a", "target": 1}\n', "has no label column"),
+    "header only": ("dev.tsv", "sentence\tlabel\n", "has no rows"),
+    "empty file": ("dev.tsv", "", "has no rows"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_both_readers_reject_a_bad_file_with_the_same_message(tmp_path: Path, case: str) -> None:
+    name, text, message = BAD_FILES[case]
+    write_tsv(tmp_path / "train.tsv", ROWS)
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=message) as by_datasets:
+        load_sst2(str(tmp_path))
+    with pytest.raises(DataError) as by_stdlib:
+        load_validation(str(tmp_path))
+    assert str(by_stdlib.value) == str(by_datasets.value)
+    assert str(tmp_path / name) in str(by_stdlib.value)
+
+
+def test_text_labels_become_integers_in_both_readers(tmp_path: Path) -> None:
+    write_tsv(tmp_path / "train.tsv", ROWS)
+    rows = [{"sentence": "fine", "label": "1"}, {"sentence": "poor", "label": "0"}]
+    (tmp_path / "validation.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert load_sst2(str(tmp_path))["validation"]["label"] == [1, 0]
+    assert_same_validation(tmp_path)
+
+
+def test_stdlib_reader_refuses_more_fields_than_the_header(tmp_path: Path) -> None:
+    write_tsv(tmp_path / "dev.tsv", [("fine", 1), ("one\ttoo many", 0)])
+    with pytest.raises(DataError, match="line 3 has more fields than the header"):
+        read_rows(tmp_path / "dev.tsv")
+
+
+BLOCK_DATASETS = """
+import importlib.abc, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("datasets", "torch", "transformers", "pandas"):
+            raise ImportError(f"{name} is blocked")
+
+sys.meta_path.insert(0, Block())
+from sst2dist.data import DataError, load_validation
+sentences, labels = load_validation(sys.argv[1], 5)
+print(len(sentences), labels.tolist())
+try:
+    load_validation(sys.argv[2])
+except DataError as err:
+    print(err)
+"""
+
+
+def test_stdlib_reader_runs_without_datasets(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "train.parquet").write_bytes(b"")
+    (tmp_path / "validation.parquet").write_bytes(b"")
+    command = [sys.executable, "-c", BLOCK_DATASETS, str(sst2_sample_dir), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first == "5 [1, 0, 1, 0, 1]"
+    assert "needs `datasets` (pip install 'sst2dist[train]')" in second
