@@ -9,6 +9,8 @@ import click
 
 from sst2dist import __version__
 
+DEFAULT_EMBEDDINGS = "packaged:all-MiniLM-L6-v2"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sst2dist")
@@ -62,6 +64,45 @@ def train(ctx: click.Context, num_processes: int) -> None:
         trainer.train(config)
     except (ValueError, trainer.NonFiniteLossError) as err:
         raise click.ClickException(str(err)) from err
+
+
+# --- augment ---
+
+
+@main.command()
+@click.option("--data", required=True, help="SST-2 hub id or local folder to augment (e.g. ../shared/data/sst2).")
+@click.option("--output", "-o", required=True, help="Folder to write: train.tsv, dev.tsv, teacher-logits.npz.")
+@click.option("--teacher", default=None, help="Fine-tuned teacher folder that labels the new sentences.")
+@click.option(
+    "--teacher-logits", default=None, help="The teacher's logits for the original rows (.npz or packaged:…), if any."
+)
+@click.option(
+    "--embeddings", default=DEFAULT_EMBEDDINGS, show_default=True, help="Model whose word embeddings pick swaps."
+)
+@click.option("--variants", default=2, show_default=True, help="New sentences made from each original sentence.")
+@click.option("--replace-prob", default=0.4, show_default=True, help="Chance each word is swapped.")
+@click.option("--neighbours", default=15, show_default=True, help="A word is swapped for one of its N nearest words.")
+@click.option("--min-words", default=4, show_default=True, help="Only sentences of at least N words are augmented.")
+@click.option("--max-length", default=128, show_default=True, help="Teacher's max tokens (match the training run).")
+@click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same sentences.")
+@click.option("--force", is_flag=True, help="Replace an existing --output folder.")
+def augment(**options) -> None:
+    """Make teacher-labelled training sentences by swapping words for their embedding neighbours (TinyBERT).
+
+    \b
+    Example (then distil from the folder, teacher logits only):
+      sst2dist augment --data ../shared/data/sst2 --output data/sst2-aug --teacher runs/teacher/model \\
+        --teacher-logits packaged:all-mpnet-base-v2-sst2
+      accelerate launch -m sst2dist.train --data data/sst2-aug --teacher data/sst2-aug/teacher-logits.npz \\
+        --distill-alpha 0 --epochs 1 --output-dir runs/l6-aug
+    """
+    from sst2dist import augment as augmenting
+
+    try:
+        summary = augmenting.augment(augmenting.AugmentConfig(**options))
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {options['output']}: {augmenting.describe(summary)}")
 
 
 # --- export-onnx ---
@@ -214,8 +255,9 @@ def bench_menu(items: tuple[str, ...], model: str | None, threads: list[int] | N
 # --- serve / predict ---
 
 VARIANT_HELP = (
-    "Bundle variant: fp32, optimized, int8, static-int8. Default: the fastest whose scores do not depend on "
-    "the batch (static-int8, else optimized); dynamic int8 is faster but its scores move with its batch mates."
+    "Bundle variant: fp32, optimized, int8, static-int8. Default: the fastest on this CPU (by export-onnx's "
+    "timings; re-timed at load on another CPU) of those whose scores do not depend on the batch, static-int8 only "
+    "when >10% faster than fp32/optimized; dynamic int8, whose scores move with batch mates, only by name."
 )
 
 
