@@ -3,8 +3,10 @@
     accelerate launch --config_file accelerate_config.yaml -m sst2dist.train \\
         --data ../shared/data/sst2 --output-dir runs/minilm
 
-Reads top to bottom: config -> data -> model -> optimizer -> loop (evaluate, keep best, checkpoint) -> outputs.
-Several CPU processes on one machine: `sst2dist train --num-processes 2 ...` (torchrun + gloo).
+Reads top to bottom: `train` = `setup` (data, model, optimizer, schedule, state restored from a checkpoint) ->
+`fit` (the steps; evaluate, keep the best, checkpoint on schedule) -> `finish` (last evaluation, metrics.json).
+The run folder's files live in `run_folder`, the device-side sums and log.jsonl in `train_log`, the state in
+`train_state`. Several CPU processes on one machine: `sst2dist train --num-processes 2 ...` (`launch`).
 """
 
 from __future__ import annotations
@@ -13,16 +15,16 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sst2dist.atomic import replace_dir, write_json_atomic
-from sst2dist.checkpoint import CHECKPOINTS_DIR, latest_checkpoint, load_checkpoint, save_checkpoint
-from sst2dist.environment import package_versions
+from sst2dist.atomic import write_json_atomic
+from sst2dist.checkpoint import load_checkpoint, save_checkpoint
+from sst2dist.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
+from sst2dist.run_folder import final_metrics, prepare_output_dir, save_model, write_final_files
 from sst2dist.train_config import (
     ConfigError,
     TrainConfig,
@@ -31,6 +33,8 @@ from sst2dist.train_config import (
     parse_layers,
     resolve_mixed_precision,
 )
+from sst2dist.train_log import RunLog, Window
+from sst2dist.train_state import Run, TrainState
 
 if TYPE_CHECKING:
     import torch
@@ -38,11 +42,6 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from torch.utils.data import DataLoader
     from transformers import PreTrainedTokenizerBase
-
-VERSIONED_PACKAGES = ("sst2dist", "torch", "transformers", "accelerate", "datasets")
-RUN_FILES = ("model", CHECKPOINTS_DIR, "metrics.json", "train_config.json", "log.jsonl")
-# Options that may differ between a run and its --resume (they do not change what is computed).
-RESUME_MAY_CHANGE = {"resume", "report_to", "data", "output_dir", "log_every", "overwrite", "teacher_cache"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,44 +69,6 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
             "without a GPU set ACCELERATE_USE_CPU=true (docs/distributed.md)"
         )
     return accelerator
-
-
-def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | None:
-    """Refuse to mix two runs in one folder; return the checkpoint to resume from, if any."""
-    output_dir = Path(config.output_dir)
-    if config.resume:
-        checkpoint = latest_checkpoint(output_dir)
-        if checkpoint is None:
-            raise ConfigError(
-                f"--resume: no complete checkpoint in {output_dir / CHECKPOINTS_DIR}; run without --resume"
-            )
-        check_same_config(output_dir / "train_config.json", config)
-        return checkpoint
-    existing = [name for name in RUN_FILES if (output_dir / name).exists()]
-    if existing and not config.overwrite:
-        raise ConfigError(
-            f"{output_dir} already holds a run ({', '.join(existing)}): pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --output-dir"
-        )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for name in existing:
-            path = output_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output_dir / "train_config.json", asdict(config))
-    accelerator.wait_for_everyone()
-    return None
-
-
-def check_same_config(saved_file: Path, config: TrainConfig) -> None:
-    saved = json.loads(saved_file.read_text(encoding="utf-8"))
-    changed = sorted(
-        name for name, value in asdict(config).items() if name not in RESUME_MAY_CHANGE and saved.get(name) != value
-    )
-    if changed:
-        detail = ", ".join(f"--{n.replace('_', '-')} {saved.get(n)} -> {getattr(config, n)}" for n in changed)
-        raise ConfigError(f"--resume with different options ({detail}): resume with the run's original options")
 
 
 def load_data(
@@ -188,132 +149,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerato
     return metric.compute()["accuracy"], counted
 
 
-def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, target: Path) -> None:
-    """`save_pretrained` model + tokenizer into a temporary folder, then swap it in."""
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # every process calls it (it gathers under FSDP/DeepSpeed)
-    if accelerator.is_main_process:
-        tmp = target.with_name(f".tmp-{target.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        replace_dir(tmp, target)
-    accelerator.wait_for_everyone()
-
-
-# ---------------------------------------------------------------------------------------------- logging
-
-
-class RunLog:
-    """log.jsonl lines and Accelerate trackers, from the main process only."""
-
-    def __init__(self, accelerator: Accelerator, output_dir: Path) -> None:
-        self.accelerator = accelerator
-        self.path = output_dir / "log.jsonl"
-
-    def write(self, record: dict) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        record = {"time": round(time.time(), 3), **record}
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and k not in ("step", "time")}
-        self.accelerator.log(numbers, step=record.get("step"))
-
-
-# ---------------------------------------------------------------------------------------------- state
-
-
-@dataclass
-class TrainState:
-    """Everything, besides what Accelerate saves, needed to continue exactly where a checkpoint left off."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    best_accuracy: float = -1.0
-    best_step: int = 0
-    evals_without_improvement: int = 0
-    samples: int = 0  # over all processes, up to the checkpoint
-    tokens: int = 0
-    padded_tokens: int = 0
-    train_seconds: float = 0.0
-
-    @classmethod
-    def from_checkpoint(cls, saved: dict, path: Path) -> TrainState:
-        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"{path} holds an unknown trainer state ({', '.join(unknown)}): it is not ours")
-        return cls(**saved)
-
-
-class Window:
-    """Sums kept on the device between two reads, so a training step never waits for the host.
-
-    The loss sums, the per-process sample/token counts, and the first step whose loss was not finite (0: none)
-    are read only every --log-every steps and before anything is evaluated or written.
-    """
-
-    def __init__(self, device: Any, first_step: int) -> None:
-        import torch
-
-        self.losses = torch.zeros(3, device=device)  # loss, cross-entropy, distillation term
-        self.first_bad_step = torch.zeros((), dtype=torch.long, device=device)
-        self.counts = torch.zeros(3, dtype=torch.float64, device=device)  # since this launch: samples, tokens, padded
-        self.batches, self.first_step, self.started = 0, first_step, time.perf_counter()
-
-    def add(self, step: int, losses: torch.Tensor, mask: torch.Tensor) -> None:
-        import torch
-
-        bad = ~torch.isfinite(losses[0])
-        self.first_bad_step = torch.where(bad & (self.first_bad_step == 0), step, self.first_bad_step)
-        self.losses += losses
-        self.counts += torch.stack([mask.new_tensor(len(mask)), mask.sum(), mask.new_tensor(mask.numel())])
-        self.batches += 1
-
-    def packed(self) -> torch.Tensor:
-        import torch
-
-        scalars = torch.stack([self.first_bad_step.double(), self.counts.new_tensor(self.batches)])
-        return torch.cat([self.losses.double(), scalars[:1], self.counts, scalars[1:]])
-
-    def restart(self, next_step: int) -> None:
-        self.losses.zero_()
-        self.batches, self.first_step, self.started = 0, next_step, time.perf_counter()
-
-
 # ---------------------------------------------------------------------------------------------- training
-
-
-@dataclass
-class Run:
-    """What `setup` builds and `fit` drives."""
-
-    config: TrainConfig
-    accelerator: Accelerator
-    model: torch.nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    train_loader: DataLoader
-    sampler: Any
-    eval_loader: DataLoader
-    metric: Any
-    log: RunLog
-    total_steps: int
-    steps_per_epoch: int
-    resume_from: Path | None
-    teacher_meta: dict | None
-    counts_at_start: tuple[int, int, int] = (0, 0, 0)  # samples, tokens, padded tokens of the checkpoint
-    progress: Any = None
-    final_accuracy: float | None = None
-    eval_samples: int = 0
-    last_eval_step: int = -1
-    last_save_step: int = -1
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.config.output_dir)
 
 
 def train(config: TrainConfig) -> dict:
@@ -397,15 +233,7 @@ def fit(run: Run, state: TrainState) -> bool:
         tick = time.perf_counter()
         for batch in batches:
             mask = batch["attention_mask"]
-            with accelerator.accumulate(model):
-                losses = forward_losses(run, batch)
-                accelerator.backward(losses[0])
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                run.optimizer.step()
-                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:  # fp16 overflow
-                    run.scheduler.step()
-                run.optimizer.zero_grad(set_to_none=True)
+            losses = train_step(run, batch)
             state.batches_in_epoch += 1
             window.add(state.step + 1, losses.detach(), mask)
             if not accelerator.sync_gradients:
@@ -433,6 +261,21 @@ def fit(run: Run, state: TrainState) -> bool:
             state.epoch, state.batches_in_epoch = state.epoch + 1, 0
     run.progress.close()
     return stop
+
+
+def train_step(run: Run, batch: dict) -> torch.Tensor:
+    """One micro-batch: forward and backward; when the gradients sync, clip, step and advance the schedule."""
+    accelerator, model = run.accelerator, run.model
+    with accelerator.accumulate(model):
+        losses = forward_losses(run, batch)
+        accelerator.backward(losses[0])
+        if accelerator.sync_gradients and run.config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
+        run.optimizer.step()
+        if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:  # fp16 overflow
+            run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return losses
 
 
 def forward_losses(run: Run, batch: dict) -> torch.Tensor:
@@ -503,44 +346,20 @@ def evaluate_and_keep_best(run: Run, state: TrainState) -> bool:
 
 def finish(run: Run, state: TrainState, stopped_early: bool, started: float) -> dict:
     """Evaluate and checkpoint the last step (unless just done), write metrics.json; return the metrics."""
-    config, accelerator = run.config, run.accelerator
     if run.last_eval_step != state.step:
         evaluate_and_keep_best(run, state)
     if run.last_save_step != state.step:
-        save_checkpoint(accelerator, run.output_dir, asdict(state), keep=config.keep_checkpoints)
-    metrics = {
-        "best_accuracy": state.best_accuracy,
-        "best_step": state.best_step,
-        "final_accuracy": run.final_accuracy,
-        "eval_samples": run.eval_samples,
-        "steps": state.step,
-        "epochs": round(state.step / run.steps_per_epoch, 3),
-        "stopped_early": stopped_early,
-        "train_samples_seen": state.samples,
-        "train_tokens_seen": state.tokens,
-        "train_padded_tokens_seen": state.padded_tokens,
-        "train_seconds": round(state.train_seconds, 2),
-        "samples_per_second": round(state.samples / state.train_seconds, 2),
-        "tokens_per_second": round(state.tokens / state.train_seconds, 1),
-        "wall_seconds_this_launch": round(time.perf_counter() - started, 2),
-        "num_processes": accelerator.num_processes,
-        "mixed_precision": accelerator.mixed_precision,
-        "resumed_from": str(run.resume_from) if run.resume_from else None,
-        "teacher": run.teacher_meta,
-        "versions": package_versions(VERSIONED_PACKAGES),
-    }
-    if accelerator.is_main_process:
-        write_json_atomic(run.output_dir / "metrics.json", metrics)
-        resolved = {"resolved_mixed_precision": accelerator.mixed_precision, "total_steps": run.total_steps}
-        resolved["num_processes"] = accelerator.num_processes
-        write_json_atomic(run.output_dir / "train_config.json", asdict(config) | resolved)
+        save_checkpoint(run.accelerator, run.output_dir, asdict(state), keep=run.config.keep_checkpoints)
+    metrics = final_metrics(run, state, stopped_early, started)
+    write_final_files(run, metrics)
     logged = {k: v for k, v in metrics.items() if k not in ("versions", "teacher")}
     run.log.write({"step": state.step, "event": "done", **logged})
-    accelerator.end_training()
+    run.accelerator.end_training()
     return metrics
 
 
 def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
+    """--eval-only: the accuracy of --model on the validation split, written to eval_metrics.json."""
     from accelerate.utils import set_seed
 
     from sst2dist.modeling import load_accuracy_metric, load_model, load_tokenizer
@@ -560,26 +379,6 @@ def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
         write_json_atomic(Path(config.output_dir) / "eval_metrics.json", metrics)
     accelerator.print(json.dumps(metrics))
     return metrics
-
-
-def launch_processes(num_processes: int, argv: list[str]) -> int:
-    """Run `python -m sst2dist.train ARGV` in N processes on this machine (torchrun; gloo on a CPU).
-
-    `accelerate launch --cpu --num_processes N` starts a single process, so this goes through
-    torch.distributed.run directly and tells Accelerate to stay on the CPU when there is no GPU.
-    """
-    import subprocess
-
-    import torch
-
-    if num_processes < 1:
-        raise ConfigError(f"--num-processes must be a positive integer, got {num_processes}")
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
-        env["ACCELERATE_USE_CPU"] = "true"
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}"]
-    return subprocess.run([*command, "-m", "sst2dist.train", *argv], env=env).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""The Accelerate training loop: options, batching, real `accelerate launch` runs, exact resume, NaN guard,
-several processes."""
+"""The Accelerate training loop: options, the run folder and state, batching, real `accelerate launch` runs, exact
+resume, NaN guard, several processes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 
 from sst2dist.data import LengthGroupedBatchSampler, make_collator
 from sst2dist.environment import supports_bf16
-from sst2dist.train import main
+from sst2dist.run_folder import prepare_output_dir
+from sst2dist.train import launch_processes, main
 from sst2dist.train_config import (
     ConfigError,
     TrainConfig,
@@ -22,6 +23,7 @@ from sst2dist.train_config import (
     parse_config,
     resolve_mixed_precision,
 )
+from sst2dist.train_state import TrainState
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -92,6 +94,45 @@ def test_auto_mixed_precision_follows_the_hardware() -> None:
 def test_bad_values_are_clear_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 1
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ run folder and state
+
+
+def test_a_second_run_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"already holds a run \(metrics.json\): pass --resume"):
+        prepare_output_dir(TrainConfig(output_dir=str(tmp_path)), accelerator=None)
+
+
+def test_resume_needs_a_complete_checkpoint_and_the_same_options(tmp_path: Path) -> None:
+    config = TrainConfig(output_dir=str(tmp_path), resume=True)
+    with pytest.raises(ConfigError, match="no complete checkpoint in"):
+        prepare_output_dir(config, accelerator=None)
+    checkpoint = tmp_path / "checkpoints" / "step-00000004"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 4}))
+    saved = {**TrainConfig().__dict__, "lr": 1e-4, "log_every": 7}  # log_every may change on resume, lr may not
+    (tmp_path / "train_config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"--resume with different options \(--lr 0.0001 -> 5e-05\)"):
+        prepare_output_dir(config, accelerator=None)
+    assert prepare_output_dir(TrainConfig(output_dir=str(tmp_path), resume=True, lr=1e-4), None) == checkpoint
+
+
+def test_the_checkpointed_state_keeps_its_format(tmp_path: Path) -> None:
+    """trainer_state.json holds exactly these keys: older checkpoints must still resume."""
+    saved = {"step": 7, "epoch": 1, "batches_in_epoch": 2, "best_accuracy": 0.5, "best_step": 4}
+    saved |= {"evals_without_improvement": 1, "samples": 224, "tokens": 3000, "padded_tokens": 4000}
+    saved |= {"train_seconds": 1.5}
+    assert TrainState.from_checkpoint(saved, tmp_path) == TrainState(**saved)
+    assert list(TrainState().__dict__) == list(saved)
+    with pytest.raises(ConfigError, match="unknown trainer state \\(global_step\\)"):
+        TrainState.from_checkpoint({**saved, "global_step": 7}, tmp_path)
+
+
+def test_launching_no_processes_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--num-processes must be a positive integer, got 0"):
+        launch_processes(0, [])
 
 
 # ------------------------------------------------------------------------------------------ batching
