@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sst2dist.data import DEFAULT_DATA
-from sst2dist.data import load_validation as load_validation  # where `sst2dist.menu` imports it from
 from sst2dist.environment import cpu_kind, supports_bf16
 from sst2dist.measure import ALL_BACKENDS, ORT_BACKENDS, TORCH_BACKENDS, BenchError
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from sst2dist.bench import environment, load_average, run_header
-from sst2dist.bench_settings import bundle_backends, check_counts, load_validation, output_folder
-from sst2dist.data import DEFAULT_DATA
+from sst2dist.bench_settings import bundle_backends, check_counts, output_folder
+from sst2dist.data import DEFAULT_DATA, load_validation
 from sst2dist.environment import usable_cpus
 from sst2dist.measure import (
     ORT_BACKENDS,

@@ -23,14 +23,14 @@ LATENCY_SAMPLES = 6
 
 
 @pytest.fixture(scope="module")
-def mpnet_bundle(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mpnet_bundle(sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from conftest import make_tiny_mpnet
 
     from sst2dist.export import export_bundle
 
     folder = tmp_path_factory.mktemp("tiny-mpnet")
     model = make_tiny_mpnet(folder / "model", seed=1)
-    export_bundle(model, folder / "bundle", data=str(sst2_dir), max_verify_samples=16, max_accuracy_drop=100.0)
+    export_bundle(model, folder / "bundle", data=str(sst2_sample_dir), max_verify_samples=16, max_accuracy_drop=100.0)
     return folder / "bundle"
 
 
