@@ -24,6 +24,8 @@ ACCELERATION_FLAGS = (
     "amx_bf16",
     "amx_int8",
 )
+# The flags that decide which onnxruntime kernels run, so which bundle variant is fastest (variant_choice).
+FINGERPRINT_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
 # Words of a model name that say nothing about the CPU line ("Common KVM processor", "Intel(R) Core(TM) CPU").
 NAME_NOISE = {"cpu", "processor", "common", "kvm", "qemu", "virtual", "intel", "amd", "genuine"}
@@ -210,6 +212,17 @@ def cpu_info() -> dict:
         "usable_cpus": usable_cpus(),
         "threads_per_core": threads_per_core(),
         "flags": {flag: flag in flags for flag in ACCELERATION_FLAGS},
+    }
+
+
+def cpu_fingerprint(fields: Mapping[str, str] | None = None, flags: frozenset[str] | None = None) -> dict:
+    """What a timing taken on this CPU holds for: the model name, the kind slug and the ISA flags that pick kernels."""
+    fields = cpuinfo_fields() if fields is None else fields
+    flags = cpu_flags() if flags is None else flags
+    return {
+        "model": fields.get("model name", platform.processor()),
+        "kind": cpu_kind(fields, flags),
+        "flags": [flag for flag in FINGERPRINT_FLAGS if flag in flags],
     }
 
 

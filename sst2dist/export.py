@@ -2,7 +2,8 @@
 
     model folder ──► model.onnx (Optimum main_export) ──► model_optimized.onnx (ORTOptimizer)
                           └──► model_quantized.onnx (dynamic int8) [+ model_static_quantized.onnx]
-    every variant ──► verified against PyTorch on real SST-2 sentences ──► manifest.json ──► rename into place
+    every variant ──► verified against PyTorch on real SST-2 sentences ──► the ones that passed timed on this CPU
+                  ──► manifest.json (with the timings and the CPU fingerprint) ──► rename into place
 
 Optimum's own export check runs on dummy inputs and only warns; this gate runs the bundle through the
 runtime `Classifier` (the code that will serve it) on the validation set and refuses a bad variant.
@@ -25,7 +26,8 @@ from sst2dist.atomic import replace_dir
 from sst2dist.export_gate import ExportError, check_gate, verify_bundle
 from sst2dist.export_int8 import quantize_dynamic_int8, quantize_static_int8
 from sst2dist.export_manifest import add_variant, new_manifest, write_manifest
-from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES, default_variant
+from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES, Classifier
+from sst2dist.variant_choice import choose_variant, record_timings
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -78,7 +80,7 @@ def export_bundle(
             staging, model, tokenizer, splits["validation"], manifest, max_accuracy_drop, data
         )
         check_gate(manifest, keep_failed)
-        manifest["default_variant"] = default_variant(manifest)
+        time_gated_variants(staging, manifest, splits["validation"])
         write_manifest(staging, manifest)
         replace_dir(staging, output_dir)
     except BaseException:
@@ -237,6 +239,21 @@ def fusion_report(path: Path) -> dict:
     missing = [op for op in ("Attention", "SkipLayerNormalization") if op not in fused]
     note = f"not fused for this model type: {', '.join(missing)}" if missing else None
     return {"fused_operators": fused, "note": note}
+
+
+def time_gated_variants(staging: Path, manifest: dict, validation: Dataset) -> None:
+    """Record how fast each variant that passed the gate runs here (with this CPU's fingerprint), and the default
+    variant those timings give a `Classifier` on this CPU."""
+    write_manifest(staging, manifest)  # the Classifier reads it
+    passed = [name for name, entry in manifest["variants"].items() if entry["passed"]]
+
+    def load(name: str, threads: int | None = None) -> Classifier:
+        return Classifier(staging, variant=name, threads=threads)
+
+    manifest["variant_timings"] = record_timings(load, passed, validation["sentence"])
+    choice, _ = choose_variant(manifest, None, batch_invariant=False, load=load)
+    manifest["default_variant"] = choice.variant
+    logger.info("default %s", choice.line())
 
 
 def with_labels(staging: Path, labels: list[str]) -> None:

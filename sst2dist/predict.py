@@ -232,6 +232,7 @@ def run_predict(
     texts = list(texts)
     if texts and input_path:
         raise ValueError("give texts as arguments or --input FILE, not both")
+    print(f"predict: {classifier.choice.line()}", file=sys.stderr)
     progress = None
     if texts:
         records: Iterable = ((i, _try(check_line_text, i, t, "argument")) for i, t in enumerate(texts, start=1))

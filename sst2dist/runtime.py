@@ -3,7 +3,7 @@
 Only onnxruntime, tokenizers and numpy (and the standard library) are imported here, so the base install
 (`pip install sst2dist`, without the train extra) can load a bundle, predict, bench and serve.
 
-    >>> clf = Classifier("export/minilm")            # int8 when it passed the export gate
+    >>> clf = Classifier("export/minilm")            # the fastest gated variant on this CPU (variant_choice)
     >>> clf.predict(["a gripping, funny film"])
     [{'label': 'positive', 'score': 0.98}]
 """
@@ -20,18 +20,14 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from sst2dist.variant_choice import VariantChoice, candidates, choose_variant, explicit
+
 VARIANT_FILES = {
     "fp32": "model.onnx",
     "optimized": "model_optimized.onnx",
     "int8": "model_quantized.onnx",
     "static-int8": "model_static_quantized.onnx",
 }
-# The first of these that is in the bundle and passed the export gate is the default variant.
-DEFAULT_VARIANT_ORDER = ("int8", "optimized", "fp32")
-# Dynamic int8 computes its activation scales over the whole batch, so a text's int8 scores move with its batch
-# mates (by up to 0.25 in probability on MiniLM). Where batches are formed from unrelated texts (serve, predict),
-# the default is the first of these that passed the gate: their scores do not depend on the batch.
-BATCH_INVARIANT_ORDER = ("static-int8", "optimized", "fp32", "int8")
 MANIFEST_FILE = "manifest.json"
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -52,14 +48,6 @@ def read_manifest(bundle_dir: str | Path) -> dict:
         raise BundleError(f"{path} is unreadable ({err}): export the bundle again") from err
 
 
-def default_variant(manifest: dict, batch_invariant: bool = False) -> str:
-    variants = manifest.get("variants", {})
-    for name in BATCH_INVARIANT_ORDER if batch_invariant else DEFAULT_VARIANT_ORDER:
-        if variants.get(name, {}).get("passed"):
-            return name
-    raise BundleError("no variant in this bundle passed the export verification gate: export it again")
-
-
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """CPU settings: all graph optimizations, sequential execution, `threads` intra-op threads (None: all cores)."""
     if threads is not None and threads < 1:
@@ -73,22 +61,52 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 class Classifier:
-    """A text classifier backed by one variant of a bundle written by `sst2dist export-onnx`."""
+    """A text classifier backed by one variant of a bundle written by `sst2dist export-onnx`.
 
-    def __init__(self, bundle_dir: str | Path, variant: str | None = None, threads: int | None = None):
+    Without `variant`, the fastest variant that passed the export gate on this CPU (see `variant_choice`): by the
+    bundle's recorded timings when they were taken on this CPU, else re-timed here. `batch_invariant` leaves out
+    dynamic int8, whose scores move with their batch mates. `self.choice` says which and why."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        variant: str | None = None,
+        threads: int | None = None,
+        *,
+        batch_invariant: bool = False,
+    ):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = read_manifest(self.bundle_dir)
-        self.variant = variant or default_variant(self.manifest)
         self.labels = self._read_labels()
         self.max_length = int(self.manifest["max_length"])
-        self.session = ort.InferenceSession(
-            str(self._variant_path()), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
-        )
+        self.choice, timed = self._choose(variant, threads, batch_invariant)
+        self.variant = self.choice.variant
+        path = self._variant_path()
+        if self.variant in timed:  # loaded to re-time it: the same file and threads
+            self.session = timed[self.variant].session
+        else:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._tokenizer = self._load_tokenizer()
         self._untruncated = Tokenizer.from_str(self._tokenizer.to_str())
         self._untruncated.no_truncation()
         self._untruncated.no_padding()
+
+    def _choose(
+        self, variant: str | None, threads: int | None, batch_invariant: bool
+    ) -> tuple[VariantChoice, dict[str, Classifier]]:
+        if variant:
+            return explicit(variant), {}
+        if not candidates(self.manifest, batch_invariant):
+            raise BundleError("no variant in this bundle passed the export verification gate: export it again")
+        session_options(threads)  # a bad thread count fails here, before any timing
+
+        def load(name: str) -> Classifier:
+            return Classifier(self.bundle_dir, variant=name, threads=threads)
+
+        return choose_variant(self.manifest, threads, batch_invariant=batch_invariant, load=load)
 
     def _variant_path(self) -> Path:
         if self.variant not in VARIANT_FILES:
@@ -184,11 +202,10 @@ class Classifier:
 
 
 def load_classifier(bundle_dir: str | Path, variant: str | None = None, threads: int | None = None) -> Classifier:
-    """What `serve` and `predict` run: the bundle's classifier, by default in the first variant whose scores do not
-    depend on the batch, or a BundleError saying what is wrong with the bundle."""
+    """What `serve` and `predict` run: the bundle's classifier, by default in the fastest gated variant on this CPU
+    whose scores do not depend on the batch, or a BundleError saying what is wrong with the bundle."""
     try:
-        variant = variant or default_variant(read_manifest(bundle_dir), batch_invariant=True)
-        return Classifier(bundle_dir, variant=variant, threads=threads)
+        return Classifier(bundle_dir, variant=variant, threads=threads, batch_invariant=True)
     except BundleError:
         raise
     except ValueError as err:

@@ -80,6 +80,18 @@ def test_cpu_info_names_the_cpu_and_keeps_the_old_helpers() -> None:
     assert environment.peak_rss_bytes() > 10_000_000
 
 
+def test_cpu_fingerprint_is_the_model_kind_and_the_flags_that_pick_kernels() -> None:
+    assert environment.cpu_fingerprint(AMD, AVX2 | {"sse4_2"}) == {
+        "model": "AMD EPYC 9R14 96-Core Processor",
+        "kind": "amd-epyc-avx2",
+        "flags": ["avx2"],
+    }
+    xeon = environment.cpu_fingerprint(XEON, SAPPHIRE)
+    assert xeon["kind"] == "intel-xeon-amx"
+    assert xeon["flags"] == ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
+    assert environment.cpu_fingerprint()["kind"] == cpu_kind()
+
+
 def test_expand_cpu_list() -> None:
     assert expand_cpu_list("0-2,5") == [0, 1, 2, 5]
     assert expand_cpu_list("3") == [3]

@@ -15,9 +15,10 @@ from onnx import numpy_helper
 
 from sst2dist import export, export_int8
 from sst2dist.cli import main
-from sst2dist.environment import ACCELERATION_FLAGS
+from sst2dist.environment import ACCELERATION_FLAGS, cpu_fingerprint, usable_cpus
 from sst2dist.export import ExportError, export_bundle
 from sst2dist.runtime import VARIANT_FILES, Classifier
+from sst2dist.variant_choice import pick
 
 TEXTS = ["a gripping, funny film", "dull and lifeless", "it is a movie", ""]
 
@@ -70,7 +71,9 @@ def test_bundle_files_and_manifest(tiny_bundle_dir: Path, tiny_model_dir: Path) 
         {"file": "model.safetensors", "sha256": sha256(tiny_model_dir / "model.safetensors")}
     ]
     assert manifest["verification"]["samples"] == 64
-    assert manifest["default_variant"] == "int8"
+    timings = manifest["variant_timings"]  # test_variant_choice checks how the default follows them
+    assert timings["cpu"] == cpu_fingerprint() and set(timings["ms_per_sentence"]["1"]) == set(manifest["variants"])
+    assert manifest["default_variant"] == pick(timings["ms_per_sentence"][str(usable_cpus())])
     assert manifest["max_length"] == 512 and manifest["labels"] == ["negative", "positive"]
     assert {"torch", "transformers", "optimum", "onnxruntime"} <= set(manifest["versions"])
     assert manifest["quantization"]["config"] in ("avx512_vnni", "avx512", "avx2", "arm64")
@@ -323,7 +326,9 @@ def test_real_minilm_export_and_gate(sst2_dir: Path, tmp_path: Path) -> None:
     assert int8["passed"] == (drop <= 0.5) and (int8["failure"] is None) == int8["passed"]
     assert int8["verification"]["label_agreement"] > 0.9  # broken quantization agrees ~50%
     assert int8["size_ratio_vs_fp32"] <= 0.30 and int8["meets_size_target"]
-    assert manifest["default_variant"] == ("int8" if int8["passed"] else "optimized")
+    timed = manifest["variant_timings"]["ms_per_sentence"][str(usable_cpus())]
+    assert set(timed) == {name for name, entry in variants.items() if entry["passed"]}
+    assert manifest["default_variant"] == pick(timed)
     assert Classifier(tmp_path / "bundle").variant == manifest["default_variant"]
     assert {"Attention", "SkipLayerNormalization"} <= {
         node.op_type for node in onnx.load(str(tmp_path / "bundle" / VARIANT_FILES["optimized"])).graph.node

@@ -48,6 +48,15 @@ def test_texts_as_arguments_to_stdout(bundle: Path, offline: list[dict]) -> None
     result = run(str(bundle), *TEXTS)
     assert result.exit_code == 0, result.output
     assert_predictions(records(result.stdout), TEXTS, offline)
+    variant = load_classifier(bundle).variant
+    assert f"predict: variant {variant}: recorded timing on matching CPU" in result.stderr  # which, and why
+
+
+def test_an_explicit_variant_is_logged_as_such(bundle: Path) -> None:
+    result = run(str(bundle), "--variant", "fp32", "--threads", "1", *TEXTS)
+    assert result.exit_code == 0, result.output
+    assert "predict: variant fp32: explicit variant (--variant)" in result.stderr
+    assert len(records(result.stdout)) == len(TEXTS)
 
 
 def test_stdin_one_text_per_line(bundle: Path, offline: list[dict]) -> None:

@@ -108,6 +108,7 @@ class Service:
             "model": manifest.get("model_name") or manifest.get("source_model") or manifest.get("model"),
             "bundle": str(self.classifier.bundle_dir),
             "variant": self.classifier.variant,
+            "variant_choice": self.classifier.choice.as_dict(),
             "labels": self.classifier.labels,
             "max_length": self.classifier.max_length,
             "manifest": manifest_scalars(manifest),
@@ -233,6 +234,6 @@ def add_operations_routes(app: FastAPI, service: Service) -> None:
     async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/info", summary="Model, variant, manifest summary and limits")
+    @app.get("/info", summary="Model, variant and why it was chosen, manifest summary and limits")
     async def info() -> Response:
         return json_response(service.info())

@@ -74,5 +74,5 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=max(1, math.ceil(limits.grace_period)),
     )
-    logger.info("serving %s (variant %s) on http://%s:%d", bundle_dir, classifier.variant, host, port)
+    logger.info("serving %s on http://%s:%d, %s", bundle_dir, host, port, classifier.choice.line())
     DrainingServer(config, app.state.service).run()

@@ -1,0 +1,207 @@
+"""Which variant of a bundle runs by default on this CPU: timing the variants that passed the export gate,
+recording those timings with a CPU fingerprint, and choosing by them.
+
+    export-onnx: every gated variant timed at batch 1 on a few dozen validation sentences, after a warm-up pass,
+                 at 1 onnxruntime thread and at all cores ──► manifest["variant_timings"], with cpu_fingerprint()
+    Classifier / serve / predict without a variant:
+        the manifest's timings when they were taken on this CPU (same model name and ISA flags), for the thread
+        count nearest to the one asked for; else the gated variants re-timed here on a dozen built-in sentences
+
+The fastest wins, with a preference: the exact variants (optimized, fp32: PyTorch's logits, whatever the batch)
+come first, then static int8, then dynamic int8; a later one replaces the choice only when it is clearly faster
+(at most CLEARLY_FASTER of its time). `serve` and `predict` batch unrelated texts together, so for them dynamic
+int8, whose activation scales are computed per batch, is left out unless nothing else passed the gate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from sst2dist.environment import cpu_fingerprint, usable_cpus
+
+# Most preferred first; within a tier the fastest, across tiers a later one only when clearly faster.
+TIERS = (("optimized", "fp32"), ("static-int8",), ("int8",))
+BATCH_DEPENDENT = ("int8",)  # one activation scale per batch: a text's scores move with its batch mates
+CLEARLY_FASTER = 0.9  # a less preferred variant must take at most 90 % of the time of the current choice
+EXPORT_SENTENCES, EXPORT_ROUNDS = 32, 5
+LOAD_ROUNDS = 3
+# What a quick re-timing at load runs: no data set is at hand there. SST-2-like lengths, 4 to 40 words.
+LOAD_SENTENCES = (
+    "a gripping, funny film",
+    "dull and lifeless",
+    "the acting is superb but the plot goes nowhere",
+    "one of the year's best",
+    "an unexpectedly moving portrait of grief, told with restraint and a sharp eye for small details",
+    "too long by an hour",
+    "it's not bad, but you have seen this story told better a dozen times before",
+    "a warm, generous comedy",
+    "the director never decides whether this is a thriller, a romance or a satire, and the film suffers for it "
+    "in almost every scene",
+    "i fell asleep twice",
+    "a triumph of style over substance",
+    "smart, brisk and far more affecting than it has any right to be",
+)
+REASONS = {
+    "explicit": "explicit variant (--variant)",
+    "recorded": "recorded timing on matching CPU",
+    "re-timed": "re-timed at load",
+    "only-gated": "the only variant that passed the export gate",
+}
+
+
+class Runner(Protocol):
+    """What timing needs of a loaded variant (the runtime Classifier has both)."""
+
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+    def run(self, encoded: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass
+class VariantChoice:
+    """The variant a classifier runs, and why: `reason` is a key of REASONS, `detail` says it in words."""
+
+    variant: str
+    reason: str
+    detail: str
+    ms_per_sentence: dict[str, float] = field(default_factory=dict)
+    threads: int | None = None
+    cpu: dict | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return f"variant {self.variant}: {REASONS[self.reason]} ({self.detail})"
+
+
+def explicit(variant: str) -> VariantChoice:
+    return VariantChoice(variant, "explicit", "asked for by name; no timing consulted")
+
+
+def candidates(manifest: dict, batch_invariant: bool = False) -> list[str]:
+    """The variants that passed the gate, most preferred first; with `batch_invariant`, dynamic int8 only if
+    nothing else passed."""
+    variants = manifest.get("variants", {})
+    passed = [name for tier in TIERS for name in tier if variants.get(name, {}).get("passed")]
+    if batch_invariant:
+        return [name for name in passed if name not in BATCH_DEPENDENT] or passed
+    return passed
+
+
+def pick(ms: Mapping[str, float]) -> str:
+    """The fastest of the most preferred tier timed, replaced by a later tier's fastest only when clearly faster."""
+    best = None
+    for tier in TIERS:
+        timed = [name for name in tier if name in ms]
+        if not timed:
+            continue
+        fastest = min(timed, key=ms.__getitem__)
+        if best is None or ms[fastest] <= CLEARLY_FASTER * ms[best]:
+            best = fastest
+    if best is None:
+        raise ValueError("no variant was timed")
+    return best
+
+
+def time_variants(runners: Mapping[str, Runner], texts: Sequence[str], rounds: int) -> dict[str, float]:
+    """Milliseconds per sentence at batch 1 for each variant: the median over `rounds` passes over `texts`, after
+    one warm-up pass. The variants take turns within each round, so a change in machine load hits all alike."""
+    encoded = {name: [runner.encode([text]) for text in texts] for name, runner in runners.items()}
+    for name, runner in runners.items():
+        for inputs in encoded[name]:
+            runner.run(inputs)
+    passes: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            started = time.perf_counter()
+            for inputs in encoded[name]:
+                runner.run(inputs)
+            passes[name].append((time.perf_counter() - started) * 1000 / len(texts))
+    return {name: round(float(np.median(values)), 4) for name, values in passes.items()}
+
+
+def record_timings(load: Callable[[str, int | None], Runner], names: Sequence[str], texts: Sequence[str]) -> dict:
+    """manifest["variant_timings"]: the variants `names` timed on `texts` at 1 thread and at all cores (threads
+    None: the runtime's default session), keyed by thread count."""
+    texts = list(texts)[:EXPORT_SENTENCES]
+    by_threads = {}
+    for key, threads in {"1": 1, str(usable_cpus()): None}.items():
+        by_threads[key] = time_variants({name: load(name, threads) for name in names}, texts, EXPORT_ROUNDS)
+    return {
+        "cpu": cpu_fingerprint(),
+        "batch_size": 1,
+        "sentences": len(texts),
+        "rounds": EXPORT_ROUNDS,
+        "statistic": "median over rounds of the mean ms per sentence, after one warm-up pass",
+        "ms_per_sentence": by_threads,
+    }
+
+
+def same_cpu(recorded: dict | None, here: dict) -> bool:
+    recorded = recorded or {}
+    return recorded.get("model") == here["model"] and sorted(recorded.get("flags", [])) == sorted(here["flags"])
+
+
+def describe_cpu(cpu: dict | None) -> str:
+    if not cpu:
+        return "an unknown CPU"
+    return f"{cpu.get('model') or 'unnamed'} [{cpu.get('kind') or 'unknown kind'}: {', '.join(cpu.get('flags', []))}]"
+
+
+def recorded_timings(manifest: dict, names: Sequence[str], threads: int) -> tuple[dict[str, float] | None, str]:
+    """The manifest's timings of `names` for the recorded thread count nearest `threads`, or None and why they
+    do not apply here."""
+    timings, here = manifest.get("variant_timings"), cpu_fingerprint()
+    if not timings:
+        return None, "the bundle has no recorded timings: it was exported before export-onnx timed its variants"
+    if not same_cpu(timings.get("cpu"), here):
+        return None, f"the bundle was timed on {describe_cpu(timings.get('cpu'))}, this is {describe_cpu(here)}"
+    by_threads = timings.get("ms_per_sentence") or {}
+    if not by_threads:
+        return None, "the bundle's timings are empty"
+    key = min(by_threads, key=lambda count: (abs(int(count) - threads), int(count)))
+    missing = [name for name in names if name not in by_threads[key]]
+    if missing:
+        return None, f"the bundle's timings leave out {', '.join(missing)}"
+    return {name: by_threads[key][name] for name in names}, f"{key} thread(s)"
+
+
+def timing_summary(ms: Mapping[str, float], chosen: str) -> str:
+    """The timings, fastest first, and why the choice is not the fastest when it is not."""
+    text = ", ".join(f"{name} {value:.3f} ms" for name, value in sorted(ms.items(), key=lambda item: item[1]))
+    fastest = min(ms, key=ms.__getitem__)
+    if fastest != chosen:
+        text += f"; {fastest} is not over {100 * (1 - CLEARLY_FASTER):.0f}% faster, and {chosen} comes first"
+    return text
+
+
+def choose_variant(
+    manifest: dict, threads: int | None, *, batch_invariant: bool, load: Callable[[str], Runner]
+) -> tuple[VariantChoice, dict[str, Runner]]:
+    """The default variant on this CPU and why, and the variants loaded to re-time them (empty when none were).
+
+    `load(name)` loads a variant with the thread count the caller will run; re-timing happens only when the
+    manifest's timings do not apply to this CPU. The bundle must have a gated variant (see `candidates`)."""
+    names = candidates(manifest, batch_invariant)
+    if not names:
+        raise ValueError("no variant in this bundle passed the export verification gate")
+    threads = threads or usable_cpus()
+    here = cpu_fingerprint()
+    if len(names) == 1:
+        return VariantChoice(names[0], "only-gated", "nothing to time", threads=threads, cpu=here), {}
+    ms, why = recorded_timings(manifest, names, threads)
+    if ms is not None:
+        chosen = pick(ms)
+        detail = f"timed at export on this CPU ({here['kind']}, {why}, batch 1): {timing_summary(ms, chosen)}"
+        return VariantChoice(chosen, "recorded", detail, ms, threads, here), {}
+    runners = {name: load(name) for name in names}
+    ms = time_variants(runners, LOAD_SENTENCES, LOAD_ROUNDS)
+    chosen = pick(ms)
+    detail = f"{why}; timed now ({here['kind']}, {threads} thread(s), batch 1): {timing_summary(ms, chosen)}"
+    return VariantChoice(chosen, "re-timed", detail, ms, threads, here), runners
