@@ -64,7 +64,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle_dir(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle exported from `tiny_model_dir` with fp32, optimized and int8 variants (int8 is the default).
+    """A bundle exported from `tiny_model_dir` with fp32, optimized and int8 variants.
 
     The tiny model is random, so its int8 accuracy gate means nothing: the drop limit is lifted here.
     """
