@@ -8,6 +8,8 @@ from __future__ import annotations
 import click
 
 from sst2dist import __version__
+from sst2dist.config_fields import click_options
+from sst2dist.export_options import ExportOptions
 
 DEFAULT_EMBEDDINGS = "packaged:all-MiniLM-L6-v2"
 
@@ -111,29 +113,8 @@ def augment(**options) -> None:
 @main.command("export-onnx")
 @click.argument("model_dir", type=click.Path(path_type=str))
 @click.option("--output", "-o", required=True, help="Bundle folder to write (must be new or empty, or use --force).")
-@click.option("--opset", default=18, show_default=True, help="ONNX opset.")
-@click.option(
-    "--optimize",
-    type=click.Choice(["O1", "O2", "O3", "none"]),
-    default="O2",
-    show_default=True,
-    help="ORTOptimizer level for model_optimized.onnx (O2: fused attention, GELU, LayerNorm).",
-)
-@click.option(
-    "--quantize",
-    type=click.Choice(["dynamic", "static", "none"]),
-    default="dynamic",
-    show_default=True,
-    help="int8 variants: dynamic (model_quantized.onnx); static also adds a calibrated model_static_quantized.onnx.",
-)
-@click.option("--data", default=None, help="SST-2 hub id or local folder for verification/calibration.")
-@click.option(
-    "--max-accuracy-drop", default=0.5, show_default=True, help="Most accuracy points int8 may lose vs PyTorch."
-)
-@click.option("--max-verify-samples", type=int, default=None, help="Verify on the first N validation sentences.")
-@click.option("--keep-failed", is_flag=True, help="Keep an int8 variant that fails the gate, marked failed.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle at --output.")
-def export_onnx(model_dir: str, output: str, **options) -> None:
+@click_options(ExportOptions)
+def export_onnx(model_dir: str, output: str, **flags) -> None:
     """Export MODEL_DIR to a verified ONNX bundle: fp32, optimized and int8 variants.
 
     Every variant is checked against PyTorch on the SST-2 validation sentences; a variant that fails the
@@ -146,8 +127,8 @@ def export_onnx(model_dir: str, output: str, **options) -> None:
     from sst2dist.export import export_bundle
 
     try:
-        manifest = export_bundle(model_dir, output, **options)
-    except ValueError as err:  # ExportError, DataError: the message says what to fix
+        manifest = export_bundle(model_dir, output, ExportOptions.from_flags(**flags))
+    except ValueError as err:  # OptionError, ExportError, DataError: the message says what to fix
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {output} (default variant: {manifest['default_variant']})")
     for name, entry in manifest["variants"].items():

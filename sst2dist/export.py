@@ -19,13 +19,15 @@ import json
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sst2dist.atomic import replace_dir
 from sst2dist.export_gate import ExportError, check_gate, verify_bundle
 from sst2dist.export_int8 import quantize_dynamic_int8, quantize_static_int8
 from sst2dist.export_manifest import add_variant, new_manifest, write_manifest
+from sst2dist.export_options import ExportOptions
 from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES, Classifier
 from sst2dist.variant_choice import choose_variant, record_timings
 
@@ -35,51 +37,40 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZE_LEVELS = ("O1", "O2", "O3", "none")
-QUANTIZE_MODES = ("dynamic", "static", "none")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def export_bundle(
-    model_dir: str | Path,
-    output_dir: str | Path,
-    *,
-    opset: int = 18,
-    optimize: str = "O2",
-    quantize: str = "dynamic",
-    data: str | None = None,
-    max_accuracy_drop: float = 0.5,
-    force: bool = False,
-    keep_failed: bool = False,
-    max_verify_samples: int | None = None,
+    model_dir: str | Path, output_dir: str | Path, options: ExportOptions | None = None, **fields: Any
 ) -> dict:
     """Write a verified bundle to `output_dir` and return its manifest.
 
     The bundle is built in a hidden temporary folder beside `output_dir` and renamed into place only when
     every variant passed the gate (int8 may be kept as failed with `keep_failed`), so a failed or
-    interrupted export leaves nothing behind and an existing bundle is replaced only with `force`.
+    interrupted export leaves nothing behind and an existing bundle is replaced only with `force`. `options` (or
+    `ExportOptions` fields as keywords: `opset=17`, `quantize="static"`, ...) are checked first (OptionError).
     """
     from sst2dist.data import DEFAULT_DATA, load_sst2
 
+    options = replace(options, **fields) if options else ExportOptions(**fields)
     model_dir, output_dir = Path(model_dir).expanduser(), Path(output_dir).expanduser()
-    check_options(opset, optimize, quantize, max_accuracy_drop, max_verify_samples)
     weights = check_model_dir(model_dir)
-    check_output_dir(output_dir, force)
+    check_output_dir(output_dir, options.force)
     model, tokenizer = load_source(model_dir)
-    data = data or DEFAULT_DATA
-    splits = load_sst2(data, max_eval_samples=max_verify_samples)
+    data = options.data or DEFAULT_DATA
+    splits = load_sst2(data, max_eval_samples=options.max_verify_samples)
 
     new_parents = [p for p in (output_dir.parent, *output_dir.parent.parents) if not p.exists()]
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would make the published bundle private
-        manifest = new_manifest(model_dir, weights, tokenizer, model, opset, optimize, quantize)
-        build_variants(staging, model_dir, manifest, optimize, quantize, splits["train"], tokenizer)
+        manifest = new_manifest(model_dir, weights, tokenizer, model, options.opset, options.optimize, options.quantize)
+        build_variants(staging, model_dir, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
         manifest["verification"] = verify_bundle(
-            staging, model, tokenizer, splits["validation"], manifest, max_accuracy_drop, data
+            staging, model, tokenizer, splits["validation"], manifest, options.max_accuracy_drop, data
         )
-        check_gate(manifest, keep_failed)
+        check_gate(manifest, options.keep_failed)
         time_gated_variants(staging, manifest, splits["validation"])
         write_manifest(staging, manifest)
         replace_dir(staging, output_dir)
@@ -92,21 +83,6 @@ def export_bundle(
 
 
 # --- checks before anything is written ---
-
-
-def check_options(
-    opset: int, optimize: str, quantize: str, max_accuracy_drop: float, max_verify_samples: int | None
-) -> None:
-    if not 14 <= opset <= 21:
-        raise ExportError(f"--opset {opset} is out of range: use 14..21 (18 is the default)")
-    if optimize not in OPTIMIZE_LEVELS:
-        raise ExportError(f"--optimize {optimize!r} is unknown: choose one of {', '.join(OPTIMIZE_LEVELS)}")
-    if quantize not in QUANTIZE_MODES:
-        raise ExportError(f"--quantize {quantize!r} is unknown: choose one of {', '.join(QUANTIZE_MODES)}")
-    if max_accuracy_drop < 0:
-        raise ExportError(f"--max-accuracy-drop must be >= 0 (points), got {max_accuracy_drop}")
-    if max_verify_samples is not None and max_verify_samples < 1:
-        raise ExportError(f"--max-verify-samples must be >= 1, got {max_verify_samples}")
 
 
 def check_model_dir(model_dir: Path) -> list[Path]:

@@ -1,0 +1,31 @@
+"""What `sst2dist export-onnx` is asked to do: `ExportOptions`, the options of `export_bundle`, each a flag of the
+same name. Standard library only, so the command line reads it without importing the exporter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sst2dist.config_fields import Options, in_range, non_negative, option, positive
+
+OPTIMIZE_LEVELS = ("O1", "O2", "O3", "none")
+QUANTIZE_MODES = ("dynamic", "static", "none")
+
+
+@dataclass(frozen=True)
+class ExportOptions(Options):
+    opset: int = option(18, "ONNX opset.", checks=[in_range(14, 21)])
+    optimize: str = option(
+        "O2",
+        "ORTOptimizer level for model_optimized.onnx (O2: fused attention, GELU, LayerNorm).",
+        choices=OPTIMIZE_LEVELS,
+    )
+    quantize: str = option(
+        "dynamic",
+        "int8 variants: dynamic (model_quantized.onnx); static also adds a calibrated model_static_quantized.onnx.",
+        choices=QUANTIZE_MODES,
+    )
+    data: str | None = option(None, "SST-2 hub id or local folder for verification/calibration.")
+    max_accuracy_drop: float = option(0.5, "Most accuracy points int8 may lose vs PyTorch.", checks=[non_negative])
+    max_verify_samples: int | None = option(None, "Verify on the first N validation sentences.", checks=[positive])
+    keep_failed: bool = option(False, "Keep an int8 variant that fails the gate, marked failed.")
+    force: bool = option(False, "Replace an existing bundle at --output.")
