@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sst2dist.config_fields import Options, non_negative, option, positive, positive_ints, split_commas
 from sst2dist.data import DEFAULT_DATA
 from sst2dist.environment import cpu_kind, supports_bf16
 from sst2dist.measure import ALL_BACKENDS, ORT_BACKENDS, TORCH_BACKENDS, BenchError
@@ -16,34 +17,60 @@ from sst2dist.measure import ALL_BACKENDS, ORT_BACKENDS, TORCH_BACKENDS, BenchEr
 CPU_PLACEHOLDER = "{cpu}"
 
 
-@dataclass
-class BenchSettings:
-    bundle: str
-    model: str | None = None
-    data: str = DEFAULT_DATA
-    backends: Sequence[str] | None = None  # None: every backend this machine and bundle support
-    threads: Sequence[int] | None = None  # None: 1 and every core
-    batch_sizes: Sequence[int] = (1, 8, 32)
-    output: str | None = None  # None: bench/results/<bundle folder name>; "{cpu}" becomes environment.cpu_kind()
-    max_samples: int | None = None  # validation sentences for accuracy and throughput (None: all 872)
-    latency_samples: int | None = None  # sentences timed one by one at batch 1 (None: as many as max_samples)
-    warmup: int = 20
-    progress: bool = True
-    notes: list[str] = field(default_factory=list)
-
-
-# --- settings -------------------------------------------------------------------------------------------------
-
-
-def parse_int_list(text: str, option: str) -> list[int]:
+def parse_int_list(text: str, flag: str) -> list[int]:
     """'1,2' -> [1, 2]; a clear error for anything that is not a list of whole numbers."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
-        raise BenchError(f"{option} takes comma-separated whole numbers like 1,8,32, got {text!r}") from err
+        raise BenchError(f"{flag} takes comma-separated whole numbers like 1,8,32, got {text!r}") from err
     if not values:
-        raise BenchError(f"{option} is empty: give at least one number, e.g. {option} 1")
+        raise BenchError(f"{flag} is empty: give at least one number, e.g. {flag} 1")
     return sorted(set(values))
+
+
+@dataclass
+class BenchSettings(Options):
+    """What `sst2dist bench` measures; each field is the flag of the same name (--menu builds a MenuSettings)."""
+
+    error = BenchError
+
+    bundle: str = option(help="Bundle folder written by `sst2dist export-onnx`.")
+    model: str | None = option(None, "Trained model folder (the PyTorch baseline).")
+    data: str = option(
+        DEFAULT_DATA, "SST-2 hub id or local folder (e.g. ../shared/data/sst2). Default: the hub.", show_default=False
+    )
+    backends: Sequence[str] | None = option(
+        None,
+        f"Comma-separated subset of {', '.join(ALL_BACKENDS)}. Default: all that this CPU and bundle support.",
+        parse=split_commas,
+    )
+    threads: Sequence[int] | None = option(
+        None,
+        "Comma-separated thread counts to measure. Default: 1 and all cores (--menu: the largest, default all cores).",
+        parse=parse_int_list,
+        checks=[positive_ints],
+    )
+    batch_sizes: Sequence[int] = option(
+        (1, 8, 32),
+        "Comma-separated throughput batch sizes (--menu: the largest).",
+        parse=parse_int_list,
+        checks=[positive_ints],
+    )
+    output: str | None = option(
+        None,
+        "Results folder; {cpu} becomes this CPU's kind, e.g. bench/results/{cpu}/minilm. "
+        "Default: bench/results/<bundle folder name> (--menu: bench/results/menu).",
+    )
+    max_samples: int | None = option(
+        None, "Validation sentences for accuracy and throughput (default: all 872).", checks=[positive]
+    )
+    latency_samples: int | None = option(None, "Sentences timed at batch 1 (default: all).", checks=[positive])
+    warmup: int = option(20, "Untimed warm-up sentences per backend.", checks=[non_negative])
+    progress: bool = option(True, "Progress bar on stderr.")
+    notes: list[str] = field(default_factory=list)
+
+
+# --- checks ---------------------------------------------------------------------------------------------------
 
 
 def torch_installed() -> bool:
@@ -60,18 +87,14 @@ def check_counts(
     latency_samples: int | None,
     warmup: int,
 ) -> None:
-    """Thread counts, batch sizes, sample counts and warm-up, for the bench and the menu. Raises BenchError."""
+    """Thread counts, batch sizes, sample counts and warm-up, for the bench and the menu: BenchSettings' checks, and
+    no more threads than cores. Raises BenchError."""
+    counts = {"threads": threads, "batch_sizes": batch_sizes, "max_samples": max_samples}
+    for name, value in (counts | {"latency_samples": latency_samples, "warmup": warmup}).items():
+        BenchSettings.check_value(name, value)
     cores = os.cpu_count() or 1
-    for value, option in ((threads, "--threads"), (batch_sizes, "--batch-sizes")):
-        if not value or any(not isinstance(n, int) or n < 1 for n in value):
-            raise BenchError(f"{option} must be whole numbers >= 1, got {list(value)}")
     if max(threads) > cores:
         raise BenchError(f"--threads {max(threads)} is more than this machine's {cores} CPU cores")
-    for value, option in ((max_samples, "--max-samples"), (latency_samples, "--latency-samples")):
-        if value is not None and value < 1:
-            raise BenchError(f"{option} must be >= 1, got {value}")
-    if warmup < 0:
-        raise BenchError(f"--warmup must be >= 0, got {warmup}")
 
 
 def output_folder(output: str | None, default: Path) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from sst2dist import __version__
+from sst2dist.bench_settings import BenchSettings
 from sst2dist.config_fields import click_options
 from sst2dist.export_options import ExportOptions
 
@@ -144,8 +145,7 @@ def export_onnx(model_dir: str, output: str, **flags) -> None:
 
 
 @main.command()
-@click.option("--model", "model", default=None, help="Trained model folder (the PyTorch baseline).")
-@click.option("--bundle", default=None, help="Bundle folder written by `sst2dist export-onnx`.")
+@click_options(BenchSettings, only=("model", "bundle"))
 @click.option(
     "--menu",
     multiple=True,
@@ -153,37 +153,8 @@ def export_onnx(model_dir: str, output: str, **flags) -> None:
     help="Instead of --bundle: compare models, every variant of each bundle (repeatable): accuracy, batch-1 "
     "latency, sorted-batch throughput, size. Writes menu.json, menu.md and menu.png. onnxruntime only.",
 )
-@click.option("--data", default=None, help="SST-2 hub id or local folder (e.g. ../shared/data/sst2). Default: the hub.")
-@click.option(
-    "--backends",
-    default=None,
-    help="Comma-separated subset of torch-fp32, torch-bf16, ort-fp32, ort-optimized, ort-int8, "
-    "ort-static-int8. Default: all that this CPU and bundle support.",
-)
-@click.option(
-    "--threads",
-    default=None,
-    help="Comma-separated thread counts to measure. Default: 1 and all cores (--menu: the largest, default all cores).",
-)
-@click.option(
-    "--batch-sizes",
-    default="1,8,32",
-    show_default=True,
-    help="Comma-separated throughput batch sizes (--menu: the largest).",
-)
-@click.option(
-    "--output",
-    default=None,
-    help="Results folder; {cpu} becomes this CPU's kind, e.g. bench/results/{cpu}/minilm. "
-    "Default: bench/results/<bundle folder name> (--menu: bench/results/menu).",
-)
-@click.option(
-    "--max-samples", type=int, default=None, help="Validation sentences for accuracy and throughput (default: all 872)."
-)
-@click.option("--latency-samples", type=int, default=None, help="Sentences timed at batch 1 (default: all).")
-@click.option("--warmup", type=int, default=20, show_default=True, help="Untimed warm-up sentences per backend.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
-def bench(model, bundle, menu, data, backends, threads, batch_sizes, output, **options) -> None:
+@click_options(BenchSettings, exclude=("model", "bundle"))
+def bench(model: str | None, bundle: str | None, menu: tuple[str, ...], **flags) -> None:
     """Benchmark PyTorch against every ONNX variant of a bundle, side by side on SST-2.
 
     Writes results.json, report.md and chart.png to --output and prints the table. With --menu, compares
@@ -196,21 +167,16 @@ def bench(model, bundle, menu, data, backends, threads, batch_sizes, output, **o
       sst2dist bench --menu teacher=export/teacher --menu L6=export/l6 --menu L3=export/l3 \\
           --data ../shared/data/sst2 --output 'bench/results/{cpu}/menu'
     """
-    from sst2dist.bench import BenchSettings, parse_int_list, run_bench
-    from sst2dist.data import DEFAULT_DATA
+    from sst2dist.bench import run_bench
     from sst2dist.report import render_terminal
 
     if bool(bundle) == bool(menu):
         raise click.UsageError("give --bundle BUNDLE_DIR, or --menu NAME=BUNDLE_DIR (repeatable), not both")
-    options |= {"data": data or DEFAULT_DATA, "output": output}
-    options["backends"] = [b.strip() for b in backends.split(",") if b.strip()] if backends is not None else None
     try:
-        thread_counts = parse_int_list(threads, "--threads") if threads is not None else None
-        sizes = parse_int_list(batch_sizes, "--batch-sizes")
         if menu:
-            bench_menu(menu, model, thread_counts, sizes, options)
+            bench_menu(menu, model, flags)
             return
-        settings = BenchSettings(bundle=bundle, model=model, threads=thread_counts, batch_sizes=sizes, **options)
+        settings = BenchSettings.from_flags(bundle=bundle, model=model, **flags)
         results = run_bench(settings)
     except ValueError as err:  # BenchError, BundleError, DataError, ModelNotFoundError
         raise click.ClickException(str(err)) from err
@@ -218,15 +184,18 @@ def bench(model, bundle, menu, data, backends, threads, batch_sizes, output, **o
     click.echo(f"\nWrote results.json, report.md and chart.png to {settings.output}")
 
 
-def bench_menu(items: tuple[str, ...], model: str | None, threads: list[int] | None, sizes: list[int], options) -> None:
-    """`sst2dist bench --menu ...`: every variant of several bundles, in one run."""
+def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
+    """`sst2dist bench --menu ...`: every variant of several bundles, in one run, at the largest thread count and
+    batch size asked for."""
     from sst2dist.menu import MenuSettings, parse_menu_items, run_menu
     from sst2dist.report import render_menu_terminal
 
     if model is not None:
         raise click.UsageError("--menu measures bundles only (onnxruntime): drop --model")
+    values = BenchSettings.flag_values(**flags)
+    threads, sizes = values.pop("threads", None), values.pop("batch_sizes")
     settings = MenuSettings(
-        bundles=parse_menu_items(items), threads=max(threads) if threads else None, batch_size=max(sizes), **options
+        bundles=parse_menu_items(items), threads=max(threads) if threads else None, batch_size=max(sizes), **values
     )
     menu = run_menu(settings)
     click.echo(render_menu_terminal(menu))

@@ -10,6 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from sst2dist.bench_settings import BenchSettings
 from sst2dist.config_fields import (
     OptionError,
     Options,
@@ -24,6 +25,7 @@ from sst2dist.config_fields import (
     split_commas,
 )
 from sst2dist.export_options import ExportOptions
+from sst2dist.measure import BenchError
 
 
 def parse_sizes(text: str, flag: str) -> list[int]:
@@ -187,3 +189,28 @@ def test_export_options(values: dict, message: str) -> None:
     with pytest.raises(OptionError) as caught:
         ExportOptions(**values)
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"threads": [0]}, "--threads must be whole numbers >= 1, got [0]"),
+        ({"batch_sizes": ()}, "--batch-sizes must be whole numbers >= 1, got []"),
+        ({"max_samples": 0}, "--max-samples must be >= 1, got 0"),
+        ({"latency_samples": -1}, "--latency-samples must be >= 1, got -1"),
+        ({"warmup": -1}, "--warmup must be >= 0, got -1"),
+    ],
+)
+def test_bench_settings(values: dict, message: str) -> None:
+    with pytest.raises(BenchError) as caught:
+        BenchSettings(bundle="b", **values)
+    assert str(caught.value) == message
+
+
+def test_bench_flags_parse_their_lists() -> None:
+    flags = {"threads": "2,1,2", "batch_sizes": "1,8,32", "backends": "ort-fp32, ort-int8", "data": None}
+    settings = BenchSettings.from_flags(bundle="b", **flags)
+    assert (settings.threads, settings.batch_sizes, settings.backends) == ([1, 2], [1, 8, 32], ["ort-fp32", "ort-int8"])
+    assert settings.data == BenchSettings("b").data
+    with pytest.raises(BenchError, match="--batch-sizes takes comma-separated whole numbers like 1,8,32, got '8,x'"):
+        BenchSettings.from_flags(bundle="b", batch_sizes="8,x")
