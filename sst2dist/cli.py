@@ -11,6 +11,8 @@ from sst2dist import __version__
 from sst2dist.bench_settings import BenchSettings
 from sst2dist.config_fields import click_options
 from sst2dist.export_options import ExportOptions
+from sst2dist.predict_options import PredictOptions
+from sst2dist.serve.limits import ServeLimits, ServeOptions
 
 DEFAULT_EMBEDDINGS = "packaged:all-MiniLM-L6-v2"
 
@@ -204,45 +206,15 @@ def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
 
 # --- serve / predict ---
 
-VARIANT_HELP = (
-    "Bundle variant: fp32, optimized, int8, static-int8. Default: the fastest on this CPU (by export-onnx's "
-    "timings; re-timed at load on another CPU) of those whose scores do not depend on the batch, static-int8 only "
-    "when >10% faster than fp32/optimized; dynamic int8, whose scores move with batch mates, only by name."
-)
-
 
 @main.command()
 @click.argument("bundle")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: all).")
-@click.option("--port", default=8080, show_default=True, help="TCP port.")
-@click.option("--variant", default=None, help=VARIANT_HELP)
-@click.option(
-    "--workers",
-    type=int,
-    default=None,
-    help="Batches that run at once, one thread each (default: one per core).",
-)
-@click.option(
-    "--threads",
-    type=int,
-    default=None,
-    help="onnxruntime intra-op threads of each run (default: cores / workers).",
-)
-@click.option("--max-batch-size", default=32, show_default=True, help="Most texts merged into one batch.")
-@click.option("--max-batch-tokens", default=8192, show_default=True, help="Most padded tokens in one batch.")
-@click.option(
-    "--max-wait-ms",
-    default=0.0,
-    show_default=True,
-    help="How long a free worker waits for a partial batch to fill (0: run what is queued at once).",
-)
-@click.option("--max-client-batch", default=64, show_default=True, help="Most texts in one request (else 422).")
-@click.option("--max-payload", default=1_000_000, show_default=True, help="Largest request body in bytes (else 413).")
-@click.option("--max-queue", default=256, show_default=True, help="Most requests waiting (else 429 + Retry-After).")
-@click.option("--grace-period", default=30.0, show_default=True, help="Seconds to finish in-flight work on SIGTERM.")
-@click.option("--log-level", default="info", show_default=True, help="uvicorn log level.")
-@click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log every request.")
-def serve(bundle, host, port, variant, workers, threads, log_level, access_log, **limits) -> None:
+@click_options(ServeOptions, only=("host", "port", "variant"))
+@click_options(ServeLimits, only=("workers",))
+@click_options(ServeOptions, only=("threads",))
+@click_options(ServeLimits, exclude=("workers",))
+@click_options(ServeOptions, only=("log_level", "access_log"))
+def serve(bundle: str, **flags) -> None:
     """Serve a bundle over HTTP: POST /predict (TEI style) and POST / (Hugging Face Inference API).
 
     Also GET /health, /ready, /metrics (Prometheus), /info, and the OpenAPI docs at /docs.
@@ -254,45 +226,20 @@ def serve(bundle, host, port, variant, workers, threads, log_level, access_log, 
     """
     import logging
 
-    from sst2dist.serve import ServeLimits, default_workers
     from sst2dist.serve import serve as run_server
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     try:
-        run_server(
-            bundle,
-            host=host,
-            port=port,
-            variant=variant,
-            threads=threads,
-            limits=ServeLimits(workers=default_workers() if workers is None else workers, **limits),
-            log_level=log_level,
-            access_log=access_log,
-        )
-    except ValueError as err:  # BundleError, bad limits
+        run_server(bundle, ServeOptions.from_flags(**flags))
+    except ValueError as err:  # OptionError, BundleError
         raise click.ClickException(str(err)) from err
 
 
 @main.command()
 @click.argument("bundle")
 @click.argument("texts", nargs=-1)
-@click.option("--input", "input_path", default=None, help="File to classify (default: the TEXT arguments, or stdin).")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "jsonl", "csv", "tsv"]),
-    default=None,
-    help="Input format. Default: from the file suffix (.jsonl, .csv, .tsv), else one text per line.",
-)
-@click.option(
-    "--field", "--column", "field_name", default=None, help="JSONL field or CSV column (default: text, sentence)."
-)
-@click.option("--output", default=None, help="JSONL file to write atomically (default: stdout).")
-@click.option("--variant", default=None, help=VARIANT_HELP)
-@click.option("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores).")
-@click.option("--batch-size", default=32, show_default=True, help="Texts per onnxruntime call.")
-@click.option("--skip-bad", is_flag=True, help="Skip lines that give no text (counted on stderr) instead of stopping.")
-def predict(bundle, texts, input_path, fmt, field_name, output, variant, threads, batch_size, skip_bad) -> None:
+@click_options(PredictOptions)
+def predict(bundle: str, texts: tuple[str, ...], **flags) -> None:
     """Classify texts with a bundle, writing JSONL lines {"text", "label", "score"}.
 
     \b
@@ -306,28 +253,19 @@ def predict(bundle, texts, input_path, fmt, field_name, output, variant, threads
     from sst2dist.predict import run_predict
     from sst2dist.runtime import load_classifier
 
-    if not texts and not input_path and sys.stdin.isatty():
+    if not texts and not flags["input_path"] and sys.stdin.isatty():
         raise click.UsageError("give texts as arguments, --input FILE, or pipe text to stdin")
     try:
-        classifier = load_classifier(bundle, variant, threads)
-        summary = run_predict(
-            classifier,
-            texts=texts,
-            input_path=input_path,
-            fmt=fmt,
-            field_name=field_name,
-            output=output,
-            batch_size=batch_size,
-            skip_bad=skip_bad,
-        )
-    except ValueError as err:  # BadLine, BundleError, unreadable input
-        raise click.ClickException(f"{err}; nothing was written" if output else str(err)) from err
+        options = PredictOptions.from_flags(**flags)
+        summary = run_predict(load_classifier(bundle, options.variant, options.threads), options, texts=texts)
+    except ValueError as err:  # OptionError, BadLine, BundleError, unreadable input
+        raise click.ClickException(f"{err}; nothing was written" if flags["output"] else str(err)) from err
     if summary.skipped:
         shown = "; ".join(str(bad) for bad in summary.skipped[:5])
         more = f" (and {len(summary.skipped) - 5} more)" if len(summary.skipped) > 5 else ""
         click.echo(f"skipped {len(summary.skipped)} bad line(s): {shown}{more}", err=True)
-    if output:
-        click.echo(f"wrote {summary.written} predictions to {output}", err=True)
+    if flags["output"]:
+        click.echo(f"wrote {summary.written} predictions to {flags['output']}", err=True)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,14 @@ import io
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
 from sst2dist.atomic import atomic_open
+from sst2dist.predict_options import FORMATS, PredictOptions
 from sst2dist.runtime import Classifier, clean_text
 
-FORMATS = ("text", "jsonl", "csv", "tsv")
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 TEXT_FIELDS = ("text", "sentence")  # looked up in this order when --field/--column is not given
 WINDOW = 1024  # texts read, classified and written per step
@@ -175,7 +175,7 @@ def predict_records(
     records: Iterable[tuple[int, str | BadLine]],
     out: TextIO,
     *,
-    batch_size: int = 32,
+    batch_size: int = PredictOptions.batch_size,
     skip_bad: bool = False,
     progress=None,
     window: int = WINDOW,
@@ -216,20 +216,18 @@ def count_lines(path: Path) -> int:
 
 def run_predict(
     classifier: Classifier,
+    options: PredictOptions | None = None,
     *,
     texts: Iterable[str] = (),
-    input_path: str | None = None,
-    fmt: str | None = None,
-    field_name: str | None = None,
-    output: str | None = None,
-    batch_size: int = 32,
-    skip_bad: bool = False,
     stdin: io.BufferedReader | None = None,
+    **fields,
 ) -> PredictSummary:
-    """The `predict` command: texts from arguments, `input_path` or stdin; JSONL to `output` or stdout."""
+    """The `predict` command: texts from arguments, `options.input_path` or stdin; JSONL to `options.output` or
+    stdout. `options` may be given as PredictOptions fields instead (input_path=..., batch_size=...)."""
     from tqdm import tqdm
 
-    texts = list(texts)
+    options = replace(options, **fields) if options else PredictOptions(**fields)
+    texts, input_path, fmt = list(texts), options.input_path, options.fmt
     if texts and input_path:
         raise ValueError("give texts as arguments or --input FILE, not both")
     print(f"predict: {classifier.choice.line()}", file=sys.stderr)
@@ -243,23 +241,20 @@ def run_predict(
             raise ValueError(f"input file {path} does not exist")
         fmt = guess_format(input_path, fmt)
         source = path.open("rb")
-        records = read_texts(source, fmt, field_name)
+        records = read_texts(source, fmt, options.field_name)
         total = count_lines(path) - (fmt in ("csv", "tsv"))  # the header row
         progress = tqdm(total=total, unit="line", file=sys.stderr, desc="predict", leave=False)
     else:
         source = stdin or sys.stdin.buffer
-        records = read_texts(source, fmt or "text", field_name)
+        records = read_texts(source, fmt or "text", options.field_name)
+    settings = {"batch_size": options.batch_size, "skip_bad": options.skip_bad, "progress": progress}
     try:
-        if output:
-            if not Path(output).parent.is_dir():
-                raise ValueError(f"output folder {Path(output).parent} does not exist: create it first")
-            with atomic_open(output) as out:
-                return predict_records(
-                    classifier, records, out, batch_size=batch_size, skip_bad=skip_bad, progress=progress
-                )
-        return predict_records(
-            classifier, records, sys.stdout, batch_size=batch_size, skip_bad=skip_bad, progress=progress
-        )
+        if options.output:
+            if not Path(options.output).parent.is_dir():
+                raise ValueError(f"output folder {Path(options.output).parent} does not exist: create it first")
+            with atomic_open(options.output) as out:
+                return predict_records(classifier, records, out, **settings)
+        return predict_records(classifier, records, sys.stdout, **settings)
     finally:
         if progress is not None:
             progress.close()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
 from sst2dist.bench_settings import BenchSettings
+from sst2dist.cli import main
 from sst2dist.config_fields import (
     OptionError,
     Options,
@@ -26,6 +28,8 @@ from sst2dist.config_fields import (
 )
 from sst2dist.export_options import ExportOptions
 from sst2dist.measure import BenchError
+from sst2dist.predict_options import PredictOptions
+from sst2dist.serve.limits import ServeLimits, ServeOptions, default_workers
 
 
 def parse_sizes(text: str, flag: str) -> list[int]:
@@ -214,3 +218,46 @@ def test_bench_flags_parse_their_lists() -> None:
     assert settings.data == BenchSettings("b").data
     with pytest.raises(BenchError, match="--batch-sizes takes comma-separated whole numbers like 1,8,32, got '8,x'"):
         BenchSettings.from_flags(bundle="b", batch_sizes="8,x")
+
+
+@pytest.mark.parametrize(
+    ("options", "values", "message"),
+    [
+        (ServeLimits, {"max_batch_size": 0}, "--max-batch-size must be >= 1, got 0"),
+        (ServeLimits, {"max_wait_ms": -0.5}, "--max-wait-ms must be >= 0, got -0.5"),
+        (ServeLimits, {"workers": 0}, "--workers must be >= 1, got 0"),
+        (ServeOptions, {"threads": 0}, "--threads must be >= 1, got 0"),
+        (PredictOptions, {"batch_size": 0}, "--batch-size must be >= 1, got 0"),
+        (PredictOptions, {"fmt": "xml"}, "--format must be one of text, jsonl, csv, tsv, got 'xml'"),
+    ],
+)
+def test_serve_and_predict_options(options: type, values: dict, message: str) -> None:
+    with pytest.raises(OptionError) as caught:
+        options(**values)
+    assert str(caught.value) == message
+
+
+def test_serve_workers_default_to_one_per_core_on_the_command_line_only() -> None:
+    assert ServeOptions().limits == ServeLimits() and ServeLimits().workers == 1
+    options = ServeOptions.from_flags(workers=None, max_queue=8, port=9000)
+    assert options.limits == ServeLimits(max_queue=8, workers=default_workers()) and options.port == 9000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["export-onnx", "model", "-o", "out", "--max-verify-samples", "0"],
+            "--max-verify-samples must be >= 1, got 0",
+        ),
+        (["bench", "--bundle", "b", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
+        (["serve", "b", "--max-queue", "0"], "--max-queue must be >= 1, got 0"),
+        (["predict", "b", "text", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ],
+)
+def test_a_bad_value_exits_1_naming_the_flag(args: list[str], message: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path) as folder:
+        result = runner.invoke(main, args)
+        assert list(Path(folder).iterdir()) == [], "nothing is written"
+    assert result.exit_code == 1 and f"Error: {message}" in result.output, result.output

@@ -13,28 +13,37 @@ Every error answers `{"error": "...", "error_type": "..."}`. Imports no torch, t
 
 Modules, in the order a request meets them: `body` (size, UTF-8, JSON), `protocol` (request models, answers,
 errors), `app` (routes and shared state), `batcher` (queue and worker threads), `metrics` (Prometheus),
-`server` (uvicorn, draining shutdown); `limits` holds the flags' dataclass.
+`server` (uvicorn, draining shutdown); `limits` holds the flags' dataclasses. The names below load on first use,
+so the command line reads `limits` without importing FastAPI.
 """
 
-from sst2dist.runtime import load_classifier
-from sst2dist.serve.app import Service, create_app
-from sst2dist.serve.batcher import MicroBatcher, plan_chunks
-from sst2dist.serve.limits import ServeLimits, default_threads, default_workers
-from sst2dist.serve.protocol import InferenceRequest, PredictRequest, ServeError
-from sst2dist.serve.server import DrainingServer, serve
+from __future__ import annotations
 
-__all__ = [
-    "DrainingServer",
-    "InferenceRequest",
-    "MicroBatcher",
-    "PredictRequest",
-    "ServeError",
-    "ServeLimits",
-    "Service",
-    "create_app",
-    "default_threads",
-    "default_workers",
-    "load_classifier",  # from sst2dist.runtime; bench/load_bench.py imports it from here
-    "plan_chunks",
-    "serve",
-]
+import importlib
+from typing import Any
+
+_HOMES = {  # public name -> the module that defines it
+    "DrainingServer": "sst2dist.serve.server",
+    "serve": "sst2dist.serve.server",
+    "Service": "sst2dist.serve.app",
+    "create_app": "sst2dist.serve.app",
+    "MicroBatcher": "sst2dist.serve.batcher",
+    "plan_chunks": "sst2dist.serve.batcher",
+    "ServeLimits": "sst2dist.serve.limits",
+    "ServeOptions": "sst2dist.serve.limits",
+    "default_threads": "sst2dist.serve.limits",
+    "default_workers": "sst2dist.serve.limits",
+    "InferenceRequest": "sst2dist.serve.protocol",
+    "PredictRequest": "sst2dist.serve.protocol",
+    "ServeError": "sst2dist.serve.protocol",
+    "load_classifier": "sst2dist.runtime",  # bench/load_bench.py imports it from here
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value

@@ -1,32 +1,14 @@
-"""How much the server admits and runs at once: the batching and admission limits, and the worker and thread counts."""
+"""How much the server admits and runs at once (`ServeLimits`: batching and admission limits, the worker count) and
+how `sst2dist serve` runs (`ServeOptions`); each field is the flag of the same name. Standard library only, so the
+command line reads it without importing FastAPI."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """Batching and admission limits; each one is a `sst2dist serve` flag of the same name."""
-
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8192
-    max_wait_ms: float = 0.0  # how long a free worker waits for a partial batch to fill; 0: run it at once
-    max_client_batch: int = 64
-    max_payload: int = 1_000_000
-    max_queue: int = 256
-    grace_period: float = 30.0
-    workers: int = 1  # batches running at once, each on its own thread (onnxruntime sessions run concurrently)
-
-    def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_batch_tokens", "max_client_batch", "max_payload", "max_queue", "workers")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "grace_period"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+from sst2dist.config_fields import Options, nested, non_negative, option, positive
+from sst2dist.predict_options import VARIANT_HELP
 
 
 def default_workers() -> int:
@@ -38,3 +20,42 @@ def default_workers() -> int:
 def default_threads(workers: int) -> int:
     """The cores shared out between the workers' onnxruntime runs."""
     return max(1, (os.cpu_count() or 1) // workers)
+
+
+@dataclass(frozen=True)
+class ServeLimits(Options):
+    """Batching and admission limits, and the workers (batches running at once, each on its own thread: onnxruntime
+    sessions run concurrently). `ServeLimits()` has one worker; `sst2dist serve` one per core."""
+
+    max_batch_size: int = option(32, "Most texts merged into one batch.", checks=[positive])
+    max_batch_tokens: int = option(8192, "Most padded tokens in one batch.", checks=[positive])
+    max_wait_ms: float = option(
+        0.0,
+        "How long a free worker waits for a partial batch to fill (0: run what is queued at once).",
+        checks=[non_negative],
+    )
+    max_client_batch: int = option(64, "Most texts in one request (else 422).", checks=[positive])
+    max_payload: int = option(1_000_000, "Largest request body in bytes (else 413).", checks=[positive])
+    max_queue: int = option(256, "Most requests waiting (else 429 + Retry-After).", checks=[positive])
+    grace_period: float = option(30.0, "Seconds to finish in-flight work on SIGTERM.", checks=[non_negative])
+    workers: int = option(
+        1,
+        "Batches that run at once, one thread each (default: one per core).",
+        checks=[positive],
+        cli_default=default_workers,
+    )
+
+
+@dataclass(frozen=True)
+class ServeOptions(Options):
+    """`serve()`'s keyword arguments: where it listens, which variant runs on how many threads, the limits."""
+
+    host: str = option("127.0.0.1", "Interface to bind (0.0.0.0: all).")
+    port: int = option(8080, "TCP port.")
+    variant: str | None = option(None, VARIANT_HELP)
+    threads: int | None = option(
+        None, "onnxruntime intra-op threads of each run (default: cores / workers).", checks=[positive]
+    )
+    limits: ServeLimits = nested(ServeLimits)
+    log_level: str = option("info", "uvicorn log level.")
+    access_log: bool = option(False, "Log every request.", negatable=True, show_default=True)

@@ -8,14 +8,16 @@ import math
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
 from sst2dist.runtime import load_classifier
 from sst2dist.serve.app import Service, create_app
-from sst2dist.serve.limits import ServeLimits, default_threads
+from sst2dist.serve.limits import ServeOptions, default_threads
 
 logger = logging.getLogger("sst2dist.serve")
 
@@ -47,32 +49,25 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(
-    bundle_dir: str | Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    variant: str | None = None,
-    threads: int | None = None,
-    limits: ServeLimits | None = None,
-    log_level: str = "info",
-    access_log: bool = False,
-) -> None:
-    """Load the bundle (failing before binding the port), then serve until SIGTERM/SIGINT and a drain."""
-    limits = limits or ServeLimits()
+def serve(bundle_dir: str | Path, options: ServeOptions | None = None, **fields: Any) -> None:
+    """Load the bundle (failing before binding the port), then serve until SIGTERM/SIGINT and a drain. `options`
+    may be given as ServeOptions fields instead (port=8081, limits=ServeLimits(max_queue=64), ...)."""
+    options = replace(options, **fields) if options else ServeOptions(**fields)
+    limits = options.limits
     # The batch workers are the parallelism: tokenizers' own thread pool would only compete with onnxruntime.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    classifier = load_classifier(bundle_dir, variant, default_threads(limits.workers) if threads is None else threads)
+    threads = default_threads(limits.workers) if options.threads is None else options.threads
+    classifier = load_classifier(bundle_dir, options.variant, threads)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(classifier, limits)
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=access_log,
+        host=options.host,
+        port=options.port,
+        log_level=options.log_level,
+        access_log=options.access_log,
         lifespan="on",
         timeout_graceful_shutdown=max(1, math.ceil(limits.grace_period)),
     )
-    logger.info("serving %s on http://%s:%d, %s", bundle_dir, host, port, classifier.choice.line())
+    logger.info("serving %s on http://%s:%d, %s", bundle_dir, options.host, options.port, classifier.choice.line())
     DrainingServer(config, app.state.service).run()

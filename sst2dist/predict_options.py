@@ -1,0 +1,36 @@
+"""What `sst2dist predict` is asked to do: `PredictOptions`, each field the flag of the same name, and the --variant
+flag's help, which `serve` shares. Standard library only, so the command line reads it without onnxruntime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sst2dist.config_fields import Options, option, positive
+
+FORMATS = ("text", "jsonl", "csv", "tsv")
+VARIANT_HELP = (
+    "Bundle variant: fp32, optimized, int8, static-int8. Default: the fastest on this CPU (by export-onnx's "
+    "timings; re-timed at load on another CPU) of those whose scores do not depend on the batch, static-int8 only "
+    "when >10% faster than fp32/optimized; dynamic int8, whose scores move with batch mates, only by name."
+)
+
+
+@dataclass(frozen=True)
+class PredictOptions(Options):
+    input_path: str | None = option(
+        None, "File to classify (default: the TEXT arguments, or stdin).", flags=("--input",)
+    )
+    fmt: str | None = option(
+        None,
+        "Input format. Default: from the file suffix (.jsonl, .csv, .tsv), else one text per line.",
+        flags=("--format",),
+        choices=FORMATS,
+    )
+    field_name: str | None = option(
+        None, "JSONL field or CSV column (default: text, sentence).", flags=("--field", "--column")
+    )
+    output: str | None = option(None, "JSONL file to write atomically (default: stdout).")
+    variant: str | None = option(None, VARIANT_HELP)
+    threads: int | None = option(None, "onnxruntime intra-op threads (default: all cores).", checks=[positive])
+    batch_size: int = option(32, "Texts per onnxruntime call.", checks=[positive])
+    skip_bad: bool = option(False, "Skip lines that give no text (counted on stderr) instead of stopping.")
