@@ -1,6 +1,9 @@
 """The `sst2dist` command line: thin Click wrappers, each parses options and calls one library function.
 
-Stage modules are imported inside each command so that `serve` and `predict` never import torch.
+Each command's flags are generated (`config_fields.click_options`) from the options dataclass its library function
+takes: ExportOptions, BenchSettings, ServeOptions and ServeLimits, PredictOptions; the command builds it with
+`from_flags`, which also checks it. Stage modules are imported inside each command so that `serve` and `predict`
+never import torch.
 """
 
 from __future__ import annotations
