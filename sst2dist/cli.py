@@ -67,10 +67,9 @@ def train(ctx: click.Context, num_processes: int) -> None:
         if code:
             raise click.ClickException(f"training failed in one of the {num_processes} processes (exit {code})")
         return
-    config = train_config.parse_config(args)
     try:
-        trainer.train(config)
-    except (ValueError, trainer.NonFiniteLossError) as err:
+        trainer.train(train_config.parse_config(args))
+    except (ValueError, trainer.NonFiniteLossError) as err:  # ConfigError, DataError, ...
         raise click.ClickException(str(err)) from err
 
 
