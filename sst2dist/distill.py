@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 
 SHIPPED_LOGITS_DIR = Path(__file__).parent / "teachers"
 # Logits shipped with the package: the fine-tuned all-mpnet-base-v2 over the 67,349 GLUE SST-2 training rows.
-SHIPPED_LOGITS = {"packaged:all-mpnet-base-v2-sst2": SHIPPED_LOGITS_DIR / "all-mpnet-base-v2-sst2.npz"}
+# And over the rows `sst2dist augment --data <GLUE SST-2>` makes with its defaults (the original rows first).
+SHIPPED_LOGITS = {
+    "packaged:all-mpnet-base-v2-sst2": SHIPPED_LOGITS_DIR / "all-mpnet-base-v2-sst2.npz",
+    "packaged:all-mpnet-base-v2-sst2-aug": SHIPPED_LOGITS_DIR / "all-mpnet-base-v2-sst2-aug.npz",
+}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 

@@ -103,3 +103,14 @@ def make_tiny_mpnet(path: Path, seed: int = 0) -> Path:
     MPNetForSequenceClassification(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def accelerator():
+    """A CPU Accelerator, its global state reset afterwards so the next test starts clean."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

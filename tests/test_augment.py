@@ -171,3 +171,21 @@ def test_the_command_reports_bad_input_in_one_sentence(data_dir: Path, tmp_path:
     assert result.exit_code == 1
     assert "Error: --variants must be at least 1, got 0" in result.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_the_shipped_augmented_logits_fit_what_augment_makes_without_a_teacher(
+    sst2_dir: Path, tmp_path: Path, accelerator
+) -> None:
+    from sst2dist.distill import teacher_logits
+
+    output = tmp_path / "aug"
+    summary = augment(AugmentConfig(data=str(sst2_dir), output=str(output)))
+    assert not (output / "teacher-logits.npz").exists()
+    train_rows = [line.split("\t") for line in (output / "train.tsv").read_text().splitlines()[1:]]
+    sentences, labels = [s for s, _ in train_rows], [int(y) for _, y in train_rows]
+    assert len(sentences) == 67349 + summary["new_rows"]
+    logits, meta = teacher_logits("packaged:all-mpnet-base-v2-sst2-aug", sentences, labels, 128, accelerator)
+    assert logits.shape == (len(sentences), 2)
+    assert (logits[:67349].argmax(axis=1) == np.array(labels[:67349])).mean() > 0.9
+    assert meta["teacher_dev_accuracy"] >= 0.935

@@ -46,16 +46,6 @@ def test_the_loss_is_alpha_ce_plus_t_squared_kl() -> None:
     assert loss.item() == pytest.approx(alpha * ce + (1 - alpha) * expected_kd, rel=1e-5)
 
 
-@pytest.fixture
-def accelerator():
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield Accelerator(cpu=True)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def test_logits_are_cached_reused_and_invalidated(tmp_path: Path, tiny_model_dir: Path, accelerator) -> None:
     cache = tmp_path / "cache"
     logits, meta = teacher_logits(str(tiny_model_dir), SENTENCES, LABELS, 32, accelerator, cache)
