@@ -105,6 +105,7 @@ def measure_all(settings: BenchSettings, sentences: list[str]) -> tuple[dict[int
     from tqdm import tqdm
 
     from sst2dist.runtime import read_manifest
+    from sst2dist.variant_choice import recorded_choice
 
     max_length = int(read_manifest(settings.bundle)["max_length"])
     config = json.loads((Path(settings.bundle) / "config.json").read_text(encoding="utf-8"))
@@ -124,7 +125,9 @@ def measure_all(settings: BenchSettings, sentences: list[str]) -> tuple[dict[int
         for threads in settings.threads:
             bar.set_description(f"{threads} thread{'s' * (threads > 1)}")
             runs[threads] = bench_threads(settings, threads, sentences, max_length, flops_counter(config), bar.update)
-    return runs, colds, {"path": settings.bundle, "max_length": max_length, "model_type": config.get("model_type")}
+    default = recorded_choice(read_manifest(settings.bundle), max(settings.threads))
+    summary = {"path": settings.bundle, "max_length": max_length, "model_type": config.get("model_type")}
+    return runs, colds, {**summary, "default_variant": default}
 
 
 def sorted_sizes(batch_sizes: Sequence[int]) -> list[int]:

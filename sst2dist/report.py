@@ -173,6 +173,15 @@ def render_terminal(results: dict) -> str:
     return "\n".join([*parts, "", *extra_lines(results)])
 
 
+def default_variant_lines(bundle: dict) -> list[str]:
+    """Which variant `serve`, `predict` and `Classifier` run by default on this CPU, and why."""
+    choice = bundle.get("default_variant")
+    if not choice:
+        return []
+    variant = f"`{choice['variant']}`" if choice["variant"] else "chosen at load"
+    return [f"Default variant on this CPU (serve, predict, `Classifier`): {variant} — {choice['detail']}.", ""]
+
+
 def render_markdown(results: dict) -> str:
     data, env = results["dataset"], results["environment"]
     lines = [
@@ -184,6 +193,7 @@ def render_markdown(results: dict) -> str:
         "",
         f"{cpu_line(env['cpu'])}.",
         "",
+        *default_variant_lines(results["bundle"]),
         "## Accuracy and footprint",
         "",
         markdown_table(*summary_table(results)),

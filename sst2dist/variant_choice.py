@@ -181,6 +181,25 @@ def timing_summary(ms: Mapping[str, float], chosen: str) -> str:
     return text
 
 
+def recorded_choice(manifest: dict, threads: int) -> dict:
+    """What `Classifier` would run by default here, from the manifest alone (nothing loaded): the bench's report
+    of which variant serves on this CPU and why."""
+    names = candidates(manifest, batch_invariant=True)
+    if not names:
+        return {"variant": None, "reason": "none", "detail": "no variant passed the export gate"}
+    ms, why = recorded_timings(manifest, names, threads)
+    if len(names) == 1:
+        return {"variant": names[0], "reason": "only-gated", "detail": "nothing to time"}
+    if ms is None:
+        return {"variant": None, "reason": "re-timed", "detail": f"chosen by timing at load: {why}"}
+    chosen = pick(ms)
+    return {
+        "variant": chosen,
+        "reason": "recorded",
+        "detail": f"timed at export on this CPU ({why}, batch 1): " + timing_summary(ms, chosen),
+    }
+
+
 def choose_variant(
     manifest: dict, threads: int | None, *, batch_invariant: bool, load: Callable[[str], Runner]
 ) -> tuple[VariantChoice, dict[str, Runner]]:

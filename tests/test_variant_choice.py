@@ -168,3 +168,17 @@ def test_one_gated_variant_needs_no_timing(bundle: Path, monkeypatch: pytest.Mon
 
     with pytest.raises(BundleError, match="no variant in this bundle passed"):
         load_classifier(edit_manifest(bundle, none_passed))
+
+
+def test_the_bench_reports_what_serve_would_run_here_without_loading_it(bundle: Path) -> None:
+    from sst2dist.report import default_variant_lines
+    from sst2dist.runtime import read_manifest
+
+    with_timings(bundle, {"1": {"fp32": 4.0, "optimized": 3.0, "int8": 0.1}})
+    said = variant_choice.recorded_choice(read_manifest(bundle), threads=1)
+    assert (said["variant"], said["reason"]) == (load_classifier(bundle, threads=1).variant, "recorded")
+    assert "optimized 3.000 ms" in default_variant_lines({"default_variant": said})[0]
+    with_timings(bundle, {"1": {"fp32": 4.0, "optimized": 3.0}}, cpu=OTHER_CPU)
+    elsewhere = variant_choice.recorded_choice(read_manifest(bundle), threads=1)
+    assert (elsewhere["variant"], elsewhere["reason"]) == (None, "re-timed")
+    assert "Imaginary CPU 9000" in default_variant_lines({"default_variant": elsewhere})[0]
