@@ -221,7 +221,8 @@ def click_option(spec: dataclasses.Field) -> Callable:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse.ArgumentParser:
-    """An argparse option per flag field of `cls`, its help ending in the default; booleans get a --no- form."""
+    """An argparse option per field of `cls` (a flat dataclass: TrainConfig), its help ending in the default;
+    booleans get a --no- form."""
     for spec in flag_fields(cls):
         help_text = f"{spec.metadata['help']} (default: {spec.default})"
         if base_type(spec) is bool:
