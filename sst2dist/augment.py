@@ -15,14 +15,15 @@ import json
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from sst2dist.atomic import replace_dir, write_json_atomic
+from sst2dist.augment_options import AugmentError, AugmentOptions
 from sst2dist.data import load_sst2
-from sst2dist.modeling import DEFAULT_MODEL, resolve_model
+from sst2dist.modeling import resolve_model
 
 LOGITS_FILE = "teacher-logits.npz"
 # Swapping these mostly breaks grammar without teaching the student anything about sentiment.
@@ -31,35 +32,6 @@ KEEP_WORDS = frozenset({
     "are", "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "he", "she", "they", "we",
     "you", "i", "his", "her", "their", "our", "your", "my", "me", "him", "them", "us",
 })  # fmt: skip
-
-
-class AugmentError(ValueError):
-    """The augmentation settings or inputs are unusable; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    data: str
-    output: str
-    teacher: str | None = None
-    teacher_logits: str | None = None
-    embeddings: str = DEFAULT_MODEL
-    variants: int = 2
-    replace_prob: float = 0.4
-    neighbours: int = 15
-    min_words: int = 4
-    max_length: int = 128
-    seed: int = 0
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("variants", "neighbours", "min_words", "max_length"):
-            if getattr(self, name) < 1:
-                raise AugmentError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.replace_prob <= 1:
-            raise AugmentError(f"--replace-prob must be in (0, 1], got {self.replace_prob}")
-        if self.teacher_logits and not self.teacher:
-            raise AugmentError("--teacher-logits covers the original rows only: also pass --teacher MODEL_DIR")
 
 
 def neighbour_table(model: str, k: int) -> dict[str, list[str]]:
@@ -86,7 +58,7 @@ def neighbour_table(model: str, k: int) -> dict[str, list[str]]:
 
 
 def make_variants(
-    sentences: Sequence[str], table: dict[str, list[str]], config: AugmentConfig
+    sentences: Sequence[str], table: dict[str, list[str]], config: AugmentOptions
 ) -> list[tuple[int, str]]:
     """(source row, new sentence) pairs: each sentence of at least `min_words` words gets up to `variants` new
     versions, each word swapped with probability `replace_prob`; repeats and unchanged copies are dropped."""
@@ -121,7 +93,7 @@ def write_tsv(path: Path, sentences: Sequence[str], labels: Sequence[int]) -> No
             handle.write(f"{sentence}\t{label}\n")
 
 
-def augment(config: AugmentConfig) -> dict:
+def augment(config: AugmentOptions) -> dict:
     """Write the augmented data folder at `config.output` (atomically) and return its summary."""
     output = Path(config.output)
     if output.exists() and any(output.iterdir()) and not config.force:
@@ -156,7 +128,7 @@ def augment(config: AugmentConfig) -> dict:
 
 
 def label_with_teacher(
-    config: AugmentConfig,
+    config: AugmentOptions,
     sentences: list[str],
     labels: list[int],
     all_sentences: list[str],

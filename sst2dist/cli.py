@@ -11,13 +11,12 @@ from __future__ import annotations
 import click
 
 from sst2dist import __version__
+from sst2dist.augment_options import AugmentOptions
 from sst2dist.bench_settings import BenchSettings
 from sst2dist.config_fields import click_options
 from sst2dist.export_options import ExportOptions
 from sst2dist.predict_options import PredictOptions
 from sst2dist.serve.limits import ServeLimits, ServeOptions
-
-DEFAULT_EMBEDDINGS = "packaged:all-MiniLM-L6-v2"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,37 +78,24 @@ def train(ctx: click.Context, num_processes: int) -> None:
 @main.command()
 @click.option("--data", required=True, help="SST-2 hub id or local folder to augment (e.g. ../shared/data/sst2).")
 @click.option("--output", "-o", required=True, help="Folder to write: train.tsv, dev.tsv, teacher-logits.npz.")
-@click.option("--teacher", default=None, help="Fine-tuned teacher folder that labels the new sentences.")
-@click.option(
-    "--teacher-logits", default=None, help="The teacher's logits for the original rows (.npz or packaged:…), if any."
-)
-@click.option(
-    "--embeddings", default=DEFAULT_EMBEDDINGS, show_default=True, help="Model whose word embeddings pick swaps."
-)
-@click.option("--variants", default=2, show_default=True, help="New sentences made from each original sentence.")
-@click.option("--replace-prob", default=0.4, show_default=True, help="Chance each word is swapped.")
-@click.option("--neighbours", default=15, show_default=True, help="A word is swapped for one of its N nearest words.")
-@click.option("--min-words", default=4, show_default=True, help="Only sentences of at least N words are augmented.")
-@click.option("--max-length", default=128, show_default=True, help="Teacher's max tokens (match the training run).")
-@click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same sentences.")
-@click.option("--force", is_flag=True, help="Replace an existing --output folder.")
-def augment(**options) -> None:
+@click_options(AugmentOptions)
+def augment(data: str, output: str, **flags) -> None:
     """Make teacher-labelled training sentences by swapping words for their embedding neighbours (TinyBERT).
 
     \b
     Example (then distil from the folder, teacher logits only):
-      sst2dist augment --data ../shared/data/sst2 --output data/sst2-aug --teacher runs/teacher/model \\
+      sst2dist augment --data ../shared/data/sst2 --output runs/sst2-aug --teacher runs/teacher/model \\
         --teacher-logits packaged:all-mpnet-base-v2-sst2
-      accelerate launch -m sst2dist.train --data data/sst2-aug --teacher data/sst2-aug/teacher-logits.npz \\
+      accelerate launch -m sst2dist.train --data runs/sst2-aug --teacher runs/sst2-aug/teacher-logits.npz \\
         --distill-alpha 0 --epochs 1 --output-dir runs/l6-aug
     """
     from sst2dist import augment as augmenting
 
     try:
-        summary = augmenting.augment(augmenting.AugmentConfig(**options))
+        summary = augmenting.augment(AugmentOptions(data, output, **AugmentOptions.flag_values(**flags)))
     except ValueError as err:
         raise click.ClickException(str(err)) from err
-    click.echo(f"wrote {options['output']}: {augmenting.describe(summary)}")
+    click.echo(f"wrote {output}: {augmenting.describe(summary)}")
 
 
 # --- export-onnx ---

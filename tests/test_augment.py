@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_tiny_model
 
-from sst2dist.augment import KEEP_WORDS, AugmentConfig, AugmentError, augment, make_variants, neighbour_table
+from sst2dist.augment import KEEP_WORDS, augment, make_variants, neighbour_table
+from sst2dist.augment_options import AugmentError, AugmentOptions
 from sst2dist.cli import main
 from sst2dist.distill import data_fingerprint, load_logits
 
@@ -37,9 +39,9 @@ TRAIN = [
 ]
 
 
-def config(**overrides: object) -> AugmentConfig:
+def config(**overrides: object) -> AugmentOptions:
     values: dict = {"data": "unused", "output": "unused", "variants": 3, "neighbours": 3, "min_words": 3, "seed": 7}
-    return AugmentConfig(**{**values, **overrides})
+    return AugmentOptions(**{**values, **overrides})
 
 
 def test_variants_swap_only_table_words_for_their_neighbours() -> None:
@@ -85,13 +87,14 @@ def test_the_neighbour_table_holds_the_nearest_words_by_cosine(tiny_model_dir: P
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"variants": 0}, "--variants must be at least 1"),
-        ({"replace_prob": 0.0}, "--replace-prob must be in (0, 1]"),
+        ({"variants": 0}, "--variants must be >= 1, got 0"),
+        ({"replace_prob": 0.0}, "--replace-prob must be in (0, 1], got 0.0"),
+        ({"replace_prob": 1.5}, "--replace-prob must be in [0, 1], got 1.5"),
         ({"teacher_logits": "x.npz"}, "also pass --teacher"),
     ],
 )
 def test_bad_settings_are_refused(overrides: dict, message: str) -> None:
-    with pytest.raises(AugmentError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(AugmentError, match=re.escape(message)):
         config(**overrides)
 
 
@@ -169,7 +172,7 @@ def test_the_command_reports_bad_input_in_one_sentence(data_dir: Path, tmp_path:
         main, ["augment", "--data", str(data_dir), "--output", str(tmp_path / "o"), "--variants", "0"]
     )
     assert result.exit_code == 1
-    assert "Error: --variants must be at least 1, got 0" in result.output
+    assert "Error: --variants must be >= 1, got 0" in result.output
     assert not (tmp_path / "o").exists()
 
 
@@ -180,7 +183,7 @@ def test_the_shipped_augmented_logits_fit_what_augment_makes_without_a_teacher(
     from sst2dist.distill import teacher_logits
 
     output = tmp_path / "aug"
-    summary = augment(AugmentConfig(data=str(sst2_dir), output=str(output)))
+    summary = augment(AugmentOptions(data=str(sst2_dir), output=str(output)))
     assert not (output / "teacher-logits.npz").exists()
     train_rows = [line.split("\t") for line in (output / "train.tsv").read_text().splitlines()[1:]]
     sentences, labels = [s for s, _ in train_rows], [int(y) for _, y in train_rows]
