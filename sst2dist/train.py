@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 from sst2dist.atomic import write_json_atomic
 from sst2dist.checkpoint import load_checkpoint, save_checkpoint
 from sst2dist.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
-from sst2dist.run_folder import final_metrics, prepare_output_dir, save_model, write_final_files
+from sst2dist.run_folder import (
+    final_metrics,
+    forget_unstarted_run,
+    prepare_output_dir,
+    record_plan,
+    recorded_plan,
+    save_model,
+    write_final_files,
+)
+from sst2dist.train_budget import measure_speed, plan_line, plan_record, plan_steps
 from sst2dist.train_config import (
     ConfigError,
     TrainConfig,
@@ -159,13 +168,17 @@ def train(config: TrainConfig) -> dict:
     accelerator = make_accelerator(config)
     if config.eval_only:
         return evaluate_only(config, accelerator)
-    run, state = setup(config, accelerator)
+    run, state = setup(config, accelerator, started)
     stopped_early = fit(run, state)
     return finish(run, state, stopped_early, started)
 
 
-def setup(config: TrainConfig, accelerator: Accelerator) -> tuple[Run, TrainState]:
-    """Data, model, optimizer and schedule, prepared by Accelerate; the state restored from a checkpoint."""
+def setup(config: TrainConfig, accelerator: Accelerator, started: float | None = None) -> tuple[Run, TrainState]:
+    """Data, model, optimizer and schedule, prepared by Accelerate; the state restored from a checkpoint.
+
+    With --time-budget the number of steps is planned here, before the first step (`plan_time_budget`), or on
+    --resume read back from the run's train_config.json.
+    """
     import torch
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -188,6 +201,19 @@ def setup(config: TrainConfig, accelerator: Accelerator) -> tuple[Run, TrainStat
 
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
+    plan = None
+    if config.time_budget is not None and resume_from is not None:
+        plan = recorded_plan(config)
+        accelerator.print(
+            f"time budget {plan['minutes']:g} min: reusing the recorded plan, {plan['planned_steps']:,} of "
+            f"{plan['full_steps']:,} steps (measured {plan['measured_samples_per_second']:,.0f} samples/s on "
+            f"{plan['cpu_kind']})"
+        )
+    elif config.time_budget is not None:
+        measured_on = (model, optimizer, train_set, sampler, eval_set, tokenizer.pad_token_id)
+        plan = plan_time_budget(config, accelerator, measured_on, total_steps, steps_per_epoch, started)
+    if plan is not None:
+        total_steps = plan["planned_steps"]
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimizer step
     log = RunLog(accelerator, Path(config.output_dir))
@@ -196,6 +222,9 @@ def setup(config: TrainConfig, accelerator: Accelerator) -> tuple[Run, TrainStat
         config, accelerator, model, tokenizer, optimizer, scheduler, train_loader, sampler, eval_loader,
         load_accuracy_metric(), log, total_steps, steps_per_epoch, resume_from, teacher_meta,
     )  # fmt: skip
+    run.time_budget_plan = plan
+    if plan is not None and resume_from is None:
+        log.write({"step": 0, "event": "time_budget", **plan})
 
     state = TrainState()
     if resume_from is not None:
@@ -205,6 +234,45 @@ def setup(config: TrainConfig, accelerator: Accelerator) -> tuple[Run, TrainStat
         state.epoch, state.batches_in_epoch = state.epoch + 1, 0
     run.counts_at_start = (state.samples, state.tokens, state.padded_tokens)
     return run, state
+
+
+def plan_time_budget(
+    config: TrainConfig,
+    accelerator: Accelerator,
+    measured_on: tuple,
+    full_steps: int,
+    steps_per_epoch: int,
+    started: float | None,
+) -> dict:
+    """--time-budget on a new run: measure this machine, plan the steps, record and print the decision.
+
+    `measured_on` = (model, optimizer, train_set, sampler, eval_set, pad_token_id), as the loop will use them.
+    A budget too short for a handful of steps is refused before anything is trained, and leaves no run behind.
+    """
+    from sst2dist.data import make_collator
+    from sst2dist.environment import cpu_kind
+
+    model, optimizer, train_set, sampler, eval_set, pad_token_id = measured_on
+    collate = make_collator(pad_token_id, config.pad_to_multiple_of)
+
+    def loss_of(batch: dict) -> torch.Tensor:
+        return forward_losses(model, config, batch)[0]
+
+    since = time.perf_counter() if started is None else started
+    speed = measure_speed(accelerator, model, optimizer, loss_of, train_set, sampler, collate, eval_set, config, since)
+    kind = cpu_kind()
+    try:
+        planned = plan_steps(config.time_budget, speed, full_steps, config.eval_every, config.save_every, kind)
+    except ConfigError:
+        forget_unstarted_run(config, accelerator)
+        raise
+    plan = plan_record(
+        config.time_budget, speed, planned, full_steps, steps_per_epoch, config, kind,
+        accelerator.num_processes, accelerator.mixed_precision,
+    )  # fmt: skip
+    record_plan(config, accelerator, plan)
+    accelerator.print(plan_line(plan))
+    return plan
 
 
 def fit(run: Run, state: TrainState) -> bool:
@@ -267,7 +335,7 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
     """One micro-batch: forward and backward; when the gradients sync, clip, step and advance the schedule."""
     accelerator, model = run.accelerator, run.model
     with accelerator.accumulate(model):
-        losses = forward_losses(run, batch)
+        losses = forward_losses(run.model, run.config, batch)
         accelerator.backward(losses[0])
         if accelerator.sync_gradients and run.config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
@@ -278,7 +346,7 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
     return losses
 
 
-def forward_losses(run: Run, batch: dict) -> torch.Tensor:
+def forward_losses(model: torch.nn.Module, config: TrainConfig, batch: dict) -> torch.Tensor:
     """[loss, cross-entropy, distillation term]; the loss is the cross-entropy alone without a teacher."""
     import torch
 
@@ -286,11 +354,11 @@ def forward_losses(run: Run, batch: dict) -> torch.Tensor:
 
     teacher_logits = batch.pop("teacher_logits", None)
     if teacher_logits is None:
-        loss = run.model(**batch).loss
+        loss = model(**batch).loss
         return torch.stack([loss, loss.detach(), torch.zeros_like(loss)])
     labels = batch.pop("labels")
-    logits = run.model(**batch).logits
-    alpha, temperature = run.config.distill_alpha, run.config.distill_temperature
+    logits = model(**batch).logits
+    alpha, temperature = config.distill_alpha, config.distill_temperature
     return torch.stack(distillation_loss(logits, teacher_logits, labels, alpha, temperature))
 
 

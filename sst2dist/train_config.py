@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,11 @@ class TrainConfig:
     output_dir: str = option("runs/minilm", "run folder: model/, metrics.json, log.jsonl, checkpoints/")
     epochs: int = option(2, "passes over the training set")
     max_steps: int | None = option(None, "stop after this many optimizer steps (overrides --epochs)")
+    time_budget: float | None = option(
+        None,
+        "plan the run to fit this many minutes on this machine: its speed is measured on a few batches first, and "
+        "the steps that fit (at most --epochs / --max-steps) get the whole LR schedule; --resume reuses the plan",
+    )
     max_train_samples: int | None = option(None, "use only the first N training rows (quick runs)")
     max_eval_samples: int | None = option(None, "use only the first N validation rows (quick runs)")
     batch_size: int = option(64, "training batch size per process")
@@ -116,6 +122,9 @@ def check_config(config: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
     if not 0 <= config.warmup_ratio < 1:
         raise ConfigError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
+    budget = config.time_budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ConfigError(f"--time-budget must be a positive number of minutes, got {budget}")
     if not config.lr > 0:
         raise ConfigError(f"--lr must be positive, got {config.lr}")
     if config.resume and config.overwrite:

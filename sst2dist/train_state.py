@@ -67,6 +67,7 @@ class Run:
     eval_samples: int = 0
     last_eval_step: int = -1
     last_save_step: int = -1
+    time_budget_plan: dict | None = None  # --time-budget: the decision, as recorded in train_config.json
 
     @property
     def output_dir(self) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from sst2dist.data import LengthGroupedBatchSampler, make_collator
-from sst2dist.environment import supports_bf16
-from sst2dist.run_folder import prepare_output_dir
+from sst2dist.environment import cpu_kind, supports_bf16
+from sst2dist.run_folder import RUN_FILES, prepare_output_dir, recorded_plan
 from sst2dist.train import launch_processes, main
+from sst2dist.train_budget import MIN_STEPS, Speed, events, plan_steps, run_seconds
 from sst2dist.train_config import (
     ConfigError,
     TrainConfig,
@@ -67,6 +69,7 @@ def test_options_become_a_typed_config() -> None:
     config = parse_config(["--lr", "1e-4", "--max-steps", "7", "--no-group-by-length", "--resume"])
     assert (config.lr, config.max_steps, config.group_by_length, config.resume) == (1e-4, 7, False, True)
     assert parse_config([]) == TrainConfig()
+    assert (parse_config(["--time-budget", "2.5"]).time_budget, TrainConfig().time_budget) == (2.5, None)
 
 
 def test_fp16_on_cpu_is_refused_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,11 +92,69 @@ def test_auto_mixed_precision_follows_the_hardware() -> None:
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
         (["--warmup-ratio", "1.5"], "--warmup-ratio must be in"),
         (["--resume", "--overwrite"], "contradict"),
+        (["--time-budget", "0"], "--time-budget must be a positive number of minutes, got 0.0"),
+        (["--time-budget", "-1.5"], "--time-budget must be a positive number of minutes, got -1.5"),
+        (["--time-budget", "nan"], "--time-budget must be a positive number of minutes, got nan"),
+        (["--time-budget", "inf"], "--time-budget must be a positive number of minutes, got inf"),
     ],
 )
 def test_bad_values_are_clear_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 1
     assert message in capsys.readouterr().err
+
+
+def test_a_time_budget_that_is_not_a_number_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--time-budget", "ten"])
+    assert exit_info.value.code == 2 and "--time-budget: invalid float value: 'ten'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ time budget
+
+# 96 samples/s at batch 64 (the AVX2 EPYC's fp32 speed), an evaluation 8 s, a checkpoint 2 s, 41 s of setup.
+EPYC = Speed(samples_per_second=96, samples_per_step=64, evaluation_seconds=8, checkpoint_seconds=2, setup_seconds=41)
+
+
+def test_the_plan_is_the_most_steps_that_fit_the_budget_less_the_margin() -> None:
+    planned = plan_steps(10, EPYC, full_steps=2106, eval_every=300, save_every=500)
+    # 41 s + 706 steps x 2/3 s + 3 evaluations (300, 600, 706) + 2 checkpoints (500, 706) <= 540 s = 90 % of 10 min
+    assert planned == 706 and (events(706, 300), events(706, 500)) == (3, 2)
+    assert run_seconds(planned, EPYC, 300, 500) <= 540 < run_seconds(planned + 1, EPYC, 300, 500)
+    assert plan_steps(10, EPYC, 2106, 300, 500, margin=0) > planned  # the margin is kept free
+
+
+def test_the_plan_follows_the_measured_speed() -> None:
+    def planned(samples_per_second: float, full_steps: int = 2106) -> int:
+        speed = Speed(samples_per_second, 64, evaluation_seconds=8, checkpoint_seconds=2, setup_seconds=41)
+        return plan_steps(10, speed, full_steps, eval_every=300, save_every=500)
+
+    assert planned(96) < planned(192) < planned(318) == 2106  # the AMX Xeon's 318 samples/s: the whole run fits
+    assert planned(192) > 1.9 * planned(96)
+    assert planned(192, full_steps=1000) == 1000  # --max-steps / --epochs still cap the plan: the smaller wins
+    # More evaluations and checkpoints leave fewer steps.
+    assert plan_steps(10, EPYC, 2106, eval_every=50, save_every=50) < plan_steps(10, EPYC, 2106, 300, 500)
+    assert events(0, 300) == 0 and events(1, 0) == 1 and events(300, 300) == 1 and events(301, 300) == 2
+
+
+def test_a_budget_too_short_for_a_handful_of_steps_names_the_minimum() -> None:
+    with pytest.raises(ConfigError) as error:
+        plan_steps(0.5, EPYC, 2106, 300, 500, where="amd-epyc-avx2")
+    message = str(error.value)
+    # 41 s + 10 steps x 2/3 s + 1 evaluation + 1 checkpoint = 57.7 s, / 0.9 = 64 s: 1.1 min
+    assert message.startswith("--time-budget 0.5 min is too short: at 96.0 samples/s measured on amd-epyc-avx2")
+    assert message.endswith("need at least 1.1 min, so give --time-budget 1.1 or more") and ". " not in message
+    assert plan_steps(1.1, EPYC, 2106, 300, 500) >= MIN_STEPS
+    assert plan_steps(1.1, EPYC, full_steps=4, eval_every=300, save_every=500) == 4  # a shorter run: all of it
+
+
+def test_resume_with_a_budget_needs_the_recorded_plan(tmp_path: Path) -> None:
+    config = TrainConfig(output_dir=str(tmp_path), time_budget=10, resume=True)
+    (tmp_path / "train_config.json").write_text(json.dumps({**TrainConfig().__dict__, "time_budget": 10}))
+    with pytest.raises(ConfigError, match="records no time-budget plan"):
+        recorded_plan(config)
+    plan = {"minutes": 10, "planned_steps": 850, "full_steps": 2106}
+    (tmp_path / "train_config.json").write_text(json.dumps({"time_budget": 10, "time_budget_plan": plan}))
+    assert recorded_plan(config) == plan
 
 
 # ------------------------------------------------------------------------------------------ run folder and state
@@ -245,6 +306,8 @@ def test_early_stopping_ends_the_run_after_patience_evaluations(
 def test_resume_mid_epoch_gives_the_same_weights_as_a_straight_run(
     sst2_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    """With --time-budget too: the straight run measures, the resumed one reuses its plan, and measuring changes
+    nothing (the same weights as a run without a budget)."""
     from safetensors.torch import load_file
 
     def options(out: Path) -> list[str]:
@@ -252,23 +315,96 @@ def test_resume_mid_epoch_gives_the_same_weights_as_a_straight_run(
         extra += ["--eval-every", "4", "--save-every", "7", "--keep-checkpoints", "5", "--lr", "1e-3"]
         return quick_options(sst2_dir, tiny_model_dir, out) + extra  # 5 batches/epoch: step 7 is mid-epoch
 
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    result = run(train_command(*options(straight)))
+    straight, resumed, plain = tmp_path / "straight", tmp_path / "resumed", tmp_path / "plain"
+    result = run(train_command(*options(straight), "--time-budget", "30"), timeout=600)  # ample: all 15 steps fit
     assert result.returncode == 0, result.stderr[-3000:]
+    plan = json.loads((straight / "metrics.json").read_text())["time_budget_plan"]
+    assert plan["planned_steps"] == plan["full_steps"] == 15 and "samples/s measured on" in result.stdout
     # An interruption right after the step-7 checkpoint: a fresh process only has that checkpoint.
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(straight / "checkpoints" / "step-00000007", resumed / "checkpoints" / "step-00000007")
     shutil.copy(straight / "train_config.json", resumed / "train_config.json")
-    result = run(train_command(*options(resumed), "--resume"))
+    result = run(train_command(*options(resumed), "--time-budget", "30", "--resume"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reusing the recorded plan" in result.stdout and "samples/s measured on" not in result.stdout
+    result = run(train_command(*options(plain)), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    assert json.loads((resumed / "metrics.json").read_text())["resumed_from"].endswith("step-00000007")
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert metrics["resumed_from"].endswith("step-00000007") and metrics["time_budget_plan"] == plan
     final_a = load_file(straight / "checkpoints" / "step-00000015" / "model.safetensors")
     final_b = load_file(resumed / "checkpoints" / "step-00000015" / "model.safetensors")
+    final_c = load_file(plain / "checkpoints" / "step-00000015" / "model.safetensors")
     initial = load_file(straight / "checkpoints" / "step-00000007" / "model.safetensors")
-    assert final_a.keys() == final_b.keys()
-    assert all((final_a[k] == final_b[k]).all() for k in final_a)
+    assert final_a.keys() == final_b.keys() == final_c.keys()
+    assert all((final_a[k] == final_b[k]).all() and (final_a[k] == final_c[k]).all() for k in final_a)
     assert any((final_a[k] != initial[k]).any() for k in final_a)  # it did train after the checkpoint
+
+
+@pytest.mark.slow
+def test_a_time_budget_plans_the_steps_from_the_measured_speed(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A real run: 6,000 steps asked for, the budget allows fewer; the plan is recorded, the run does exactly the
+    planned steps with the schedule annealed to 0 at its end, and --resume keeps to the recorded plan."""
+    out = tmp_path / "run"
+    options = quick_options(sst2_sample_dir, tiny_model_dir, out) + ["--log-every", "1", "--mixed-precision", "no"]
+    options += ["--max-train-samples", "48", "--batch-size", "16", "--epochs", "2000"]  # 3 steps/epoch: 6,000
+    options += ["--eval-every", "0", "--save-every", "0"]
+    budget = 0.75
+    result = run(train_command(*options, "--time-budget", budget), timeout=600)
+    if result.returncode == 1 and "is too short" in result.stderr:  # a machine this loaded: take its own advice
+        budget = 2 * float(re.search(r"give --time-budget ([0-9.]+) or more", result.stderr)[1])
+        result = run(train_command(*options, "--time-budget", budget), timeout=600 + int(budget * 60))
+    assert result.returncode == 0, result.stderr[-3000:]
+    options += ["--time-budget", str(budget)]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    plan = metrics["time_budget_plan"]
+    assert plan == json.loads((out / "train_config.json").read_text())["time_budget_plan"]
+    assert (plan["minutes"], plan["full_steps"], plan["cpu_kind"]) == (budget, 6000, cpu_kind())
+    assert MIN_STEPS <= metrics["steps"] == plan["planned_steps"] < plan["full_steps"]
+    assert plan["measured_samples_per_second"] > 0 and plan["estimated_minutes"] <= budget * 0.9
+    assert plan["planned_epochs"] == round(plan["planned_steps"] / 3, 3)
+    line = (
+        f"time budget {budget:g} min: {plan['measured_samples_per_second']:,.0f} samples/s measured on {cpu_kind()} -> "
+    )
+    assert line + f"{plan['planned_steps']:,} of 6,000 steps" in result.stdout
+    log = read_log(out)
+    assert log[0]["event"] == "time_budget" and log[0]["planned_steps"] == plan["planned_steps"]
+    steps = [r for r in log if "lr" in r]
+    assert steps[-1]["step"] == plan["planned_steps"] and steps[-1]["lr"] == 0.0  # the short run annealed
+    assert max(r["lr"] for r in steps) == pytest.approx(5e-5, rel=0.05)
+
+    # --resume reads the plan back instead of measuring again: changed by hand, the resumed run follows it.
+    config = json.loads((out / "train_config.json").read_text())
+    config["time_budget_plan"]["planned_steps"] += 3
+    (out / "train_config.json").write_text(json.dumps(config))
+    result = run(train_command(*options, "--resume"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "samples/s measured on" not in result.stdout
+    assert f"reusing the recorded plan, {plan['planned_steps'] + 3:,} of 6,000 steps" in result.stdout
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["steps"] == plan["planned_steps"] + 3 and resumed["time_budget_plan"] == config["time_budget_plan"]
+    assert [r["event"] for r in read_log(out) if r.get("event") == "time_budget"] == ["time_budget"]
+
+
+@pytest.mark.slow
+def test_a_budget_too_short_to_train_is_refused_and_leaves_no_run(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    out = tmp_path / "run"
+    options = quick_options(sst2_sample_dir, tiny_model_dir, out) + ["--time-budget", "0.001"]
+    try:
+        assert main([*options, "--mixed-precision", "no", "--max-train-samples", "32"]) == 1
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    error = capsys.readouterr().err
+    assert "--time-budget 0.001 min is too short" in error and "so give --time-budget" in error
+    assert not [name for name in RUN_FILES if (out / name).exists()]  # the next try needs no --overwrite
 
 
 @pytest.mark.slow
