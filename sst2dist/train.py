@@ -451,9 +451,8 @@ def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    config = parse_config(argv)
     try:
-        train(config)
+        train(parse_config(argv))
     except (ValueError, NonFiniteLossError) as err:  # DataError, ModelNotFoundError, ConfigError ...
         print(f"sst2dist.train: error: {err}", file=sys.stderr)
         return 1

@@ -89,7 +89,7 @@ def test_auto_mixed_precision_follows_the_hardware() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["--warmup-ratio", "1.5"], "--warmup-ratio must be in"),
         (["--resume", "--overwrite"], "contradict"),
         (["--time-budget", "0"], "--time-budget must be a positive number of minutes, got 0.0"),
