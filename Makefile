@@ -88,7 +88,7 @@ endif
 	$(call train_stage,$(STUDENTS)/l3,--teacher $(TEACHER_LOGITS) $(STUDENT_OPTS) $(L3_OPTS))
 	$(call export_stage,$(STUDENTS)/l6/model,export/l6)
 	$(call export_stage,$(STUDENTS)/l3/model,export/l3)
-	$(BIN)/sst2dist bench --bundle export/l6 --data $(DATA) --menu L6=export/l6 --menu L3=export/l3 \
+	$(BIN)/sst2dist bench --data $(DATA) --menu L6=export/l6 --menu L3=export/l3 \
 		$(BENCH_TEACHER) --output $(STUDENTS)/menu
 
 test: setup
