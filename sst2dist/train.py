@@ -6,7 +6,8 @@
 Reads top to bottom: `train` = `setup` (data, model, optimizer, schedule, state restored from a checkpoint) ->
 `fit` (the steps; evaluate, keep the best, checkpoint on schedule) -> `finish` (last evaluation, metrics.json).
 The run folder's files live in `run_folder`, the device-side sums and log.jsonl in `train_log`, the state in
-`train_state`. Several CPU processes on one machine: `sst2dist train --num-processes 2 ...` (`launch`).
+`train_state`, evaluation in `train_eval`, the --time-budget plan in `train_budget`. Several CPU processes on one
+machine: `sst2dist train --num-processes 2 ...` (`launch`).
 """
 
 from __future__ import annotations
@@ -24,16 +25,8 @@ from typing import TYPE_CHECKING, Any
 from sst2dist.atomic import write_json_atomic
 from sst2dist.checkpoint import load_checkpoint, save_checkpoint
 from sst2dist.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
-from sst2dist.run_folder import (
-    final_metrics,
-    forget_unstarted_run,
-    prepare_output_dir,
-    record_plan,
-    recorded_plan,
-    save_model,
-    write_final_files,
-)
-from sst2dist.train_budget import measure_speed, plan_line, plan_record, plan_steps
+from sst2dist.run_folder import final_metrics, prepare_output_dir, write_final_files
+from sst2dist.train_budget import time_budget_plan
 from sst2dist.train_config import (
     ConfigError,
     TrainConfig,
@@ -42,6 +35,7 @@ from sst2dist.train_config import (
     parse_layers,
     resolve_mixed_precision,
 )
+from sst2dist.train_eval import evaluate, evaluate_and_keep_best, make_eval_loader
 from sst2dist.train_log import RunLog, Window
 from sst2dist.train_state import Run, TrainState
 
@@ -117,15 +111,6 @@ def make_train_loader(config: TrainConfig, train_set: Dataset, pad_token_id: int
     return loader, sampler
 
 
-def make_eval_loader(config: TrainConfig, eval_set: Dataset, pad_token_id: int) -> DataLoader:
-    from torch.utils.data import DataLoader
-
-    from sst2dist.data import make_collator
-
-    collate = make_collator(pad_token_id, config.pad_to_multiple_of)
-    return DataLoader(eval_set, batch_size=config.eval_batch_size, collate_fn=collate)
-
-
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; matrices decay, biases and LayerNorm weights (all 1-D) do not."""
     import torch
@@ -136,26 +121,6 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr, fused=True)
-
-
-# ---------------------------------------------------------------------------------------------- evaluation
-
-
-def evaluate(model: torch.nn.Module, loader: DataLoader, accelerator: Accelerator, metric: Any) -> tuple[float, int]:
-    """Accuracy over the whole validation split; gather_for_metrics drops the samples repeated to even out
-    the processes' shards, so every row counts exactly once."""
-    import torch
-
-    model.eval()
-    counted = 0
-    for batch in loader:
-        with torch.no_grad():
-            logits = model(**batch).logits
-        predictions, references = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch["labels"]))
-        metric.add_batch(predictions=predictions, references=references)
-        counted += len(references)
-    model.train()
-    return metric.compute()["accuracy"], counted
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -176,8 +141,8 @@ def train(config: TrainConfig) -> dict:
 def setup(config: TrainConfig, accelerator: Accelerator, started: float | None = None) -> tuple[Run, TrainState]:
     """Data, model, optimizer and schedule, prepared by Accelerate; the state restored from a checkpoint.
 
-    With --time-budget the number of steps is planned here, before the first step (`plan_time_budget`), or on
-    --resume read back from the run's train_config.json.
+    With --time-budget the number of steps is planned here, before the first step, or on --resume read back from
+    the run's train_config.json (`train_budget.time_budget_plan`).
     """
     import torch
     from accelerate.utils import set_seed
@@ -201,17 +166,11 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
 
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    plan = None
-    if config.time_budget is not None and resume_from is not None:
-        plan = recorded_plan(config)
-        accelerator.print(
-            f"time budget {plan['minutes']:g} min: reusing the recorded plan, {plan['planned_steps']:,} of "
-            f"{plan['full_steps']:,} steps (measured {plan['measured_samples_per_second']:,.0f} samples/s on "
-            f"{plan['cpu_kind']})"
-        )
-    elif config.time_budget is not None:
-        measured_on = (model, optimizer, train_set, sampler, eval_set, tokenizer.pad_token_id)
-        plan = plan_time_budget(config, accelerator, measured_on, total_steps, steps_per_epoch, started)
+    measured_on = (model, optimizer, train_set, sampler, eval_set, tokenizer.pad_token_id)
+    plan = time_budget_plan(
+        config, accelerator, resume_from, measured_on, lambda batch: forward_losses(model, config, batch)[0],
+        total_steps, steps_per_epoch, started,
+    )  # fmt: skip
     if plan is not None:
         total_steps = plan["planned_steps"]
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
@@ -234,45 +193,6 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
         state.epoch, state.batches_in_epoch = state.epoch + 1, 0
     run.counts_at_start = (state.samples, state.tokens, state.padded_tokens)
     return run, state
-
-
-def plan_time_budget(
-    config: TrainConfig,
-    accelerator: Accelerator,
-    measured_on: tuple,
-    full_steps: int,
-    steps_per_epoch: int,
-    started: float | None,
-) -> dict:
-    """--time-budget on a new run: measure this machine, plan the steps, record and print the decision.
-
-    `measured_on` = (model, optimizer, train_set, sampler, eval_set, pad_token_id), as the loop will use them.
-    A budget too short for a handful of steps is refused before anything is trained, and leaves no run behind.
-    """
-    from sst2dist.data import make_collator
-    from sst2dist.environment import cpu_kind
-
-    model, optimizer, train_set, sampler, eval_set, pad_token_id = measured_on
-    collate = make_collator(pad_token_id, config.pad_to_multiple_of)
-
-    def loss_of(batch: dict) -> torch.Tensor:
-        return forward_losses(model, config, batch)[0]
-
-    since = time.perf_counter() if started is None else started
-    speed = measure_speed(accelerator, model, optimizer, loss_of, train_set, sampler, collate, eval_set, config, since)
-    kind = cpu_kind()
-    try:
-        planned = plan_steps(config.time_budget, speed, full_steps, config.eval_every, config.save_every, kind)
-    except ConfigError:
-        forget_unstarted_run(config, accelerator)
-        raise
-    plan = plan_record(
-        config.time_budget, speed, planned, full_steps, steps_per_epoch, config, kind,
-        accelerator.num_processes, accelerator.mixed_precision,
-    )  # fmt: skip
-    record_plan(config, accelerator, plan)
-    accelerator.print(plan_line(plan))
-    return plan
 
 
 def fit(run: Run, state: TrainState) -> bool:
@@ -393,23 +313,6 @@ def stop_on_non_finite_loss(run: Run, bad_step: int, first: int, last: int) -> N
         "process; no checkpoint or model was written from these steps. Lower --lr, keep --max-grad-norm > 0, "
         "or try --mixed-precision no"
     )
-
-
-def evaluate_and_keep_best(run: Run, state: TrainState) -> bool:
-    """Evaluate; save the model when it is the best so far; True when early stopping says stop."""
-    accuracy, run.eval_samples = evaluate(run.model, run.eval_loader, run.accelerator, run.metric)
-    run.final_accuracy, run.last_eval_step = accuracy, state.step
-    if accuracy > state.best_accuracy:
-        state.best_accuracy, state.best_step, state.evals_without_improvement = accuracy, state.step, 0
-        save_model(run.accelerator, run.model, run.tokenizer, run.output_dir / "model")
-    else:
-        state.evals_without_improvement += 1
-    record = {"step": state.step, "eval_accuracy": accuracy, "eval_samples": run.eval_samples}
-    run.log.write(record | {"best_accuracy": state.best_accuracy})
-    if run.progress is not None:
-        run.progress.set_postfix(acc=f"{accuracy:.4f}", best=f"{state.best_accuracy:.4f}")
-    patience = run.config.early_stopping_patience
-    return bool(patience) and state.evals_without_improvement >= patience
 
 
 def finish(run: Run, state: TrainState, stopped_early: bool, started: float) -> dict:

@@ -6,6 +6,7 @@ as they were), one optimizer step and one evaluation batch. On several processes
 process gets the same numbers. `plan_steps` is arithmetic on those numbers: the most optimizer steps whose
 training, evaluations and checkpoints, added to what the launch has already spent, fit in the budget less a safety
 margin. The plan is recorded in train_config.json and metrics.json; `--resume` reuses it without measuring again.
+`time_budget_plan` is what `train.setup` calls: the plan, made or read back, before the schedule is built.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ from typing import TYPE_CHECKING, Any
 from sst2dist.train_config import ConfigError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from accelerate import Accelerator
     from datasets import Dataset
+
+    from sst2dist.train_config import TrainConfig
 
 SAFETY_MARGIN = 0.10  # of the budget, kept for what the estimate misses
 MIN_STEPS = 10  # a plan of fewer steps is refused: that is no training
@@ -141,6 +146,74 @@ def plan_line(plan: dict) -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------- the run's plan
+
+
+def time_budget_plan(
+    config: TrainConfig,
+    accelerator: Accelerator,
+    resume_from: Path | None,
+    measured_on: tuple,
+    loss_of: Callable[[dict], torch.Tensor],
+    full_steps: int,
+    steps_per_epoch: int,
+    started: float | None,
+) -> dict | None:
+    """The run's --time-budget plan: None without a budget, read back from train_config.json on --resume, else
+    made now (`plan_time_budget`)."""
+    from sst2dist.run_folder import recorded_plan  # imported here: run_folder imports this module (PLAN_KEY)
+
+    if config.time_budget is None:
+        return None
+    if resume_from is None:
+        return plan_time_budget(config, accelerator, measured_on, loss_of, full_steps, steps_per_epoch, started)
+    plan = recorded_plan(config)
+    accelerator.print(
+        f"time budget {plan['minutes']:g} min: reusing the recorded plan, {plan['planned_steps']:,} of "
+        f"{plan['full_steps']:,} steps (measured {plan['measured_samples_per_second']:,.0f} samples/s on "
+        f"{plan['cpu_kind']})"
+    )
+    return plan
+
+
+def plan_time_budget(
+    config: TrainConfig,
+    accelerator: Accelerator,
+    measured_on: tuple,
+    loss_of: Callable[[dict], torch.Tensor],
+    full_steps: int,
+    steps_per_epoch: int,
+    started: float | None,
+) -> dict:
+    """--time-budget on a new run: measure this machine, plan the steps, record and print the decision.
+
+    `measured_on` = (model, optimizer, train_set, sampler, eval_set, pad_token_id), as the loop will use them;
+    `loss_of` is the loop's loss of a batch. A budget too short for a handful of steps is refused before anything
+    is trained, and leaves no run behind.
+    """
+    from sst2dist.data import make_collator
+    from sst2dist.environment import cpu_kind
+    from sst2dist.run_folder import forget_unstarted_run, record_plan
+
+    model, optimizer, train_set, sampler, eval_set, pad_token_id = measured_on
+    collate = make_collator(pad_token_id, config.pad_to_multiple_of)
+    since = time.perf_counter() if started is None else started
+    speed = measure_speed(accelerator, model, optimizer, loss_of, train_set, sampler, collate, eval_set, config, since)
+    kind = cpu_kind()
+    try:
+        planned = plan_steps(config.time_budget, speed, full_steps, config.eval_every, config.save_every, kind)
+    except ConfigError:
+        forget_unstarted_run(config, accelerator)
+        raise
+    plan = plan_record(
+        config.time_budget, speed, planned, full_steps, steps_per_epoch, config, kind,
+        accelerator.num_processes, accelerator.mixed_precision,
+    )  # fmt: skip
+    record_plan(config, accelerator, plan)
+    accelerator.print(plan_line(plan))
+    return plan
+
+
 # ---------------------------------------------------------------------------------------------- measurement
 
 
@@ -159,27 +232,12 @@ def measure_speed(
     """Time this machine on real batches; every process returns the same Speed (the slowest process's)."""
     import torch
 
-    device = accelerator.device
-    cuda = device.type == "cuda"
-    rank, world = accelerator.process_index, accelerator.num_processes
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    def slowest(*values: float) -> list[float]:  # every process gets the largest of each value
-        gathered = accelerator.gather(torch.tensor([values], dtype=torch.float64, device=device))
-        return gathered.reshape(world, len(values)).max(dim=0).values.tolist()
-
-    multiple = config.pad_to_multiple_of
-    lengths = sampler.lengths
-
-    def padded(rows: list[int], row_lengths: Any) -> int:
-        return len(rows) * -(-max(row_lengths[i] for i in rows) // multiple) * multiple
-
+    device, world = accelerator.device, accelerator.num_processes
+    sync = device_sync(device)
+    lengths, multiple = sampler.lengths, config.pad_to_multiple_of
     epoch = list(sampler)  # this epoch's batches in the loop's order; process i gets batches i, i + N, ...
-    mean_tokens = sum(padded(batch, lengths) for batch in epoch) / len(epoch)
-    mine = epoch[rank::world] or epoch
+    mean_tokens = sum(padded_tokens(batch, lengths, multiple) for batch in epoch) / len(epoch)
+    mine = epoch[accelerator.process_index :: world] or epoch
     picks = [mine[i % len(mine)] for i in range(WARMUP_PASSES + TIMED_PASSES)]
 
     def one_pass(rows: list[int]) -> float:  # fetching and collating the rows counts too: the loop does it
@@ -190,49 +248,105 @@ def measure_speed(
         sync()
         return time.perf_counter() - tick
 
-    optimizer_seconds, eval_seconds_per_token = 0.0, 0.0
-    forked = [device.index or 0] if cuda else []
+    forked = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked):  # dropout draws here: the run's random state stays as it was
         model.train()
-        first = slowest(one_pass(picks[0]))[0]
-        optimizer.zero_grad(set_to_none=True)
-        passes = max(2, min(WARMUP_PASSES + TIMED_PASSES, int(MEASURE_SECONDS / max(first, 1e-9))))
-        timed = min(TIMED_PASSES, max(1, passes - WARMUP_PASSES))
-        warm = passes - timed
-        for rows in picks[1:warm]:
-            one_pass(rows)
-            optimizer.zero_grad(set_to_none=True)
-        seconds, tokens = 0.0, 0
-        for index, rows in enumerate(picks[warm : warm + timed]):
-            if index:
-                optimizer.zero_grad(set_to_none=True)
-            seconds += one_pass(rows)
-            tokens += padded(rows, lengths)
-
-        def clip() -> None:  # torch's own: Accelerate's would also mark an fp16 GradScaler as unscaled
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-
+        seconds, tokens = time_training_passes(accelerator, optimizer, one_pass, picks, lengths, multiple)
+        clip = gradient_clipping(model, config.max_grad_norm)
         optimizer_seconds = time_optimizer_step(optimizer, clip, sync)  # on the last pass's gradients, then undone
         eval_seconds_per_token = time_evaluation(model, eval_set, collate, config.eval_batch_size, device, sync)
         model.train()
     step_seconds = config.grad_accum * mean_tokens * seconds / tokens + optimizer_seconds
-    eval_lengths = eval_set["length"]
-    eval_tokens = sum(
-        padded(list(range(start, min(start + config.eval_batch_size, len(eval_lengths)))), eval_lengths)
-        for start in range(0, len(eval_lengths), config.eval_batch_size)
+    evaluation_seconds, checkpoint_seconds = evaluation_and_checkpoint_seconds(
+        model, eval_set, eval_seconds_per_token, config, world
     )
-    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    model_save = SAVE_OVERHEAD_SECONDS + parameter_bytes / SAVE_BYTES_PER_SECOND
-    evaluation_seconds = eval_seconds_per_token * eval_tokens / world + model_save  # the best model is saved too
-    checkpoint_seconds = SAVE_OVERHEAD_SECONDS + 3 * parameter_bytes / SAVE_BYTES_PER_SECOND  # + Adam's 2 moments
-    step_seconds, evaluation_seconds, setup_seconds = slowest(
-        step_seconds, evaluation_seconds, time.perf_counter() - started
+    step_seconds, evaluation_seconds, setup_seconds = slowest_of(
+        accelerator, step_seconds, evaluation_seconds, time.perf_counter() - started
     )
     samples_per_step = world * config.grad_accum * len(lengths) / len(epoch)
     return Speed(
         samples_per_step / step_seconds, samples_per_step, evaluation_seconds, checkpoint_seconds, setup_seconds
     )
+
+
+def device_sync(device: Any) -> Callable[[], None]:
+    """Waits for the GPU's queued work before a clock is read; nothing to wait for on a CPU."""
+    import torch
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return sync
+
+
+def gradient_clipping(model: torch.nn.Module, max_grad_norm: float) -> Callable[[], None]:
+    """Clips the gradients as the loop does (none when `max_grad_norm` is 0), with torch's own clipping:
+    Accelerate's would also mark an fp16 GradScaler as unscaled."""
+    import torch
+
+    def clip() -> None:
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+
+    return clip
+
+
+def slowest_of(accelerator: Accelerator, *values: float) -> list[float]:
+    """The largest of each value over the processes, the same on every process (every process must call it)."""
+    import torch
+
+    gathered = accelerator.gather(torch.tensor([values], dtype=torch.float64, device=accelerator.device))
+    return gathered.reshape(accelerator.num_processes, len(values)).max(dim=0).values.tolist()
+
+
+def padded_tokens(rows: list[int], row_lengths: Any, multiple: int) -> int:
+    """Tokens in the batch of `rows` once padded to its longest row, rounded up to a multiple of `multiple`."""
+    return len(rows) * -(-max(row_lengths[i] for i in rows) // multiple) * multiple
+
+
+def time_training_passes(
+    accelerator: Accelerator,
+    optimizer: torch.optim.Optimizer,
+    one_pass: Callable[[list[int]], float],
+    picks: list[list[int]],
+    lengths: Any,
+    multiple: int,
+) -> tuple[float, int]:
+    """(seconds, padded tokens) of the timed forward + backward passes, after the warm-up ones; fewer passes when
+    the first (the slowest process's) is slow. The last pass's gradients are left for `time_optimizer_step`."""
+    first = slowest_of(accelerator, one_pass(picks[0]))[0]
+    optimizer.zero_grad(set_to_none=True)
+    passes = max(2, min(WARMUP_PASSES + TIMED_PASSES, int(MEASURE_SECONDS / max(first, 1e-9))))
+    timed = min(TIMED_PASSES, max(1, passes - WARMUP_PASSES))
+    warm = passes - timed
+    for rows in picks[1:warm]:
+        one_pass(rows)
+        optimizer.zero_grad(set_to_none=True)
+    seconds, tokens = 0.0, 0
+    for index, rows in enumerate(picks[warm : warm + timed]):
+        if index:
+            optimizer.zero_grad(set_to_none=True)
+        seconds += one_pass(rows)
+        tokens += padded_tokens(rows, lengths, multiple)
+    return seconds, tokens
+
+
+def evaluation_and_checkpoint_seconds(
+    model: torch.nn.Module, eval_set: Dataset, eval_seconds_per_token: float, config: Any, world: int
+) -> tuple[float, float]:
+    """One evaluation of the validation split (its padded tokens shared by the processes, plus saving the model
+    in case it is the best) and one checkpoint (the model and Adam's 2 moments), at the assumed write speed."""
+    eval_lengths, batch_size, multiple = eval_set["length"], config.eval_batch_size, config.pad_to_multiple_of
+    eval_tokens = sum(
+        padded_tokens(list(range(start, min(start + batch_size, len(eval_lengths)))), eval_lengths, multiple)
+        for start in range(0, len(eval_lengths), batch_size)
+    )
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    model_save = SAVE_OVERHEAD_SECONDS + parameter_bytes / SAVE_BYTES_PER_SECOND
+    evaluation_seconds = eval_seconds_per_token * eval_tokens / world + model_save  # the best model is saved too
+    checkpoint_seconds = SAVE_OVERHEAD_SECONDS + 3 * parameter_bytes / SAVE_BYTES_PER_SECOND  # + Adam's 2 moments
+    return evaluation_seconds, checkpoint_seconds
 
 
 def time_optimizer_step(optimizer: torch.optim.Optimizer, clip: Callable[[], None], sync: Callable[[], None]) -> float:
