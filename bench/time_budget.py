@@ -6,10 +6,11 @@ Each case is the demo's training command with a budget (default 10 minutes), one
   fp32   --mixed-precision no: what a CPU without native bf16 trains in (on this CPU, only a stand-in for one)
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/time_budget.py --data ../shared/data/sst2
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/time_budget.py --collect runs/budget-auto runs/budget-fp32
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/time_budget.py --collect runs/budget-auto runs/budget-fp32 \
+        --wall-seconds 530 561
 
 Writes bench/results/<cpu-kind>/time_budget.json and .md (or --output DIR). `--collect` only reads run folders
-that the same commands wrote (their wall time is then the training's own, from metrics.json, without start-up).
+that the same commands wrote (`--wall-seconds`: the launches' wall times, measured outside, e.g. by `time`).
 """
 
 from __future__ import annotations
@@ -86,11 +87,15 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=10.0)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--collect", type=Path, nargs="*", help="summarize these run folders instead of training")
+    parser.add_argument(
+        "--wall-seconds", type=float, nargs="*", default=[], help="with --collect: each run's wall time"
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     cpu = cpu_info()
     if args.collect:
-        cases = [summarize_run(run) for run in args.collect]
+        walls = args.wall_seconds + [None] * (len(args.collect) - len(args.wall_seconds))
+        cases = [summarize_run(run, wall) for run, wall in zip(args.collect, walls, strict=True)]
     else:
         cases = [run_case(name, args.data, args.budget, args.runs) for name in CASES]
     results = {
