@@ -144,10 +144,11 @@ def label_with_teacher(
 
     model_dir = Path(config.teacher).expanduser()
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto", on_gpu=False))
-    teacher_sha256 = teacher_weights_sha256(model_dir)
     original, meta = teacher_logits(
         config.teacher_logits or config.teacher, sentences, labels, config.max_length, accelerator
     )
+    # Logits from the model folder are keyed by its hash already; a logits file must prove it came from it.
+    teacher_sha256 = teacher_weights_sha256(model_dir) if config.teacher_logits else meta["key"]["teacher_sha256"]
     if meta["key"]["teacher_sha256"] != teacher_sha256:
         raise AugmentError(
             f"--teacher-logits {config.teacher_logits} came from another teacher than {model_dir} "

@@ -181,23 +181,31 @@ def timing_summary(ms: Mapping[str, float], chosen: str) -> str:
     return text
 
 
+def choice_from_manifest(
+    manifest: dict, names: Sequence[str], threads: int, here: dict
+) -> tuple[VariantChoice | None, str]:
+    """The choice the manifest alone settles (one gated variant, or timings recorded on this CPU), or None and why
+    the variants must be timed here instead."""
+    if len(names) == 1:
+        return VariantChoice(names[0], "only-gated", "nothing to time", threads=threads, cpu=here), ""
+    ms, why = recorded_timings(manifest, names, threads)
+    if ms is None:
+        return None, why
+    chosen = pick(ms)
+    detail = f"timed at export on this CPU ({here['kind']}, {why}, batch 1): {timing_summary(ms, chosen)}"
+    return VariantChoice(chosen, "recorded", detail, ms, threads, here), why
+
+
 def recorded_choice(manifest: dict, threads: int) -> dict:
     """What `Classifier` would run by default here, from the manifest alone (nothing loaded): the bench's report
     of which variant serves on this CPU and why."""
     names = candidates(manifest, batch_invariant=True)
     if not names:
         return {"variant": None, "reason": "none", "detail": "no variant passed the export gate"}
-    ms, why = recorded_timings(manifest, names, threads)
-    if len(names) == 1:
-        return {"variant": names[0], "reason": "only-gated", "detail": "nothing to time"}
-    if ms is None:
+    settled, why = choice_from_manifest(manifest, names, threads, cpu_fingerprint())
+    if settled is None:
         return {"variant": None, "reason": "re-timed", "detail": f"chosen by timing at load: {why}"}
-    chosen = pick(ms)
-    return {
-        "variant": chosen,
-        "reason": "recorded",
-        "detail": f"timed at export on this CPU ({why}, batch 1): " + timing_summary(ms, chosen),
-    }
+    return {"variant": settled.variant, "reason": settled.reason, "detail": settled.detail}
 
 
 def choose_variant(
@@ -212,13 +220,9 @@ def choose_variant(
         raise ValueError("no variant in this bundle passed the export verification gate")
     threads = threads or usable_cpus()
     here = cpu_fingerprint()
-    if len(names) == 1:
-        return VariantChoice(names[0], "only-gated", "nothing to time", threads=threads, cpu=here), {}
-    ms, why = recorded_timings(manifest, names, threads)
-    if ms is not None:
-        chosen = pick(ms)
-        detail = f"timed at export on this CPU ({here['kind']}, {why}, batch 1): {timing_summary(ms, chosen)}"
-        return VariantChoice(chosen, "recorded", detail, ms, threads, here), {}
+    settled, why = choice_from_manifest(manifest, names, threads, here)
+    if settled is not None:
+        return settled, {}
     runners = {name: load(name) for name in names}
     ms = time_variants(runners, LOAD_SENTENCES, LOAD_ROUNDS)
     chosen = pick(ms)
