@@ -345,11 +345,11 @@ def test_resume_mid_epoch_gives_the_same_weights_as_a_straight_run(
 def test_a_time_budget_plans_the_steps_from_the_measured_speed(
     sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """A real run: 6,000 steps asked for, the budget allows fewer; the plan is recorded, the run does exactly the
+    """A real run: 600,000 steps asked for, more than any machine fits in the budget; the plan is recorded, the run does exactly the
     planned steps with the schedule annealed to 0 at its end, and --resume keeps to the recorded plan."""
     out = tmp_path / "run"
     options = quick_options(sst2_sample_dir, tiny_model_dir, out) + ["--log-every", "1", "--mixed-precision", "no"]
-    options += ["--max-train-samples", "48", "--batch-size", "16", "--epochs", "2000"]  # 3 steps/epoch: 6,000
+    options += ["--max-train-samples", "48", "--batch-size", "16", "--epochs", "200000"]  # 3 steps/epoch: 600,000
     options += ["--eval-every", "0", "--save-every", "0"]
     budget = 0.75
     result = run(train_command(*options, "--time-budget", budget), timeout=600)
@@ -362,14 +362,14 @@ def test_a_time_budget_plans_the_steps_from_the_measured_speed(
     metrics = json.loads((out / "metrics.json").read_text())
     plan = metrics["time_budget_plan"]
     assert plan == json.loads((out / "train_config.json").read_text())["time_budget_plan"]
-    assert (plan["minutes"], plan["full_steps"], plan["cpu_kind"]) == (budget, 6000, cpu_kind())
+    assert (plan["minutes"], plan["full_steps"], plan["cpu_kind"]) == (budget, 600_000, cpu_kind())
     assert MIN_STEPS <= metrics["steps"] == plan["planned_steps"] < plan["full_steps"]
     assert plan["measured_samples_per_second"] > 0 and plan["estimated_minutes"] <= budget * 0.9
     assert plan["planned_epochs"] == round(plan["planned_steps"] / 3, 3)
     line = (
         f"time budget {budget:g} min: {plan['measured_samples_per_second']:,.0f} samples/s measured on {cpu_kind()} -> "
     )
-    assert line + f"{plan['planned_steps']:,} of 6,000 steps" in result.stdout
+    assert line + f"{plan['planned_steps']:,} of 600,000 steps" in result.stdout
     log = read_log(out)
     assert log[0]["event"] == "time_budget" and log[0]["planned_steps"] == plan["planned_steps"]
     steps = [r for r in log if "lr" in r]
@@ -383,7 +383,7 @@ def test_a_time_budget_plans_the_steps_from_the_measured_speed(
     result = run(train_command(*options, "--resume"), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "samples/s measured on" not in result.stdout
-    assert f"reusing the recorded plan, {plan['planned_steps'] + 3:,} of 6,000 steps" in result.stdout
+    assert f"reusing the recorded plan, {plan['planned_steps'] + 3:,} of 600,000 steps" in result.stdout
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["steps"] == plan["planned_steps"] + 3 and resumed["time_budget_plan"] == config["time_budget_plan"]
     assert [r["event"] for r in read_log(out) if r.get("event") == "time_budget"] == ["time_budget"]
