@@ -161,6 +161,31 @@ def test_init_layers_builds_a_smaller_student(sst2_dir: Path, tiny_model_dir: Pa
     assert train(*options[:-2], "--init-layers", "2,1", "--overwrite").returncode == 1
 
 
+def test_init_layers_on_a_trained_classifier_keeps_its_head_and_the_chosen_layers(tmp_path: Path) -> None:
+    """The L3-from-L6 recipe: layers cut from a fine-tuned student keep their weights, and so do its pooler and
+    classifier (nothing is re-initialised), so the smaller student starts from the task, not from scratch."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from sst2dist.modeling import keep_layers, load_model
+
+    torch.manual_seed(3)
+    config = BertConfig(vocab_size=99, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "l4")
+    source = BertForSequenceClassification.from_pretrained(tmp_path / "l4").state_dict()
+
+    student = load_model(str(tmp_path / "l4"))
+    keep_layers(student, [0, 3])
+    cut = student.state_dict()
+    assert student.config.num_hidden_layers == 2 and len(student.bert.encoder.layer) == 2
+    for name in ("classifier.weight", "bert.pooler.dense.weight", "bert.embeddings.word_embeddings.weight"):
+        assert torch.equal(cut[name], source[name]), name
+    for new, old in ((0, 0), (1, 3)):
+        prefix = "bert.encoder.layer.{}.attention.self.query.weight"
+        assert torch.equal(cut[prefix.format(new)], source[prefix.format(old)])
+    assert not torch.equal(cut[prefix.format(1)], source[prefix.format(1)])
+
+
 @pytest.mark.slow
 def test_the_shipped_teacher_logits_fit_the_real_training_split(sst2_dir: Path, accelerator) -> None:
     from sst2dist.data import load_sst2
@@ -207,3 +232,20 @@ def test_two_processes_shard_the_teacher_and_stop_together_on_a_nan_loss(
     )
     with np.load(sharded_file) as sharded:
         np.testing.assert_allclose(sharded["logits"], alone, atol=2e-2)
+
+
+def test_make_students_augment_cuts_l3_from_the_distilled_l6(tmp_path: Path) -> None:
+    """`make students AUGMENT=1` trains L6 first, then L3 from L6's model folder (dry run: nothing is trained)."""
+    students = tmp_path / "students"
+    result = subprocess.run(
+        ["make", "-n", "students", "AUGMENT=1", f"STUDENTS={students}", "DATA=../shared/data/sst2"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    l6 = result.stdout.index(f"--output-dir {students}/l6 ")
+    l3 = result.stdout.index(f"--output-dir {students}/l3 ")
+    l3_line = result.stdout[l3:].splitlines()[0]
+    assert l6 < l3 and f"--model {students}/l6/model --init-layers 0,2,4" in l3_line
