@@ -18,6 +18,20 @@ from sst2dist.atomic import write_json_atomic
 from sst2dist.environment import acceleration_flags, cpu_info
 
 RUN_FILES = ("metrics.json", "train_config.json", "log.jsonl")
+# What each run name under runs/students stands for (every run: teacher logits, T = 2, batch 64, best dev eval).
+RECIPES = {
+    "teacher": "all-mpnet-base-v2, 1 epoch, batch 32, lr 2e-5",
+    "l6": "MiniLM L6, 2 epochs, alpha 0.2, lr 5e-5",
+    "l3": "layers 0,2,4 of MiniLM, 2 epochs, alpha 0.2, lr 5e-5",
+    "l3lr": "layers 0,2,4 of MiniLM, 3 epochs, alpha 0.2, lr 1e-4",
+    "l6aug": "MiniLM L6, 1 epoch augmented, alpha 0, lr 5e-5",
+    "l6aug2ep": "MiniLM L6, 2 epochs augmented, alpha 0, lr 1e-4",
+    "l3aug": "layers 0,2,4 of MiniLM, 1 epoch augmented, alpha 0, lr 1e-4",
+    "l3aug2ep": "layers 0,2,4 of MiniLM, 2 epochs augmented, alpha 0, lr 2e-4",
+    "l3froml6": "layers 0,2,4 of the same seed's l6aug, 1 epoch augmented, alpha 0, lr 1e-4",
+    "l3froml6-025": "layers 0,2,5 of l6aug, 1 epoch augmented, alpha 0, lr 1e-4",
+    "l3froml6e2": "layers 0,2,4 of the same seed's l6aug, 2 epochs augmented, alpha 0, lr 1e-4",
+}
 
 
 def collect(runs: Path, output: Path) -> dict:
@@ -64,8 +78,8 @@ def markdown(results: dict) -> str:
         "",
         f"CPU: {results['cpu']['model']} [{results['cpu']['kind']}] ({', '.join(results['cpu']['flags'])}), 2 cores.",
         "",
-        "| model | seeds | best dev accuracy (mean ± std) | per seed | train seconds (mean) | samples/s |",
-        "|---|---:|---:|---|---:|---:|",
+        "| model | recipe | seeds | best dev accuracy (mean ± std) | per seed | train seconds (mean) | samples/s |",
+        "|---|---|---:|---:|---|---:|---:|",
     ]
     for model, entry in results["models"].items():
         runs = entry["runs"]
@@ -73,7 +87,15 @@ def markdown(results: dict) -> str:
         seconds = statistics.mean(r["train_seconds"] for r in runs)
         rate = statistics.mean(r["samples_per_second"] for r in runs)
         mean, std = 100 * entry["best_accuracy_mean"], 100 * entry["best_accuracy_std"]
-        cells = [model, str(len(runs)), f"{mean:.2f} ± {std:.2f} %", per_seed, f"{seconds:,.0f}", f"{rate:,.1f}"]
+        cells = [
+            model,
+            RECIPES.get(model, ""),
+            str(len(runs)),
+            f"{mean:.2f} ± {std:.2f} %",
+            per_seed,
+            f"{seconds:,.0f}",
+            f"{rate:,.1f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
