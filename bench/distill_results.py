@@ -31,6 +31,8 @@ RECIPES = {
     "l3froml6": "layers 0,2,4 of the same seed's l6aug, 1 epoch augmented, alpha 0, lr 1e-4",
     "l3froml6-025": "layers 0,2,5 of l6aug, 1 epoch augmented, alpha 0, lr 1e-4",
     "l3froml6e2": "layers 0,2,4 of the same seed's l6aug, 2 epochs augmented, alpha 0, lr 1e-4",
+    "l3froml6-lr5e-5": "layers 0,2,4 of l6aug, 1 epoch augmented, alpha 0, lr 5e-5",
+    "l3froml6-lr2e-4": "layers 0,2,4 of l6aug, 1 epoch augmented, alpha 0, lr 2e-4",
 }
 
 

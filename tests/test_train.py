@@ -345,8 +345,8 @@ def test_resume_mid_epoch_gives_the_same_weights_as_a_straight_run(
 def test_a_time_budget_plans_the_steps_from_the_measured_speed(
     sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """A real run: 600,000 steps asked for, more than any machine fits in the budget; the plan is recorded, the run does exactly the
-    planned steps with the schedule annealed to 0 at its end, and --resume keeps to the recorded plan."""
+    """A real run: 600,000 steps asked for, more than any machine fits in the budget; the plan is recorded, the run
+    does exactly the planned steps with the schedule annealed to 0 at its end, and --resume keeps to the plan."""
     out = tmp_path / "run"
     options = quick_options(sst2_sample_dir, tiny_model_dir, out) + ["--log-every", "1", "--mixed-precision", "no"]
     options += ["--max-train-samples", "48", "--batch-size", "16", "--epochs", "200000"]  # 3 steps/epoch: 600,000
