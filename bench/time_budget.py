@@ -63,7 +63,8 @@ def markdown(results: dict) -> str:
     lines = [
         "# Training under `--time-budget`",
         "",
-        f"CPU: {cpu['model']} [{cpu['kind']}], {cpu.get('logical_cpus', '?')} logical CPUs. Budget: "
+        f"CPU: {cpu['model']} [{cpu['kind']}] ({', '.join(f for f, on in cpu['flags'].items() if on) or 'no AVX2'}), "
+        f"{cpu.get('logical_cpus', '?')} logical CPUs. Budget: "
         f"{results['budget_minutes']} min. Command: `{results['command']}`.",
         "",
         "| case | precision | planned / full steps | epochs | measured samples/s | train s | wall s | best dev acc |",
