@@ -140,10 +140,10 @@ def label_with_teacher(
     from accelerate import Accelerator
 
     from sst2dist.distill import LogitsKey, data_fingerprint, save_logits, score, teacher_logits, teacher_weights_sha256
-    from sst2dist.train_config import resolve_mixed_precision
+    from sst2dist.environment import default_mixed_precision
 
     model_dir = Path(config.teacher).expanduser()
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto", on_gpu=False))
+    accelerator = Accelerator(mixed_precision=default_mixed_precision(on_gpu=False))
     original, meta = teacher_logits(
         config.teacher_logits or config.teacher, sentences, labels, config.max_length, accelerator
     )

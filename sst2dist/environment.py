@@ -230,3 +230,8 @@ def peak_rss_bytes() -> int:
     """This process's resident-memory high-water mark (ru_maxrss is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def default_mixed_precision(on_gpu: bool) -> str:
+    """What `--mixed-precision auto` means here: bf16 on a GPU or a CPU with bf16 instructions, else fp32 ("no")."""
+    return "bf16" if on_gpu or supports_bf16() else "no"

@@ -1,18 +1,13 @@
-"""What `sst2dist predict` is asked to do: `PredictOptions`, each field the flag of the same name, and the --variant
-flag's help, which `serve` shares. Standard library only, so the command line reads it without onnxruntime."""
+"""What `sst2dist predict` is asked to do: `PredictOptions`, each field the flag of the same name. Standard library
+only, so the command line reads it without onnxruntime."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sst2dist.config_fields import Options, option, positive
+from sst2dist.config_fields import VARIANT_HELP, Options, option, positive
 
 FORMATS = ("text", "jsonl", "csv", "tsv")
-VARIANT_HELP = (
-    "Bundle variant: fp32, optimized, int8, static-int8. Default: the fastest on this CPU (by export-onnx's "
-    "timings; re-timed at load on another CPU) of those whose scores do not depend on the batch, static-int8 only "
-    "when >10% faster than fp32/optimized; dynamic int8, whose scores move with batch mates, only by name."
-)
 
 
 @dataclass(frozen=True)

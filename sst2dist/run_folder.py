@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from sst2dist.atomic import replace_dir, write_json_atomic
 from sst2dist.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
 from sst2dist.environment import package_versions
-from sst2dist.train_budget import PLAN_KEY
 from sst2dist.train_config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
 
     from sst2dist.train_state import Run, TrainState
 
+PLAN_KEY = "time_budget_plan"  # in train_config.json and metrics.json: the --time-budget plan
 VERSIONED_PACKAGES = ("sst2dist", "torch", "transformers", "accelerate", "datasets")
 RUN_FILES = ("model", CHECKPOINTS_DIR, "metrics.json", "train_config.json", "log.jsonl")
 # Options that may differ between a run and its --resume (they do not change what is computed).

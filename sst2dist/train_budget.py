@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sst2dist.run_folder import forget_unstarted_run, record_plan, recorded_plan
 from sst2dist.train_config import ConfigError
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ TIMED_PASSES = 5
 MEASURE_SECONDS = 30.0  # the measurement takes fewer passes when one pass is slow
 SAVE_BYTES_PER_SECOND = 200e6  # assumed speed of writing checkpoints and models (not measured)
 SAVE_OVERHEAD_SECONDS = 0.5  # per save, whatever its size
-PLAN_KEY = "time_budget_plan"  # in train_config.json and metrics.json
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,6 @@ def time_budget_plan(
 ) -> dict | None:
     """The run's --time-budget plan: None without a budget, read back from train_config.json on --resume, else
     made now (`plan_time_budget`)."""
-    from sst2dist.run_folder import recorded_plan  # imported here: run_folder imports this module (PLAN_KEY)
-
     if config.time_budget is None:
         return None
     if resume_from is None:
@@ -193,7 +191,6 @@ def plan_time_budget(
     """
     from sst2dist.data import make_collator
     from sst2dist.environment import cpu_kind
-    from sst2dist.run_folder import forget_unstarted_run, record_plan
 
     model, optimizer, train_set, sampler, eval_set, pad_token_id = measured_on
     collate = make_collator(pad_token_id, config.pad_to_multiple_of)

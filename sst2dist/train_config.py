@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sst2dist.config_fields import Options, add_arguments, in_range, non_negative, option, positive
 from sst2dist.data import DEFAULT_DATA
-from sst2dist.environment import supports_bf16
+from sst2dist.environment import default_mixed_precision, supports_bf16
 from sst2dist.modeling import DEFAULT_MODEL
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
@@ -145,7 +145,7 @@ def parse_layers(text: str) -> list[int]:
 
 def resolve_mixed_precision(requested: str, on_gpu: bool) -> str:
     if requested == "auto":
-        return "bf16" if on_gpu or supports_bf16() else "no"
+        return default_mixed_precision(on_gpu)
     if requested == "fp16" and not on_gpu:
         raise ConfigError(
             "--mixed-precision fp16 needs a GPU: on a CPU Accelerate would silently train in fp32; "

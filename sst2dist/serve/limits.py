@@ -7,8 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from sst2dist.config_fields import Options, nested, non_negative, option, positive
-from sst2dist.predict_options import VARIANT_HELP
+from sst2dist.config_fields import VARIANT_HELP, Options, nested, non_negative, option, positive
 
 
 def default_workers() -> int:
