@@ -11,11 +11,11 @@ from __future__ import annotations
 import click
 
 from sst2dist import __version__
-from sst2dist.augment_options import AugmentOptions
-from sst2dist.bench_settings import BenchSettings
+from sst2dist.bench.settings import BenchSettings
 from sst2dist.config_fields import click_options
-from sst2dist.export_options import ExportOptions
-from sst2dist.predict_options import PredictOptions
+from sst2dist.distill.augment_options import AugmentOptions
+from sst2dist.export.options import ExportOptions
+from sst2dist.predict.options import PredictOptions
 from sst2dist.serve.limits import ServeLimits, ServeOptions
 
 
@@ -53,8 +53,8 @@ def train(ctx: click.Context, num_processes: int) -> None:
     With --num-processes N > 1 it runs N processes through torchrun (gloo on a CPU), which
     `accelerate launch --cpu --num_processes N` does not do. Trainer options follow.
     """
-    from sst2dist import train as trainer
-    from sst2dist import train_config
+    from sst2dist.train import config as train_config
+    from sst2dist.train import loop as trainer
 
     args = list(ctx.args)
     if "-h" in args or "--help" in args:
@@ -89,7 +89,7 @@ def augment(data: str, output: str, **flags) -> None:
       accelerate launch -m sst2dist.train --data runs/sst2-aug --teacher runs/sst2-aug/teacher-logits.npz \\
         --distill-alpha 0 --epochs 1 --output-dir runs/l6-aug
     """
-    from sst2dist import augment as augmenting
+    from sst2dist.distill import augment as augmenting
 
     try:
         summary = augmenting.augment(AugmentOptions(data, output, **AugmentOptions.flag_values(**flags)))
@@ -115,7 +115,7 @@ def export_onnx(model_dir: str, output: str, **flags) -> None:
     Example:
       sst2dist export-onnx runs/minilm/model --output export/minilm --data ../shared/data/sst2
     """
-    from sst2dist.export import export_bundle
+    from sst2dist.export.bundle import export_bundle
 
     try:
         manifest = export_bundle(model_dir, output, ExportOptions.from_flags(**flags))
@@ -157,8 +157,8 @@ def bench(model: str | None, bundle: str | None, menu: tuple[str, ...], **flags)
       sst2dist bench --menu teacher=export/teacher --menu L6=export/l6 --menu L3=export/l3 \\
           --data ../shared/data/sst2 --output 'bench/results/{cpu}/menu'
     """
-    from sst2dist.bench import run_bench
-    from sst2dist.report import render_terminal
+    from sst2dist.bench.report import render_terminal
+    from sst2dist.bench.run import run_bench
 
     if bool(bundle) == bool(menu):
         raise click.UsageError("give --bundle BUNDLE_DIR, or --menu NAME=BUNDLE_DIR (repeatable), not both")
@@ -177,8 +177,8 @@ def bench(model: str | None, bundle: str | None, menu: tuple[str, ...], **flags)
 def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
     """`sst2dist bench --menu ...`: every variant of several bundles, in one run, at the largest thread count and
     batch size asked for."""
-    from sst2dist.menu import MenuSettings, parse_menu_items, run_menu
-    from sst2dist.report import render_menu_terminal
+    from sst2dist.bench.menu import MenuSettings, parse_menu_items, run_menu
+    from sst2dist.bench.report import render_menu_terminal
 
     if model is not None:
         raise click.UsageError("--menu measures bundles only (onnxruntime): drop --model")
@@ -238,7 +238,7 @@ def predict(bundle: str, texts: tuple[str, ...], **flags) -> None:
     """
     import sys
 
-    from sst2dist.predict import run_predict
+    from sst2dist.predict.run import run_predict
     from sst2dist.runtime import load_classifier
 
     if not texts and not flags["input_path"] and sys.stdin.isatty():

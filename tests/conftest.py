@@ -68,7 +68,7 @@ def tiny_bundle_dir(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factor
 
     The tiny model is random, so its int8 accuracy gate means nothing: the drop limit is lifted here.
     """
-    from sst2dist.export import export_bundle
+    from sst2dist.export.bundle import export_bundle
 
     bundle = tmp_path_factory.mktemp("tiny-bundle") / "bundle"
     export_bundle(tiny_model_dir, bundle, data=str(sst2_sample_dir), max_verify_samples=64, max_accuracy_drop=100.0)

@@ -1,0 +1,186 @@
+"""The accuracy-latency menu across models: every variant of several bundles, measured in one run and one process,
+so a user picks a point on the curve (e.g. a teacher and its distilled students, fp32 and int8).
+
+    sst2dist bench --menu teacher=export/teacher --menu L6=export/l6 --menu L3=export/l3 --data ../shared/data/sst2
+
+Per model and variant: dev accuracy, batch-1 latency p50/p90 (all models interleaved block by block, so drift hits
+them alike), throughput of length-sorted batches, and file size. onnxruntime only: runs on the base install.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sst2dist.bench.measure import (
+    ORT_BACKENDS,
+    BenchError,
+    OrtBackend,
+    class_ids,
+    flops_counter,
+    latency_percentiles,
+    measure_latency,
+    measure_throughput,
+    warm_up,
+)
+from sst2dist.bench.run import environment, load_average, run_header
+from sst2dist.bench.settings import bundle_backends, check_counts, output_folder
+from sst2dist.data import DEFAULT_DATA, load_validation
+from sst2dist.environment import usable_cpus
+
+
+@dataclass
+class MenuSettings:
+    bundles: dict[str, str]  # model name -> bundle folder
+    data: str = DEFAULT_DATA
+    backends: Sequence[str] | None = None  # ORT backends (ort-fp32, ort-int8, ...); None: every variant present
+    threads: int | None = None  # None: every core
+    batch_size: int = 32  # the length-sorted throughput pass, which also gives the accuracy
+    output: str | None = None  # None: bench/results/menu; "{cpu}" becomes environment.cpu_kind()
+    max_samples: int | None = None
+    latency_samples: int | None = None
+    warmup: int = 20
+    progress: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Entry:
+    model: str
+    variant: str
+    bundle: str
+    passed_gate: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/{self.variant}"
+
+
+def parse_menu_items(items: Sequence[str]) -> dict[str, str]:
+    """['teacher=export/teacher', 'L6=export/l6'] -> {'teacher': 'export/teacher', 'L6': 'export/l6'}."""
+    bundles: dict[str, str] = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        name, folder = name.strip(), folder.strip()
+        if not sep or not name or not folder or "/" in name:
+            raise BenchError(f"--menu takes NAME=BUNDLE_DIR, e.g. --menu L6=export/l6; got {item!r}")
+        if name in bundles:
+            raise BenchError(f"--menu names {name!r} twice: give every bundle its own name")
+        bundles[name] = folder
+    return bundles
+
+
+def check_menu(settings: MenuSettings) -> list[Entry]:
+    """Validate the settings before any work starts; every (model, variant) to measure. Raises BenchError."""
+    if not settings.bundles:
+        raise BenchError("--menu needs at least one NAME=BUNDLE_DIR")
+    settings.threads = settings.threads or usable_cpus()
+    check_counts(
+        [settings.threads], [settings.batch_size], settings.max_samples, settings.latency_samples, settings.warmup
+    )
+    wanted = list(ORT_BACKENDS) if settings.backends is None else list(dict.fromkeys(settings.backends))
+    foreign = [name for name in wanted if name not in ORT_BACKENDS]
+    if foreign or not wanted:
+        raise BenchError(f"the menu runs bundle variants only: choose --backends from {', '.join(ORT_BACKENDS)}")
+    entries = [entry for name, bundle in settings.bundles.items() for entry in bundle_entries(name, bundle, wanted)]
+    settings.output = output_folder(settings.output, Path("bench") / "results" / "menu")
+    return entries
+
+
+def bundle_entries(name: str, bundle: str, wanted: list[str]) -> list[Entry]:
+    manifest, present = bundle_backends(bundle)
+    chosen = [backend for backend in wanted if backend in present]
+    if not chosen:
+        raise BenchError(f"--menu {name}={bundle} has none of {', '.join(wanted)}: export it or change --backends")
+    variants = manifest["variants"]
+    return [Entry(name, ORT_BACKENDS[b], bundle, bool(variants[ORT_BACKENDS[b]].get("passed"))) for b in chosen]
+
+
+def run_menu(settings: MenuSettings) -> dict:
+    """Measure every (model, variant), write menu.json, menu.md and menu.png to settings.output; return the menu."""
+    from sst2dist.bench.report import write_menu
+
+    entries = check_menu(settings)
+    sentences, labels = load_validation(settings.data, settings.max_samples)
+    settings.latency_samples = min(settings.latency_samples or len(sentences), len(sentences))
+    load_before, started = load_average(), time.perf_counter()
+    measured = measure_menu(settings, entries, sentences)
+    rows = menu_rows(entries, measured, labels)
+    menu = {
+        **run_header(settings),
+        "dataset": {
+            "data": settings.data,
+            "split": "validation",
+            "sentences": len(sentences),
+            "latency_sentences": settings.latency_samples,
+            "labels": labels.tolist(),
+        },
+        "environment": environment([settings.threads], load_before, settings.notes),
+        "duration_seconds": time.perf_counter() - started,
+        "rows": rows,
+        "raw": {key: {"latency_ms": figures["latency_ms"]} for key, figures in measured.items()},
+    }
+    write_menu(menu, Path(settings.output))
+    return menu
+
+
+def measure_menu(settings: MenuSettings, entries: list[Entry], sentences: list[str]) -> dict[str, dict]:
+    """Batch-1 latency and the sorted-batch pass, every (model, variant) interleaved."""
+    from tqdm import tqdm
+
+    backends = {e.key: OrtBackend(e.key, e.bundle, settings.threads, e.variant) for e in entries}
+    counters = {e.key: flops_counter(bundle_config(e.bundle)) for e in entries}
+    units = len(entries) * (settings.latency_samples + len(sentences))
+    with tqdm(total=units, unit="sent", file=sys.stderr, disable=not settings.progress, dynamic_ncols=True) as bar:
+        bar.set_description("warm-up")
+        warm_up(backends, sentences, settings.warmup, [settings.batch_size])
+        bar.set_description("batch-1 latency")
+        latency = measure_latency(backends, sentences[: settings.latency_samples], bar.update)
+        bar.set_description(f"sorted batches of {settings.batch_size}")
+        throughput = measure_throughput(backends, sentences, settings.batch_size, counters, bar.update, sort=True)
+    return {
+        key: {
+            "latency_ms": [round(v, 4) for v in latency[key]["total"]],
+            "throughput": throughput[key],
+            "labels": backend.labels,
+            "files": backend.files,
+        }
+        for key, backend in backends.items()
+    }
+
+
+def bundle_config(bundle: str) -> dict:
+    return json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))
+
+
+def menu_rows(entries: list[Entry], measured: dict[str, dict], labels: np.ndarray) -> list[dict]:
+    """One row per (model, variant), sorted by batch-1 p50, with the ratio to the fastest p50."""
+    rows = []
+    for entry in entries:
+        figures = measured[entry.key]
+        passes = figures["throughput"]
+        predictions = class_ids(passes["logits"], figures["labels"])
+        size = sum(Path(p).stat().st_size for p in figures["files"])
+        rows.append(
+            {
+                **asdict(entry),
+                "model_type": bundle_config(entry.bundle).get("model_type"),
+                "accuracy": float((predictions == labels).mean()),
+                "latency_ms": latency_percentiles(figures["latency_ms"]),
+                "sorted_throughput_sentences_per_s": passes["sentences"] / passes["seconds"],
+                "padded_tokens": passes["padded_tokens"],
+                "file_size_mb": size / 1e6,
+                "file_size_bytes": size,
+                "predictions": predictions.tolist(),
+            }
+        )
+    rows.sort(key=lambda row: row["latency_ms"]["p50"])
+    for row in rows:
+        row["latency_vs_fastest"] = row["latency_ms"]["p50"] / rows[0]["latency_ms"]["p50"]
+    return rows

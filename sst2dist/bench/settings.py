@@ -1,0 +1,185 @@
+"""What a bench run is asked to do, checked before any work starts: the settings, option parsing, backend choice
+and the output folder (for `sst2dist.bench.run` and `sst2dist.bench.menu`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sst2dist.bench.measure import ALL_BACKENDS, ORT_BACKENDS, TORCH_BACKENDS, BenchError
+from sst2dist.config_fields import Options, non_negative, option, positive, positive_ints, split_commas
+from sst2dist.data import DEFAULT_DATA
+from sst2dist.environment import cpu_kind, supports_bf16
+
+CPU_PLACEHOLDER = "{cpu}"
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    """'1,2' -> [1, 2]; a clear error for anything that is not a list of whole numbers."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise BenchError(f"{flag} takes comma-separated whole numbers like 1,8,32, got {text!r}") from err
+    if not values:
+        raise BenchError(f"{flag} is empty: give at least one number, e.g. {flag} 1")
+    return sorted(set(values))
+
+
+@dataclass
+class BenchSettings(Options):
+    """What `sst2dist bench` measures; each field is the flag of the same name (--menu builds a MenuSettings)."""
+
+    error = BenchError
+
+    bundle: str = option(help="Bundle folder written by `sst2dist export-onnx`.")
+    model: str | None = option(None, "Trained model folder (the PyTorch baseline).")
+    data: str = option(
+        DEFAULT_DATA, "SST-2 hub id or local folder (e.g. ../shared/data/sst2). Default: the hub.", show_default=False
+    )
+    backends: Sequence[str] | None = option(
+        None,
+        f"Comma-separated subset of {', '.join(ALL_BACKENDS)}. Default: all that this CPU and bundle support.",
+        parse=split_commas,
+    )
+    threads: Sequence[int] | None = option(
+        None,
+        "Comma-separated thread counts to measure. Default: 1 and all cores (--menu: the largest, default all cores).",
+        parse=parse_int_list,
+        checks=[positive_ints],
+    )
+    batch_sizes: Sequence[int] = option(
+        (1, 8, 32),
+        "Comma-separated throughput batch sizes (--menu: the largest).",
+        parse=parse_int_list,
+        checks=[positive_ints],
+    )
+    output: str | None = option(
+        None,
+        "Results folder; {cpu} becomes this CPU's kind, e.g. bench/results/{cpu}/minilm. "
+        "Default: bench/results/<bundle folder name> (--menu: bench/results/menu).",
+    )
+    max_samples: int | None = option(
+        None, "Validation sentences for accuracy and throughput (default: all 872).", checks=[positive]
+    )
+    latency_samples: int | None = option(None, "Sentences timed at batch 1 (default: all).", checks=[positive])
+    warmup: int = option(20, "Untimed warm-up sentences per backend.", checks=[non_negative])
+    progress: bool = option(True, "Progress bar on stderr.")
+    notes: list[str] = field(default_factory=list)
+
+
+# --- checks ---------------------------------------------------------------------------------------------------
+
+
+def torch_installed() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_counts(
+    threads: Sequence[int],
+    batch_sizes: Sequence[int],
+    max_samples: int | None,
+    latency_samples: int | None,
+    warmup: int,
+) -> None:
+    """Thread counts, batch sizes, sample counts and warm-up, for the bench and the menu: BenchSettings' checks, and
+    no more threads than cores. Raises BenchError."""
+    counts = {"threads": threads, "batch_sizes": batch_sizes, "max_samples": max_samples}
+    for name, value in (counts | {"latency_samples": latency_samples, "warmup": warmup}).items():
+        BenchSettings.check_value(name, value)
+    cores = os.cpu_count() or 1
+    if max(threads) > cores:
+        raise BenchError(f"--threads {max(threads)} is more than this machine's {cores} CPU cores")
+
+
+def output_folder(output: str | None, default: Path) -> str:
+    """--output with "{cpu}" replaced by this CPU's kind (e.g. bench/results/{cpu}/minilm); refuses a file."""
+    folder = (output or str(default)).replace(CPU_PLACEHOLDER, cpu_kind())
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise BenchError(f"--output {folder} is a file: give a folder for the results")
+    return folder
+
+
+def bundle_backends(bundle: str) -> tuple[dict, set[str]]:
+    """The bundle's manifest and the ORT backends whose variant file it holds. Raises BundleError."""
+    from sst2dist.runtime import VARIANT_FILES, read_manifest
+
+    manifest = read_manifest(bundle)  # BundleError (a ValueError) for a missing or foreign folder
+    present = {
+        name
+        for name, variant in ORT_BACKENDS.items()
+        if variant in manifest.get("variants", {}) and (Path(bundle) / VARIANT_FILES[variant]).is_file()
+    }
+    return manifest, present
+
+
+def check_settings(settings: BenchSettings) -> BenchSettings:
+    """Validate everything before any work starts, and pick the default backends. Raises BenchError."""
+    if settings.threads is None:
+        settings.threads = sorted({1, os.cpu_count() or 1})
+    check_counts(
+        settings.threads, settings.batch_sizes, settings.max_samples, settings.latency_samples, settings.warmup
+    )
+    manifest, in_bundle = bundle_backends(settings.bundle)
+    settings.backends = pick_backends(settings, in_bundle)
+    for name in settings.backends:
+        if name in ORT_BACKENDS and not manifest["variants"][ORT_BACKENDS[name]].get("passed"):
+            settings.notes.append(f"{name} failed the export verification gate (see manifest.json); benched anyway")
+    if any(name in TORCH_BACKENDS for name in settings.backends):
+        check_torch_model(settings.model)
+    settings.output = output_folder(settings.output, Path("bench") / "results" / Path(settings.bundle).resolve().name)
+    settings.threads = sorted(set(settings.threads))
+    settings.batch_sizes = sorted(set(settings.batch_sizes))
+    return settings
+
+
+def pick_backends(settings: BenchSettings, in_bundle: set[str]) -> list[str]:
+    if settings.backends is None:
+        chosen = [name for name in ALL_BACKENDS if name in in_bundle or name in TORCH_BACKENDS]
+        if not supports_bf16():
+            chosen.remove("torch-bf16")
+            settings.notes.append("torch-bf16 skipped: this CPU has neither amx_bf16 nor avx512_bf16")
+        if not torch_installed():
+            raise BenchError(
+                "PyTorch is not installed, so the torch baselines cannot run: install the train extra "
+                "(pip install 'sst2dist[train]') or bench only the bundle, e.g. --backends ort-fp32,ort-int8"
+            )
+        return chosen
+    chosen = list(dict.fromkeys(settings.backends))
+    if not chosen:
+        raise BenchError(f"--backends is empty: choose from {', '.join(ALL_BACKENDS)}")
+    unknown = [name for name in chosen if name not in ALL_BACKENDS]
+    if unknown:
+        raise BenchError(f"unknown backend {', '.join(unknown)}: choose from {', '.join(ALL_BACKENDS)}")
+    missing = [name for name in chosen if name in ORT_BACKENDS and name not in in_bundle]
+    if missing:
+        raise BenchError(
+            f"{settings.bundle} has no {', '.join(missing)} variant: export it (sst2dist export-onnx) "
+            "or drop it from --backends"
+        )
+    if "torch-bf16" in chosen and not supports_bf16():
+        raise BenchError("torch-bf16 needs a CPU with amx_bf16 or avx512_bf16; drop it from --backends")
+    if any(name in TORCH_BACKENDS for name in chosen) and not torch_installed():
+        raise BenchError(
+            "PyTorch is not installed: install the train extra (pip install 'sst2dist[train]') "
+            "or pass only ORT backends, e.g. --backends ort-fp32,ort-int8"
+        )
+    return chosen
+
+
+def check_torch_model(model: str | None) -> None:
+    if model is None:
+        raise BenchError(
+            "the PyTorch backends need --model (the trained model folder, e.g. runs/minilm/model); "
+            "or bench only the bundle with --backends ort-fp32,ort-optimized,ort-int8"
+        )
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise BenchError(f"--model {model} is not a folder: point it at the trained model folder (runs/.../model)")
+    if not (path / "config.json").is_file():
+        raise BenchError(f"--model {model} has no config.json: point it at a folder saved by `save_pretrained`")

@@ -1,0 +1,366 @@
+"""Fine-tune a BERT-family encoder on SST-2 with a plain Hugging Face Accelerate loop.
+
+    accelerate launch --config_file accelerate_config.yaml -m sst2dist.train \\
+        --data ../shared/data/sst2 --output-dir runs/minilm
+
+Reads top to bottom: `train` = `setup` (data, model, optimizer, schedule, state restored from a checkpoint) ->
+`fit` (the steps; evaluate, keep the best, checkpoint on schedule) -> `finish` (last evaluation, metrics.json).
+The run folder's files live in `run_folder`, the device-side sums and log.jsonl in `log`, the state in
+`state`, evaluation in `evaluation`, the --time-budget plan in `budget`. Several CPU processes on one
+machine: `sst2dist train --num-processes 2 ...` (`launch`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sst2dist.atomic import write_json_atomic
+from sst2dist.train.budget import time_budget_plan
+from sst2dist.train.checkpoint import load_checkpoint, save_checkpoint
+from sst2dist.train.config import (
+    ConfigError,
+    TrainConfig,
+    check_config,
+    parse_config,
+    parse_layers,
+    resolve_mixed_precision,
+)
+from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eval_loader
+from sst2dist.train.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
+from sst2dist.train.log import RunLog, Window
+from sst2dist.train.run_folder import final_metrics, prepare_output_dir, write_final_files
+from sst2dist.train.state import Run, TrainState
+
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from datasets import Dataset
+    from torch.utils.data import DataLoader
+    from transformers import PreTrainedTokenizerBase
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; every process stopped at the same step."""
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    import torch
+    from accelerate import Accelerator
+
+    precision = resolve_mixed_precision(config.mixed_precision, on_gpu=torch.cuda.is_available())
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=config.grad_accum,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_dir=config.output_dir,
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:  # each process would silently train alone on part of the data
+        raise ConfigError(
+            f"launched as {launched} processes but Accelerate runs {accelerator.num_processes}: on machines "
+            "without a GPU set ACCELERATE_USE_CPU=true (docs/distributed.md)"
+        )
+    return accelerator
+
+
+def load_data(
+    config: TrainConfig, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator
+) -> tuple[Dataset, Dataset, dict | None]:
+    """Tokenized train and validation splits; with a teacher, each training row carries its `teacher_logits`
+    (computed over the whole split, so one cache serves every --max-train-samples)."""
+    from sst2dist.data import load_sst2, sort_by_length, take_first, tokenize
+    from sst2dist.distill.teacher import teacher_logits
+
+    with accelerator.main_process_first():  # the main process reads and converts, the others read its cache
+        raw = load_sst2(config.data, None if config.teacher else config.max_train_samples, config.max_eval_samples)
+    meta = None
+    if config.teacher:
+        rows = raw["train"]
+        cache = Path(config.teacher_cache) if config.teacher_cache else None
+        logits, meta = teacher_logits(
+            config.teacher, rows["sentence"], rows["label"], config.max_length, accelerator, cache
+        )
+        raw["train"] = take_first(rows.add_column("teacher_logits", logits.tolist()), config.max_train_samples)
+    with accelerator.main_process_first():  # the main process tokenizes, the others read its cache
+        tokenized = tokenize(raw, tokenizer, config.max_length)
+    return tokenized["train"], sort_by_length(tokenized["validation"]), meta
+
+
+def make_train_loader(config: TrainConfig, train_set: Dataset, pad_token_id: int) -> tuple[DataLoader, Any]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from sst2dist.data import LengthGroupedBatchSampler, make_collator
+
+    group_batches = 50 if config.group_by_length else 1  # groups of one batch: plain shuffled batches
+    sampler = LengthGroupedBatchSampler(train_set["length"], config.batch_size, config.seed, group_batches)
+    collate = make_collator(pad_token_id, config.pad_to_multiple_of)
+    # Its own generator, so iterating the loader never draws from the global RNG (exact resume).
+    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
+    return loader, sampler
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; matrices decay, biases and LayerNorm weights (all 1-D) do not."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train(config: TrainConfig) -> dict:
+    """Run the whole training (or evaluation with --eval-only); return what is written to metrics.json."""
+    started = time.perf_counter()
+    check_config(config)
+    accelerator = make_accelerator(config)
+    if config.eval_only:
+        return evaluate_only(config, accelerator)
+    run, state = setup(config, accelerator, started)
+    stopped_early = fit(run, state)
+    return finish(run, state, stopped_early, started)
+
+
+def setup(config: TrainConfig, accelerator: Accelerator, started: float | None = None) -> tuple[Run, TrainState]:
+    """Data, model, optimizer and schedule, prepared by Accelerate; the state restored from a checkpoint.
+
+    With --time-budget the number of steps is planned here, before the first step, or on --resume read back from
+    the run's train_config.json (`budget.time_budget_plan`).
+    """
+    import torch
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    from sst2dist.modeling import keep_layers, load_accuracy_metric, load_model, load_tokenizer
+
+    resume_from = prepare_output_dir(config, accelerator)
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    train_set, eval_set, teacher_meta = load_data(config, tokenizer, accelerator)
+    train_loader, sampler = make_train_loader(config, train_set, tokenizer.pad_token_id)
+    eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
+    model = load_model(config.model)
+    if config.init_layers:
+        keep_layers(model, parse_layers(config.init_layers))
+    if config.compile:
+        model = torch.compile(model, dynamic=True)
+    optimizer = make_optimizer(model, config)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    measured_on = (model, optimizer, train_set, sampler, eval_set, tokenizer.pad_token_id)
+    plan = time_budget_plan(
+        config, accelerator, resume_from, measured_on, lambda batch: forward_losses(model, config, batch)[0],
+        total_steps, steps_per_epoch, started,
+    )  # fmt: skip
+    if plan is not None:
+        total_steps = plan["planned_steps"]
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimizer step
+    log = RunLog(accelerator, Path(config.output_dir))
+    accelerator.init_trackers("sst2dist", config={k: str(v) for k, v in asdict(config).items()})
+    run = Run(
+        config, accelerator, model, tokenizer, optimizer, scheduler, train_loader, sampler, eval_loader,
+        load_accuracy_metric(), log, total_steps, steps_per_epoch, resume_from, teacher_meta,
+    )  # fmt: skip
+    run.time_budget_plan = plan
+    if plan is not None and resume_from is None:
+        log.write({"step": 0, "event": "time_budget", **plan})
+
+    state = TrainState()
+    if resume_from is not None:
+        state = TrainState.from_checkpoint(load_checkpoint(accelerator, resume_from), resume_from)
+        accelerator.print(f"resuming from {resume_from} (step {state.step})")
+    if state.batches_in_epoch >= len(train_loader):  # the checkpoint was taken at an epoch's end
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+    run.counts_at_start = (state.samples, state.tokens, state.padded_tokens)
+    return run, state
+
+
+def fit(run: Run, state: TrainState) -> bool:
+    """The loop: forward, backward, step; read the device sums, evaluate and checkpoint on schedule.
+
+    Returns True when early stopping ended the run.
+    """
+    from tqdm.auto import tqdm
+
+    config, accelerator, model = run.config, run.accelerator, run.model
+    accelerator.print(
+        f"training {run.total_steps} steps ({run.steps_per_epoch}/epoch) on {len(run.sampler.lengths)} sentences, "
+        f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}"
+        + (f", distilling from {config.teacher}" if config.teacher else "")
+    )
+    run.progress = tqdm(total=run.total_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    window = Window(accelerator.device, first_step=state.step + 1)
+    stop = False
+    model.train()
+    while state.step < run.total_steps and not stop:
+        # The prepared loader re-sets its sampler's epoch from its own counter on every pass: set both.
+        run.train_loader.set_epoch(state.epoch)
+        run.sampler.set_epoch(state.epoch)
+        skip = state.batches_in_epoch
+        batches = accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+        tick = time.perf_counter()
+        for batch in batches:
+            mask = batch["attention_mask"]
+            losses = train_step(run, batch)
+            state.batches_in_epoch += 1
+            window.add(state.step + 1, losses.detach(), mask)
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            run.progress.update(1)
+            done = state.step >= run.total_steps
+            due_log = state.step % config.log_every == 0
+            due_eval = bool(config.eval_every) and state.step % config.eval_every == 0 and not done
+            due_save = bool(config.save_every) and state.step % config.save_every == 0 and not done
+            if not (due_log or due_eval or due_save or done):
+                continue
+            state.train_seconds += time.perf_counter() - tick
+            read_window(run, state, window, log_it=due_log)
+            stop = due_eval and evaluate_and_keep_best(run, state)
+            if due_save and not stop:
+                save_checkpoint(accelerator, run.output_dir, asdict(state), keep=config.keep_checkpoints)
+                run.last_save_step = state.step
+            tick = time.perf_counter()
+            if done or stop:
+                break
+        else:
+            state.train_seconds += time.perf_counter() - tick
+        if state.batches_in_epoch >= len(run.train_loader):
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+    run.progress.close()
+    return stop
+
+
+def train_step(run: Run, batch: dict) -> torch.Tensor:
+    """One micro-batch: forward and backward; when the gradients sync, clip, step and advance the schedule."""
+    accelerator, model = run.accelerator, run.model
+    with accelerator.accumulate(model):
+        losses = forward_losses(run.model, run.config, batch)
+        accelerator.backward(losses[0])
+        if accelerator.sync_gradients and run.config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
+        run.optimizer.step()
+        if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:  # fp16 overflow
+            run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+def forward_losses(model: torch.nn.Module, config: TrainConfig, batch: dict) -> torch.Tensor:
+    """[loss, cross-entropy, distillation term]; the loss is the cross-entropy alone without a teacher."""
+    import torch
+
+    from sst2dist.distill.teacher import distillation_loss
+
+    teacher_logits = batch.pop("teacher_logits", None)
+    if teacher_logits is None:
+        loss = model(**batch).loss
+        return torch.stack([loss, loss.detach(), torch.zeros_like(loss)])
+    labels = batch.pop("labels")
+    logits = model(**batch).logits
+    alpha, temperature = config.distill_alpha, config.distill_temperature
+    return torch.stack(distillation_loss(logits, teacher_logits, labels, alpha, temperature))
+
+
+def read_window(run: Run, state: TrainState, window: Window, log_it: bool) -> None:
+    """The one host sync between logs: gather every process's sums, stop on a non-finite loss, log the means."""
+    accelerator = run.accelerator
+    rows = accelerator.gather(window.packed()).reshape(accelerator.num_processes, -1).cpu().double()
+    losses, first_bad, counts, batches = rows[:, :3].sum(0), rows[:, 3], rows[:, 4:7].sum(0), rows[:, 7].sum()
+    if (first_bad > 0).any():
+        stop_on_non_finite_loss(run, int(first_bad[first_bad > 0].min()), window.first_step, state.step)
+    state.samples, state.tokens, state.padded_tokens = (
+        base + int(total) for base, total in zip(run.counts_at_start, counts.tolist(), strict=True)
+    )
+    if not log_it:
+        return
+    loss, ce, kd = (losses / batches).tolist()
+    record = {"step": state.step, "loss": round(loss, 5)}
+    if run.config.teacher:
+        record |= {"loss_ce": round(ce, 5), "loss_kd": round(kd, 5)}
+    rate = (state.step - window.first_step + 1) / (time.perf_counter() - window.started)
+    run.log.write(record | {"lr": run.scheduler.get_last_lr()[0], "steps_per_second": round(rate, 3)})
+    run.progress.set_postfix(loss=f"{loss:.4f}")
+    window.restart(state.step + 1)
+
+
+def stop_on_non_finite_loss(run: Run, bad_step: int, first: int, last: int) -> None:
+    """Every process reads the same gathered sums, so they all stop here, before anything of steps first..last
+    is evaluated or written."""
+    run.log.write({"step": bad_step, "event": "non_finite_loss", "window": [first, last]})
+    raise NonFiniteLossError(
+        f"the training loss is not finite at step {bad_step} (checked over steps {first}-{last}): stopped on every "
+        "process; no checkpoint or model was written from these steps. Lower --lr, keep --max-grad-norm > 0, "
+        "or try --mixed-precision no"
+    )
+
+
+def finish(run: Run, state: TrainState, stopped_early: bool, started: float) -> dict:
+    """Evaluate and checkpoint the last step (unless just done), write metrics.json; return the metrics."""
+    if run.last_eval_step != state.step:
+        evaluate_and_keep_best(run, state)
+    if run.last_save_step != state.step:
+        save_checkpoint(run.accelerator, run.output_dir, asdict(state), keep=run.config.keep_checkpoints)
+    metrics = final_metrics(run, state, stopped_early, started)
+    write_final_files(run, metrics)
+    logged = {k: v for k, v in metrics.items() if k not in ("versions", "teacher")}
+    run.log.write({"step": state.step, "event": "done", **logged})
+    run.accelerator.end_training()
+    return metrics
+
+
+def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
+    """--eval-only: the accuracy of --model on the validation split, written to eval_metrics.json."""
+    from accelerate.utils import set_seed
+
+    from sst2dist.modeling import load_accuracy_metric, load_model, load_tokenizer
+
+    set_seed(config.seed)  # a base model's new classification head is random
+
+    tokenizer = load_tokenizer(config.model)
+    eval_config = dataclasses.replace(config, max_train_samples=1, teacher=None)
+    _, eval_set, _ = load_data(eval_config, tokenizer, accelerator)
+    eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
+    model, eval_loader = accelerator.prepare(load_model(config.model), eval_loader)
+    accuracy, counted = evaluate(model, eval_loader, accelerator, load_accuracy_metric())
+    metrics = {"model": config.model, "eval_accuracy": accuracy, "eval_samples": counted}
+    metrics |= {"num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision}
+    if accelerator.is_main_process:
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(config.output_dir) / "eval_metrics.json", metrics)
+    accelerator.print(json.dumps(metrics))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        train(parse_config(argv))
+    except (ValueError, NonFiniteLossError) as err:  # DataError, ModelNotFoundError, ConfigError ...
+        print(f"sst2dist.train: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
