@@ -32,8 +32,8 @@ def sst2_sample_dir() -> Path:
     return SST2_SAMPLE_DIR
 
 
-def make_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A random 2-layer, 32-wide BERT classifier with the packaged MiniLM's real WordPiece tokenizer."""
+def make_tiny_model(path: Path, seed: int = 0, hidden_size: int = 32, layers: int = 2, heads: int = 2) -> Path:
+    """A random BERT classifier (2 layers, 32 wide by default) with the packaged MiniLM's real WordPiece tokenizer."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -43,10 +43,10 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden_size,
         max_position_embeddings=512,
         num_labels=2,
         id2label=ID2LABEL,

@@ -22,7 +22,6 @@ from sst2dist.atomic import atomic_path
 from sst2dist.packaged import default_cache_dir, sha256_of
 
 if TYPE_CHECKING:
-    import torch
     from accelerate import Accelerator
 
 SHIPPED_LOGITS_DIR = Path(__file__).parent / "teachers"
@@ -64,26 +63,6 @@ def teacher_weights_sha256(model_dir: Path) -> str:
         if (model_dir / name).is_file():
             return sha256_of(model_dir / name)
     raise TeacherError(f"--teacher {model_dir} has no {' or '.join(WEIGHT_FILES)}: point it at a trained model folder")
-
-
-# ---------------------------------------------------------------------------------------------- the loss
-
-
-def distillation_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """α · CE(labels) + (1 − α) · T² · KL(softmax(teacher/T) ‖ softmax(student/T)); returns (loss, ce, kd).
-
-    T² keeps the soft term's gradients on the scale of the hard term's as T grows (Hinton et al., 2015).
-    """
-    import torch.nn.functional as F
-
-    student, teacher = student_logits.float(), teacher_logits.float()
-    ce = F.cross_entropy(student, labels)
-    log_student = F.log_softmax(student / temperature, dim=-1)
-    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
-    kd = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
-    return alpha * ce + (1 - alpha) * kd, ce, kd
 
 
 # ---------------------------------------------------------------------------------------------- the logits

@@ -96,6 +96,21 @@ class TrainConfig(Options):
         0.5, "weight of the label cross-entropy; the teacher's soft loss gets 1 - alpha", checks=[in_range(0, 1)]
     )
     distill_temperature: float = option(2.0, "softmax temperature of the teacher's soft targets", checks=[positive])
+    distill_hidden: float = option(
+        0.0,
+        "weight of the hidden-state MSE against --layer-teacher's matching layers (TinyBERT); needs the same "
+        "tokenizer as the teacher, a learned projection when widths differ",
+        checks=[non_negative],
+    )
+    distill_attention: float = option(
+        0.0,
+        "weight of the attention-distribution KL against --layer-teacher's matching layers (MiniLM); needs the same "
+        "tokenizer and head count as the teacher",
+        checks=[non_negative],
+    )
+    layer_teacher: str | None = option(
+        None, "model folder for --distill-hidden/--distill-attention (default: --teacher when it is a model folder)"
+    )
     teacher_cache: str | None = option(
         None, "folder for computed teacher logits (default: $SST2DIST_CACHE or ~/.cache/sst2dist, teacher-logits/)"
     )
@@ -107,6 +122,15 @@ class TrainConfig(Options):
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
         if self.init_layers is not None:
             parse_layers(self.init_layers)
+        if (self.distill_hidden or self.distill_attention) and not (self.layer_teacher or self.teacher):
+            raise ConfigError(
+                "--distill-hidden/--distill-attention match a teacher's layers: pass --layer-teacher MODEL_DIR "
+                "(or --teacher MODEL_DIR)"
+            )
+
+    @property
+    def layer_distillation(self) -> bool:
+        return bool(self.distill_hidden or self.distill_attention)
 
 
 # ---------------------------------------------------------------------------------------------- options

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 
+LOSS_TERMS = ("loss", "loss_ce", "loss_kd", "loss_hidden", "loss_attention")  # what forward_losses returns
+
+
 class RunLog:
     """log.jsonl lines and Accelerate trackers, from the main process only."""
 
@@ -40,7 +43,7 @@ class Window:
     def __init__(self, device: Any, first_step: int) -> None:
         import torch
 
-        self.losses = torch.zeros(3, device=device)  # loss, cross-entropy, distillation term
+        self.losses = torch.zeros(len(LOSS_TERMS), device=device)
         self.first_bad_step = torch.zeros((), dtype=torch.long, device=device)
         self.counts = torch.zeros(3, dtype=torch.float64, device=device)  # since this launch: samples, tokens, padded
         self.batches, self.first_step, self.started = 0, first_step, time.perf_counter()

@@ -35,7 +35,7 @@ from sst2dist.train.config import (
 )
 from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eval_loader
 from sst2dist.train.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
-from sst2dist.train.log import RunLog, Window
+from sst2dist.train.log import LOSS_TERMS, RunLog, Window
 from sst2dist.train.run_folder import final_metrics, prepare_output_dir, write_final_files
 from sst2dist.train.state import Run, TrainState
 
@@ -97,6 +97,22 @@ def load_data(
     return tokenized["train"], sort_by_length(tokenized["validation"]), meta
 
 
+def load_layer_teacher(
+    config: TrainConfig, student: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator
+):  # -> LayerTeacher | None
+    """--distill-hidden/--distill-attention: the teacher model on this device, run under the loop's autocast; it is
+    not prepared, so checkpoints do not carry its frozen weights."""
+    if not config.layer_distillation:
+        return None
+    from sst2dist.distill.intermediate import load_layer_teacher as load
+
+    source = config.layer_teacher or config.teacher
+    layer_teacher = load(source, student, tokenizer, config.distill_hidden, config.distill_attention)
+    layer_teacher.model.to(accelerator.device)
+    layer_teacher.autocast = accelerator.autocast
+    return layer_teacher
+
+
 def make_train_loader(config: TrainConfig, train_set: Dataset, pad_token_id: int) -> tuple[DataLoader, Any]:
     import torch
     from torch.utils.data import DataLoader
@@ -111,11 +127,12 @@ def make_train_loader(config: TrainConfig, train_set: Dataset, pad_token_id: int
     return loader, sampler
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; matrices decay, biases and LayerNorm weights (all 1-D) do not."""
+def make_optimizer(modules: list[torch.nn.Module], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the model (and a layer-distillation projection); matrices decay, biases and LayerNorm weights
+    (all 1-D) do not."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for module in modules for p in module.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
@@ -159,17 +176,23 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     model = load_model(config.model)
     if config.init_layers:
         keep_layers(model, parse_layers(config.init_layers))
+    layer_teacher = load_layer_teacher(config, model, tokenizer, accelerator)
     if config.compile:
         model = torch.compile(model, dynamic=True)
-    optimizer = make_optimizer(model, config)
+    trained = (
+        [model] if layer_teacher is None or layer_teacher.projection is None else [model, layer_teacher.projection]
+    )
+    optimizer = make_optimizer(trained, config)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if len(trained) > 1:  # prepared after the model, so checkpoints keep it as their second model
+        layer_teacher.projection = accelerator.prepare(layer_teacher.projection)
 
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     measured_on = (model, optimizer, train_set, sampler, eval_set, tokenizer.pad_token_id)
     plan = time_budget_plan(
-        config, accelerator, resume_from, measured_on, lambda batch: forward_losses(model, config, batch)[0],
-        total_steps, steps_per_epoch, started,
+        config, accelerator, resume_from, measured_on,
+        lambda batch: forward_losses(model, config, batch, layer_teacher)[0], total_steps, steps_per_epoch, started,
     )  # fmt: skip
     if plan is not None:
         total_steps = plan["planned_steps"]
@@ -181,6 +204,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
         config, accelerator, model, tokenizer, optimizer, scheduler, train_loader, sampler, eval_loader,
         load_accuracy_metric(), log, total_steps, steps_per_epoch, resume_from, teacher_meta,
     )  # fmt: skip
+    run.layer_teacher = layer_teacher
     run.time_budget_plan = plan
     if plan is not None and resume_from is None:
         log.write({"step": 0, "event": "time_budget", **plan})
@@ -255,7 +279,7 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
     """One micro-batch: forward and backward; when the gradients sync, clip, step and advance the schedule."""
     accelerator, model = run.accelerator, run.model
     with accelerator.accumulate(model):
-        losses = forward_losses(run.model, run.config, batch)
+        losses = forward_losses(run.model, run.config, batch, run.layer_teacher)
         accelerator.backward(losses[0])
         if accelerator.sync_gradients and run.config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
@@ -266,27 +290,43 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
     return losses
 
 
-def forward_losses(model: torch.nn.Module, config: TrainConfig, batch: dict) -> torch.Tensor:
-    """[loss, cross-entropy, distillation term]; the loss is the cross-entropy alone without a teacher."""
+def forward_losses(model: torch.nn.Module, config: TrainConfig, batch: dict, layer_teacher=None) -> torch.Tensor:
+    """The `LOSS_TERMS`: [loss, cross-entropy, logit distillation, hidden states, attention]; without a teacher the
+    loss is the cross-entropy alone, and each layer term adds its --distill-hidden/--distill-attention weight."""
     import torch
+    import torch.nn.functional as F
 
-    from sst2dist.distill.teacher import distillation_loss
+    from sst2dist.distill.loss import distillation_loss
 
     teacher_logits = batch.pop("teacher_logits", None)
-    if teacher_logits is None:
+    if teacher_logits is None and layer_teacher is None:
         loss = model(**batch).loss
-        return torch.stack([loss, loss.detach(), torch.zeros_like(loss)])
+        return torch.stack([loss, loss.detach(), *torch.zeros_like(loss).expand(len(LOSS_TERMS) - 2)])
     labels = batch.pop("labels")
-    logits = model(**batch).logits
-    alpha, temperature = config.distill_alpha, config.distill_temperature
-    return torch.stack(distillation_loss(logits, teacher_logits, labels, alpha, temperature))
+    wanted = layer_teacher.outputs_wanted() if layer_teacher else {}
+    outputs = model(**batch, **wanted)
+    if teacher_logits is None:
+        loss = ce = F.cross_entropy(outputs.logits.float(), labels)
+        kd = torch.zeros_like(ce)
+    else:
+        loss, ce, kd = distillation_loss(
+            outputs.logits, teacher_logits, labels, config.distill_alpha, config.distill_temperature
+        )
+    hidden = attention = torch.zeros_like(ce)
+    if layer_teacher is not None:
+        with layer_teacher.autocast():
+            hidden, attention = layer_teacher.losses(outputs, batch)
+        loss = loss + config.distill_hidden * hidden + config.distill_attention * attention
+    return torch.stack([loss, ce, kd, hidden, attention])
 
 
 def read_window(run: Run, state: TrainState, window: Window, log_it: bool) -> None:
     """The one host sync between logs: gather every process's sums, stop on a non-finite loss, log the means."""
     accelerator = run.accelerator
     rows = accelerator.gather(window.packed()).reshape(accelerator.num_processes, -1).cpu().double()
-    losses, first_bad, counts, batches = rows[:, :3].sum(0), rows[:, 3], rows[:, 4:7].sum(0), rows[:, 7].sum()
+    terms = len(LOSS_TERMS)
+    losses, first_bad = rows[:, :terms].sum(0), rows[:, terms]
+    counts, batches = rows[:, terms + 1 : terms + 4].sum(0), rows[:, terms + 4].sum()
     if (first_bad > 0).any():
         stop_on_non_finite_loss(run, int(first_bad[first_bad > 0].min()), window.first_step, state.step)
     state.samples, state.tokens, state.padded_tokens = (
@@ -294,10 +334,15 @@ def read_window(run: Run, state: TrainState, window: Window, log_it: bool) -> No
     )
     if not log_it:
         return
-    loss, ce, kd = (losses / batches).tolist()
-    record = {"step": state.step, "loss": round(loss, 5)}
-    if run.config.teacher:
-        record |= {"loss_ce": round(ce, 5), "loss_kd": round(kd, 5)}
+    means = dict(zip(LOSS_TERMS, (losses / batches).tolist(), strict=True))
+    shown = ["loss"] + (["loss_ce", "loss_kd"] if run.config.teacher or run.layer_teacher else [])
+    shown += [
+        t
+        for t, on in (("loss_hidden", run.config.distill_hidden), ("loss_attention", run.config.distill_attention))
+        if on
+    ]
+    record = {"step": state.step} | {term: round(means[term], 5) for term in shown}
+    loss = means["loss"]
     rate = (state.step - window.first_step + 1) / (time.perf_counter() - window.started)
     run.log.write(record | {"lr": run.scheduler.get_last_lr()[0], "steps_per_second": round(rate, 3)})
     run.progress.set_postfix(loss=f"{loss:.4f}")

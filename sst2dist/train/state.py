@@ -67,6 +67,7 @@ class Run:
     eval_samples: int = 0
     last_eval_step: int = -1
     last_save_step: int = -1
+    layer_teacher: Any = None  # --distill-hidden/--distill-attention: sst2dist.distill.intermediate.LayerTeacher
     time_budget_plan: dict | None = None  # --time-budget: the decision, as recorded in train_config.json
 
     @property

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import make_tiny_model
 
-from sst2dist.distill.teacher import TeacherError, data_fingerprint, distillation_loss, save_logits, teacher_logits
+from sst2dist.distill.loss import distillation_loss
+from sst2dist.distill.teacher import TeacherError, data_fingerprint, save_logits, teacher_logits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = ["a gorgeous, witty film", "dull and lifeless", "it works", "never again", "fine"]

@@ -1,0 +1,77 @@
+"""What a student learns from a teacher: the logit loss (Hinton et al.) and, when both read the same tokens, the
+intermediate-layer losses of TinyBERT (hidden states, MSE) and MiniLM (attention distributions, KL)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """α · CE(labels) + (1 − α) · T² · KL(softmax(teacher/T) ‖ softmax(student/T)); returns (loss, ce, kd).
+
+    T² keeps the soft term's gradients on the scale of the hard term's as T grows (Hinton et al., 2015).
+    """
+    import torch.nn.functional as F
+
+    student, teacher = student_logits.float(), teacher_logits.float()
+    ce = F.cross_entropy(student, labels)
+    log_student = F.log_softmax(student / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher / temperature, dim=-1)
+    kd = F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean") * temperature**2
+    return alpha * ce + (1 - alpha) * kd, ce, kd
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Student hidden state j (0 = embeddings, j = output of layer j) -> teacher hidden state j·N/M (TinyBERT's
+    uniform mapping): a 6-layer student of a 12-layer teacher matches states 0, 2, 4, …, 12."""
+    return [round(j * teacher_layers / student_layers) for j in range(student_layers + 1)]
+
+
+def hidden_state_loss(
+    student_hidden: Sequence[torch.Tensor],
+    teacher_hidden: Sequence[torch.Tensor],
+    layer_map: Sequence[int],
+    attention_mask: torch.Tensor,
+    projection: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """Mean over the mapped states of the MSE between the student's hidden states (through `projection` when it is
+    narrower than the teacher: TinyBERT's learned W_h) and the teacher's, over real tokens only (pads excluded)."""
+    import torch
+
+    weights = attention_mask.unsqueeze(-1).float()
+    per_state = []
+    for student_index, teacher_index in enumerate(layer_map):
+        student = student_hidden[student_index].float()
+        if projection is not None:
+            student = projection(student)
+        teacher = teacher_hidden[teacher_index].float()
+        squared = (student - teacher).pow(2) * weights
+        per_state.append(squared.sum() / (weights.sum() * teacher.shape[-1]))
+    return torch.stack(per_state).mean()
+
+
+def attention_loss(
+    student_attentions: Sequence[torch.Tensor],
+    teacher_attentions: Sequence[torch.Tensor],
+    layer_map: Sequence[int],
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over the mapped layers, heads and real query tokens of KL(teacher ‖ student) between attention
+    distributions (MiniLM's self-attention transfer). `layer_map` is the hidden-state map: student layer j − 1
+    matches teacher layer map[j] − 1 (the layer whose output is that state)."""
+    import torch
+
+    queries = attention_mask[:, None, :].float()  # (batch, 1, query)
+    per_layer = []
+    for student_index, teacher_index in enumerate(layer_map[1:]):
+        student = student_attentions[student_index].float().clamp_min(1e-12)
+        teacher = teacher_attentions[teacher_index - 1].float().clamp_min(1e-12)
+        kl = (teacher * (teacher.log() - student.log())).sum(-1)  # (batch, heads, query)
+        per_layer.append((kl * queries).sum() / (queries.sum() * kl.shape[1]))
+    return torch.stack(per_layer).mean()
