@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from sst2dist.packaged import sha256_of
 from sst2dist.variant_choice import VariantChoice, candidates, choose_variant, explicit
 
 VARIANT_FILES = {
@@ -29,6 +30,7 @@ VARIANT_FILES = {
     "static-int8": "model_static_quantized.onnx",
 }
 MANIFEST_FILE = "manifest.json"
+SUPPORT_FILES = ("config.json", "tokenizer.json")  # read beside the variant's model file by every Classifier
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -46,6 +48,30 @@ def read_manifest(bundle_dir: str | Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BundleError(f"{path} is unreadable ({err}): export the bundle again") from err
+
+
+def recorded_sha256(manifest: dict, name: str) -> str | None:
+    """The sha256 manifest.json records for bundle file `name`: a variant's model file, or a support file."""
+    for entry in manifest.get("variants", {}).values():
+        if isinstance(entry, dict) and entry.get("file") == name:
+            return entry.get("sha256")
+    return manifest.get("files", {}).get(name, {}).get("sha256")
+
+
+def verify_bundle_files(bundle_dir: str | Path, manifest: dict, names: Sequence[str]) -> None:
+    """Refuse (BundleError) a file among `names` whose sha256 differs from the one manifest.json records: a flipped
+    byte can load and answer wrongly without a word. Files without a recorded hash (support files of bundles
+    exported before they were recorded) and missing files (the loaders name those) pass unchecked."""
+    for name in names:
+        path, expected = Path(bundle_dir) / name, recorded_sha256(manifest, name)
+        if expected is None or not path.is_file():
+            continue
+        actual = sha256_of(path)
+        if actual != expected:
+            raise BundleError(
+                f"{path} is corrupt: its sha256 is {actual}, but manifest.json records {expected}; "
+                "export the bundle again with `sst2dist export-onnx`"
+            )
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -77,14 +103,16 @@ class Classifier:
     ):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = read_manifest(self.bundle_dir)
+        verify_bundle_files(self.bundle_dir, self.manifest, SUPPORT_FILES)
         self.labels = self._read_labels()
         self.max_length = int(self.manifest["max_length"])
         self.choice, timed = self._choose(variant, threads, batch_invariant)
         self.variant = self.choice.variant
         path = self._variant_path()
-        if self.variant in timed:  # loaded to re-time it: the same file and threads
+        if self.variant in timed:  # loaded (and verified) to re-time it: the same file and threads
             self.session = timed[self.variant].session
         else:
+            verify_bundle_files(self.bundle_dir, self.manifest, [path.name])
             self.session = ort.InferenceSession(
                 str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
             )

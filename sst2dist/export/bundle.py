@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sst2dist.atomic import replace_dir
 from sst2dist.export.gate import ExportError, check_gate, verify_bundle
 from sst2dist.export.int8 import quantize_dynamic_int8, quantize_static_int8
-from sst2dist.export.manifest import add_variant, new_manifest, write_manifest
+from sst2dist.export.manifest import add_support_files, add_variant, new_manifest, write_manifest
 from sst2dist.export.options import ExportOptions
 from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES, Classifier
 from sst2dist.variant_choice import choose_variant, record_timings
@@ -163,6 +163,7 @@ def build_variants(
         manifest["static_quantization"] = quantize_static_int8(staging, train, tokenizer)
         add_variant(manifest, staging, "static-int8")
     with_labels(staging, manifest["labels"])
+    add_support_files(manifest, staging)  # after with_labels: config.json is final
 
 
 def export_fp32(model_dir: Path, staging: Path, opset: int) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sst2dist.environment import acceleration_flags, package_versions
-from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES
+from sst2dist.runtime import MANIFEST_FILE, SUPPORT_FILES, VARIANT_FILES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -61,6 +61,16 @@ def add_variant(manifest: dict, staging: Path, name: str) -> None:
         "size_bytes": path.stat().st_size,
         "opset": onnx_opset(path),
         "passed": None,
+    }
+
+
+def add_support_files(manifest: dict, staging: Path) -> None:
+    """sha256 and size of the files every variant reads beside its model (config, tokenizer): the runtime refuses
+    a bundle whose copy differs (`runtime.verify_bundle_files`)."""
+    manifest["files"] = {
+        name: {"sha256": sha256(staging / name), "size_bytes": (staging / name).stat().st_size}
+        for name in SUPPORT_FILES
+        if (staging / name).is_file()
     }
 
 

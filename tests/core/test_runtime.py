@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sst2dist.runtime import VARIANT_FILES, BundleError, Classifier, clean_text, load_classifier
+from sst2dist.runtime import (
+    VARIANT_FILES,
+    BundleError,
+    Classifier,
+    clean_text,
+    load_classifier,
+    recorded_sha256,
+    verify_bundle_files,
+)
 from sst2dist.variant_choice import candidates
 
 EDGE_TEXTS = [
@@ -219,8 +229,74 @@ def test_load_classifier_picks_the_batch_invariant_variant_and_names_bad_bundles
         load_classifier(tiny_bundle_dir, threads=0)
     corrupt = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "corrupt"))
     (corrupt / VARIANT_FILES[default.variant]).write_bytes(b"not an onnx model")
+    with pytest.raises(BundleError, match="is corrupt: its sha256 is"):
+        load_classifier(corrupt)
+    without_hashes(corrupt)  # a bundle from before the hashes: onnxruntime is what notices
     with pytest.raises(BundleError, match="looks corrupt; export it again"):
         load_classifier(corrupt)
+
+
+# --- integrity: the manifest's sha256 of every file a Classifier loads ----------------------------------
+
+
+def flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # ASCII stays ASCII: tokenizer.json may still parse, with one vocabulary entry changed
+    path.write_bytes(bytes(data))
+
+
+def without_hashes(bundle: Path) -> dict:
+    """Rewrite the manifest as bundles exported before support-file and variant hashes were checked."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.pop("files", None)
+    for entry in manifest["variants"].values():
+        entry.pop("sha256", None)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+@pytest.mark.parametrize("name", [VARIANT_FILES["optimized"], "tokenizer.json", "config.json"])
+def test_a_flipped_byte_is_refused_naming_the_file_and_the_manifests_hash(
+    tiny_bundle_dir: Path, tmp_path: Path, name: str
+) -> None:
+    bundle = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "bundle"))
+    recorded = json.loads((bundle / "manifest.json").read_text())
+    expected = recorded_sha256(recorded, name)
+    assert expected, f"the export recorded no sha256 for {name}"
+    flip_one_byte(bundle / name)
+    for load in (lambda: Classifier(bundle, variant="optimized"), lambda: load_classifier(bundle, "optimized")):
+        with pytest.raises(BundleError) as caught:
+            load()
+        message = str(caught.value)
+        assert str(bundle / name) in message and expected in message, message
+        assert "export the bundle again" in message
+
+
+def test_only_the_files_loaded_are_checked(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    bundle = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "bundle"))
+    flip_one_byte(bundle / VARIANT_FILES["int8"])
+    assert Classifier(bundle, variant="optimized").predict(["fine"])[0]["label"] in ("negative", "positive")
+    with pytest.raises(BundleError, match="model_quantized.onnx is corrupt"):
+        Classifier(bundle, variant="int8")
+
+
+def test_a_manifest_without_hashes_is_accepted_silently(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    bundle = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "bundle"))
+    without_hashes(bundle)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reference = Classifier(tiny_bundle_dir, variant="optimized").logits(["a fine film"])
+        np.testing.assert_array_equal(Classifier(bundle, variant="optimized").logits(["a fine film"]), reference)
+
+
+def test_verify_bundle_files_checks_what_the_manifest_records(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    good = hashlib.sha256(b"abc").hexdigest()
+    manifest = {"variants": {"fp32": {"file": "a.bin", "sha256": good}}, "files": {"b.json": {"sha256": "0" * 64}}}
+    verify_bundle_files(tmp_path, manifest, ["a.bin", "b.json", "unrecorded.txt"])  # b.json missing: the loader says
+    (tmp_path / "b.json").write_bytes(b"{}")
+    with pytest.raises(BundleError, match=f"b.json is corrupt: its sha256 is {hashlib.sha256(b'{}').hexdigest()}"):
+        verify_bundle_files(tmp_path, manifest, ["a.bin", "b.json"])
 
 
 def test_clean_text_replaces_only_lone_surrogates() -> None:
