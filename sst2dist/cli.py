@@ -201,7 +201,7 @@ def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
 @click_options(ServeLimits, only=("workers",))
 @click_options(ServeOptions, only=("threads",))
 @click_options(ServeLimits, exclude=("workers",))
-@click_options(ServeOptions, only=("log_level", "access_log"))
+@click_options(ServeOptions, only=("log_level", "access_log", "api_key"))
 def serve(bundle: str, **flags) -> None:
     """Serve a bundle over HTTP: POST /predict (TEI style) and POST / (Hugging Face Inference API).
 

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sst2dist import __version__
 from sst2dist.runtime import Classifier
+from sst2dist.serve.auth import BearerAuth, document_bearer_auth
 from sst2dist.serve.batcher import Job, MicroBatcher
 from sst2dist.serve.body import JsonBody
 from sst2dist.serve.limits import ServeLimits
@@ -54,6 +55,7 @@ class Service:
         self.draining = False
         self.drain_deadline = math.inf
         self.in_flight = 0
+        self.api_key_required = False
 
     async def warm_up(self) -> None:
         try:
@@ -113,6 +115,7 @@ class Service:
             "max_length": self.classifier.max_length,
             "manifest": manifest_scalars(manifest),
             "limits": asdict(self.limits),
+            "api_key_required": self.api_key_required,
         }
 
 
@@ -138,9 +141,11 @@ def manifest_scalars(manifest: dict) -> dict:
     return kept
 
 
-def create_app(classifier: Classifier, limits: ServeLimits | None = None) -> FastAPI:
-    """The ASGI app around a loaded classifier; the worker, warm-up and metrics start with its lifespan."""
+def create_app(classifier: Classifier, limits: ServeLimits | None = None, api_key: str | None = None) -> FastAPI:
+    """The ASGI app around a loaded classifier; the worker, warm-up and metrics start with its lifespan. With
+    `api_key`, every route but /health needs `Authorization: Bearer <api_key>` (`auth`)."""
     service = Service(classifier, limits or ServeLimits())
+    service.api_key_required = api_key is not None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -161,6 +166,10 @@ def create_app(classifier: Classifier, limits: ServeLimits | None = None) -> Fas
     add_classify_routes(app, service)
     add_operations_routes(app, service)
     app.add_middleware(JsonBody, max_payload=service.limits.max_payload, paths=CLASSIFY_PATHS)
+    if api_key is not None:  # outside JsonBody: no body is read for a caller without the key; 401s are counted
+        app.add_middleware(BearerAuth, api_key=api_key)
+        default_openapi = app.openapi
+        app.openapi = lambda: document_bearer_auth(default_openapi())
     app.add_middleware(ObserveRequests, metrics=service.metrics)
     return app
 

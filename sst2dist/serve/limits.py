@@ -4,10 +4,17 @@ command line reads it without importing FastAPI."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 from sst2dist.config_fields import VARIANT_HELP, Options, nested, non_negative, option, positive
+
+API_KEY_ENV = "SST2DIST_API_KEY"
+
+
+def api_key_from_env() -> str | None:
+    return os.environ.get(API_KEY_ENV)
 
 
 def default_workers() -> int:
@@ -58,3 +65,28 @@ class ServeOptions(Options):
     limits: ServeLimits = nested(ServeLimits)
     log_level: str = option("info", "uvicorn log level.")
     access_log: bool = option(False, "Log every request.", negatable=True, show_default=True)
+    # repr=False and no `checks` (whose message would quote the value): the key is never printed.
+    api_key: str | None = dataclasses.field(
+        default=None,
+        repr=False,
+        metadata=option(
+            None,
+            f"Require Authorization: Bearer KEY on every route but /health. Prefer the {API_KEY_ENV} environment "
+            "variable (used when this flag is absent): a flag shows in `ps`.",
+            cli_default=api_key_from_env,
+        ).metadata,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.api_key is not None and (problem := key_problem(self.api_key)):
+            raise self.error(f"the API key (--api-key or {API_KEY_ENV}) {problem}")
+
+
+def key_problem(key: str) -> str | None:
+    """What makes `key` unusable in an Authorization header, without repeating the key."""
+    if not key:
+        return f"is empty: give a key, or leave --api-key and {API_KEY_ENV} unset to serve without one"
+    if not key.isascii() or not key.isprintable() or " " in key:
+        return "must be printable ASCII without spaces: it travels in an HTTP header"
+    return None

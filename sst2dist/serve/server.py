@@ -18,12 +18,14 @@ import uvicorn
 from sst2dist.runtime import load_classifier
 from sst2dist.serve.app import Service, create_app
 from sst2dist.serve.limits import ServeOptions, default_threads
+from sst2dist.variant_choice import LATENCY, THROUGHPUT
 
 logger = logging.getLogger("sst2dist.serve")
 
 # Python hands the GIL between threads every 5 ms by default: the event loop would wait that long for it after
 # each onnxruntime call and the worker after each socket write. A short interval keeps both moving.
 SWITCH_INTERVAL_S = 0.0005
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class DrainingServer(uvicorn.Server):
@@ -57,9 +59,11 @@ def serve(bundle_dir: str | Path, options: ServeOptions | None = None, **fields:
     # The batch workers are the parallelism: tokenizers' own thread pool would only compete with onnxruntime.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     threads = default_threads(limits.workers) if options.threads is None else options.threads
-    classifier = load_classifier(bundle_dir, options.variant, threads)
+    # Micro-batches: the variant fastest in batches; one text per call: the fastest at batch 1.
+    workload = THROUGHPUT if limits.max_batch_size > 1 else LATENCY
+    classifier = load_classifier(bundle_dir, options.variant, threads, workload)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    app = create_app(classifier, limits)
+    app = create_app(classifier, limits, options.api_key)
     config = uvicorn.Config(
         app,
         host=options.host,
@@ -70,4 +74,8 @@ def serve(bundle_dir: str | Path, options: ServeOptions | None = None, **fields:
         timeout_graceful_shutdown=max(1, math.ceil(limits.grace_period)),
     )
     logger.info("serving %s on http://%s:%d, %s", bundle_dir, options.host, options.port, classifier.choice.line())
+    if options.api_key is not None:
+        logger.info("API key required on every route but /health")
+    elif options.host not in LOOPBACK:
+        logger.warning("no API key and listening on %s: anyone who can reach the port can use it", options.host)
     DrainingServer(config, app.state.service).run()

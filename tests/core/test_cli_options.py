@@ -53,6 +53,7 @@ FLAGS = {
         ("--grace-period", "float", "shown"),
         ("--log-level", "text", "shown"),
         ("--access-log --no-access-log", "boolean", "shown"),
+        ("--api-key", "text", ""),
     ],
     "predict": [
         ("bundle", "text", "required"),
@@ -135,6 +136,7 @@ DEFAULTS = {
         "grace_period": 30.0,
         "log_level": "info",
         "access_log": False,
+        "api_key": None,
     },
     "predict": {
         "bundle": "b",

@@ -7,9 +7,7 @@ gate, `Faulty` feeds onnxruntime float32 ids for one text so that onnxruntime it
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,11 +19,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from pydantic import ValidationError
+from servers import InProcess, Running, Server, assert_error, free_port
 
 from sst2dist.runtime import Classifier, load_classifier, softmax
-from sst2dist.serve import InferenceRequest, PredictRequest, ServeLimits, create_app, plan_chunks
+from sst2dist.serve import InferenceRequest, PredictRequest, ServeLimits, plan_chunks
 from sst2dist.serve.app import manifest_scalars
 from sst2dist.serve.protocol import validation_failure
 
@@ -40,85 +38,6 @@ SENTENCES = [
     "an unexpectedly moving portrait of grief",
     "too long by an hour",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Running:
-    """What the tests need of a server: its URL, a client, and a wait for a path to answer 200."""
-
-    url: str
-    client: httpx.Client
-
-    def alive(self) -> bool:
-        return True
-
-    def wait(self, path: str = "/ready", timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.alive(), "the server stopped before answering"
-            try:
-                if self.client.get(path).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"{path} never answered 200")
-
-
-class Server(Running):
-    """`sst2dist serve` in a subprocess on a free port."""
-
-    def __init__(self, bundle: Path, *flags: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "sst2dist.cli", "serve", str(bundle), "--port", str(self.port), *flags]
-        self.process = subprocess.Popen(
-            command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-
-    def alive(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"server exited early:\n{self.process.stdout.read()}")
-        return True
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-class InProcess(Running):
-    """`create_app(classifier, limits)` on a real uvicorn, listening on a loopback socket, in a thread."""
-
-    def __init__(self, classifier: Classifier, limits: ServeLimits):
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        config = uvicorn.Config(create_app(classifier, limits), log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-        self.thread.start()
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def stop(self) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.socket.close()
 
 
 class Gated(Classifier):
@@ -175,16 +94,6 @@ def server(bundle: Path) -> Iterator[Server]:
     running.wait()
     yield running
     running.stop()
-
-
-def assert_error(response: httpx.Response, status: int, *words: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"error", "error_type"}, body
-    for word in words:
-        assert word in body["error"], body
-    return body
 
 
 def scores_by_label(answer: list[dict]) -> dict[str, float]:
@@ -497,6 +406,7 @@ def test_health_info_docs_and_metrics(server: Server, offline: Classifier) -> No
     info = server.client.get("/info").json()
     assert info["variant"] == offline.variant and info["labels"] == offline.labels
     assert info["variant_choice"]["reason"] == "explicit"  # --variant
+    assert info["api_key_required"] is False
     assert info["limits"]["max_client_batch"] == 8 and info["limits"]["max_payload"] == 20000
     assert "variants" in info["manifest"]
     assert server.client.get("/docs").status_code == 200
