@@ -240,12 +240,14 @@ def predict(bundle: str, texts: tuple[str, ...], **flags) -> None:
 
     from sst2dist.predict.run import run_predict
     from sst2dist.runtime import load_classifier
+    from sst2dist.variant_choice import THROUGHPUT
 
     if not texts and not flags["input_path"] and sys.stdin.isatty():
         raise click.UsageError("give texts as arguments, --input FILE, or pipe text to stdin")
     try:
         options = PredictOptions.from_flags(**flags)
-        summary = run_predict(load_classifier(bundle, options.variant, options.threads), options, texts=texts)
+        classifier = load_classifier(bundle, options.variant, options.threads, THROUGHPUT)  # sorted batches
+        summary = run_predict(classifier, options, texts=texts)
     except ValueError as err:  # OptionError, BadLine, BundleError, unreadable input
         raise click.ClickException(f"{err}; nothing was written" if flags["output"] else str(err)) from err
     if summary.skipped:

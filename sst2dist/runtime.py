@@ -1,7 +1,8 @@
 """Run an exported bundle on CPU: loading a classifier, cleaning its input text, batched inference; no torch.
 
 Only onnxruntime, tokenizers and numpy (and the standard library) are imported here, so the base install
-(`pip install sst2dist`, without the train extra) can load a bundle, predict, bench and serve.
+(`pip install sst2dist`, without the train extra) can load a bundle, predict, bench and serve; OpenVINO only for
+its variants, where it is installed (`engines`).
 
     >>> clf = Classifier("export/minilm")            # the fastest gated variant on this CPU (variant_choice)
     >>> clf.predict(["a gripping, funny film"])
@@ -17,18 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from sst2dist.engines import VARIANTS, missing_engine, open_session, session_options, unavailable_reason
 from sst2dist.packaged import sha256_of
-from sst2dist.variant_choice import VariantChoice, candidates, choose_variant, explicit
+from sst2dist.variant_choice import LATENCY, VariantChoice, candidates, choose_variant, explicit
 
-VARIANT_FILES = {
-    "fp32": "model.onnx",
-    "optimized": "model_optimized.onnx",
-    "int8": "model_quantized.onnx",
-    "static-int8": "model_static_quantized.onnx",
-}
+VARIANT_FILES = {name: spec.file for name, spec in VARIANTS.items()}  # OpenVINO's variants read model.onnx
 MANIFEST_FILE = "manifest.json"
 SUPPORT_FILES = ("config.json", "tokenizer.json")  # read beside the variant's model file by every Classifier
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -74,18 +70,6 @@ def verify_bundle_files(bundle_dir: str | Path, manifest: dict, names: Sequence[
             )
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """CPU settings: all graph optimizations, sequential execution, `threads` intra-op threads (None: all cores)."""
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads or 0
-    options.inter_op_num_threads = 1
-    return options
-
-
 class Classifier:
     """A text classifier backed by one variant of a bundle written by `sst2dist export-onnx`.
 
@@ -100,30 +84,30 @@ class Classifier:
         threads: int | None = None,
         *,
         batch_invariant: bool = False,
+        workload: str = LATENCY,
     ):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = read_manifest(self.bundle_dir)
         verify_bundle_files(self.bundle_dir, self.manifest, SUPPORT_FILES)
         self.labels = self._read_labels()
         self.max_length = int(self.manifest["max_length"])
-        self.choice, timed = self._choose(variant, threads, batch_invariant)
+        self.choice, timed = self._choose(variant, threads, batch_invariant, workload)
         self.variant = self.choice.variant
         path = self._variant_path()
         if self.variant in timed:  # loaded (and verified) to re-time it: the same file and threads
             self.session = timed[self.variant].session
         else:
             verify_bundle_files(self.bundle_dir, self.manifest, [path.name])
-            self.session = ort.InferenceSession(
-                str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
-            )
-        self.input_names = [i.name for i in self.session.get_inputs()]
+            sha = self.manifest["variants"][self.variant].get("sha256")
+            self.session = open_session(path, self.variant, threads, cache_key=sha)
+        self.input_names = self.session.input_names
         self._tokenizer = self._load_tokenizer()
         self._untruncated = Tokenizer.from_str(self._tokenizer.to_str())
         self._untruncated.no_truncation()
         self._untruncated.no_padding()
 
     def _choose(
-        self, variant: str | None, threads: int | None, batch_invariant: bool
+        self, variant: str | None, threads: int | None, batch_invariant: bool, workload: str
     ) -> tuple[VariantChoice, dict[str, Classifier]]:
         if variant:
             return explicit(variant), {}
@@ -134,7 +118,7 @@ class Classifier:
         def load(name: str) -> Classifier:
             return Classifier(self.bundle_dir, variant=name, threads=threads)
 
-        return choose_variant(self.manifest, threads, batch_invariant=batch_invariant, load=load)
+        return choose_variant(self.manifest, threads, batch_invariant=batch_invariant, load=load, workload=workload)
 
     def _variant_path(self) -> Path:
         if self.variant not in VARIANT_FILES:
@@ -145,6 +129,10 @@ class Classifier:
         if entry is None or not path.is_file():
             present = ", ".join(self.manifest.get("variants", {})) or "none"
             raise BundleError(f"variant {self.variant!r} is not in {self.bundle_dir} (it has: {present})")
+        if missing_engine(self.variant):
+            raise BundleError(f"variant {self.variant!r} cannot run here: {missing_engine(self.variant)}")
+        if unavailable_reason(self.variant):
+            warnings.warn(f"variant {self.variant!r}: {unavailable_reason(self.variant)}", stacklevel=3)
         if entry.get("passed") is False:
             warnings.warn(
                 f"variant {self.variant!r} failed the export verification gate; see manifest.json",
@@ -198,7 +186,7 @@ class Classifier:
         """Logits [batch, n_labels] for one encoded batch."""
         if len(next(iter(encoded.values()))) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.session.run(["logits"], encoded)[0]
+        return self.session.run(encoded)
 
     def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Logits [n_texts, n_labels] in the order of `texts`.
@@ -229,11 +217,14 @@ class Classifier:
         return [{"label": self.labels[i], "score": float(p[i])} for i, p in zip(best, probabilities, strict=True)]
 
 
-def load_classifier(bundle_dir: str | Path, variant: str | None = None, threads: int | None = None) -> Classifier:
+def load_classifier(
+    bundle_dir: str | Path, variant: str | None = None, threads: int | None = None, workload: str = LATENCY
+) -> Classifier:
     """What `serve` and `predict` run: the bundle's classifier, by default in the fastest gated variant on this CPU
-    whose scores do not depend on the batch, or a BundleError saying what is wrong with the bundle."""
+    whose scores do not depend on the batch (fastest at batch 1, or in sorted batches for the THROUGHPUT
+    workload), or a BundleError saying what is wrong with the bundle."""
     try:
-        return Classifier(bundle_dir, variant=variant, threads=threads, batch_invariant=True)
+        return Classifier(bundle_dir, variant=variant, threads=threads, batch_invariant=True, workload=workload)
     except BundleError:
         raise
     except ValueError as err:

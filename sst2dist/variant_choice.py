@@ -1,16 +1,21 @@
 """Which variant of a bundle runs by default on this CPU: timing the variants that passed the export gate,
 recording those timings with a CPU fingerprint, and choosing by them.
 
-    export-onnx: every gated variant timed at batch 1 on a few dozen validation sentences, after a warm-up pass,
-                 at 1 onnxruntime thread and at all cores ──► manifest["variant_timings"], with cpu_fingerprint()
+    export-onnx: every gated variant (onnxruntime and OpenVINO alike) timed at batch 1 on a few dozen validation
+                 sentences and in length-sorted batches of 32, after a warm-up pass, at 1 thread and at all cores
+                 ──► manifest["variant_timings"], with cpu_fingerprint()
     Classifier / serve / predict without a variant:
         the manifest's timings when they were taken on this CPU (same model name and ISA flags), for the thread
         count nearest to the one asked for; else the gated variants re-timed here on a dozen built-in sentences
 
-The fastest wins, with a preference: the exact variants (optimized, fp32: PyTorch's logits, whatever the batch)
-come first, then static int8, then dynamic int8; a later one replaces the choice only when it is clearly faster
-(at most CLEARLY_FASTER of its time). `serve` and `predict` batch unrelated texts together, so for them dynamic
-int8, whose activation scales are computed per batch, is left out unless nothing else passed the gate.
+Two workloads, chosen for separately: LATENCY (batch 1: Classifier's default, serve at --max-batch-size 1) and
+THROUGHPUT (sorted batches: predict, micro-batched serve). The fastest wins, with a preference: the exact variants
+(optimized, fp32, openvino-f32: PyTorch's logits, whatever the batch) come first, then the batch-invariant lossy
+ones (static int8, openvino-bf16), then dynamic int8; a later tier replaces the choice only when it is clearly
+faster (at most CLEARLY_FASTER of its time). `serve` and `predict` batch unrelated texts together, so for them
+dynamic int8, whose activation scales are computed per batch, is left out unless nothing else passed the gate.
+Variants whose engine is not installed here (OpenVINO is an extra), or whose precision this CPU lacks (bf16), are
+never candidates.
 """
 
 from __future__ import annotations
@@ -22,13 +27,18 @@ from typing import Protocol
 
 import numpy as np
 
+from sst2dist.engines import engine_of, unavailable_reason
 from sst2dist.environment import cpu_fingerprint, usable_cpus
 
 # Most preferred first; within a tier the fastest, across tiers a later one only when clearly faster.
-TIERS = (("optimized", "fp32"), ("static-int8",), ("int8",))
+TIERS = (("optimized", "fp32", "openvino-f32"), ("static-int8", "openvino-bf16"), ("int8",))
 BATCH_DEPENDENT = ("int8",)  # one activation scale per batch: a text's scores move with its batch mates
 CLEARLY_FASTER = 0.9  # a less preferred variant must take at most 90 % of the time of the current choice
-EXPORT_SENTENCES, EXPORT_ROUNDS = 32, 5
+LATENCY, THROUGHPUT = "latency", "throughput"
+WORKLOADS = (LATENCY, THROUGHPUT)
+THROUGHPUT_BATCH = 32
+TIMINGS_KEY = {LATENCY: "ms_per_sentence", THROUGHPUT: "batch_ms_per_sentence"}
+EXPORT_SENTENCES, EXPORT_BATCH_SENTENCES, EXPORT_ROUNDS = 32, 64, 5
 LOAD_ROUNDS = 3
 # What a quick re-timing at load runs: no data set is at hand there. SST-2-like lengths, 4 to 40 words.
 LOAD_SENTENCES = (
@@ -72,12 +82,17 @@ class VariantChoice:
     ms_per_sentence: dict[str, float] = field(default_factory=dict)
     threads: int | None = None
     cpu: dict | None = None
+    workload: str = LATENCY
+    engine: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = engine_of(self.variant)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def line(self) -> str:
-        return f"variant {self.variant}: {REASONS[self.reason]} ({self.detail})"
+        return f"variant {self.variant} on {self.engine}: {REASONS[self.reason]} ({self.detail})"
 
 
 def explicit(variant: str) -> VariantChoice:
@@ -85,10 +100,15 @@ def explicit(variant: str) -> VariantChoice:
 
 
 def candidates(manifest: dict, batch_invariant: bool = False) -> list[str]:
-    """The variants that passed the gate, most preferred first; with `batch_invariant`, dynamic int8 only if
-    nothing else passed."""
+    """The variants that passed the gate and can run here, most preferred first; with `batch_invariant`, dynamic
+    int8 only if nothing else passed."""
     variants = manifest.get("variants", {})
-    passed = [name for tier in TIERS for name in tier if variants.get(name, {}).get("passed")]
+    passed = [
+        name
+        for tier in TIERS
+        for name in tier
+        if variants.get(name, {}).get("passed") and unavailable_reason(name) is None
+    ]
     if batch_invariant:
         return [name for name in passed if name not in BATCH_DEPENDENT] or passed
     return passed
@@ -109,10 +129,21 @@ def pick(ms: Mapping[str, float]) -> str:
     return best
 
 
-def time_variants(runners: Mapping[str, Runner], texts: Sequence[str], rounds: int) -> dict[str, float]:
-    """Milliseconds per sentence at batch 1 for each variant: the median over `rounds` passes over `texts`, after
-    one warm-up pass. The variants take turns within each round, so a change in machine load hits all alike."""
-    encoded = {name: [runner.encode([text]) for text in texts] for name, runner in runners.items()}
+def batches(texts: Sequence[str], batch_size: int) -> list[list[str]]:
+    """`texts` in batches of `batch_size`; past batch 1 sorted by length first, as `Classifier.logits` runs them."""
+    if batch_size == 1:
+        return [[text] for text in texts]
+    ordered = sorted(texts, key=len)
+    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+
+
+def time_variants(
+    runners: Mapping[str, Runner], texts: Sequence[str], rounds: int, batch_size: int = 1
+) -> dict[str, float]:
+    """Milliseconds per sentence for each variant, at `batch_size` (sorted batches past 1): the median over
+    `rounds` passes over `texts`, after one warm-up pass. The variants take turns within each round, so a change
+    in machine load hits all alike."""
+    encoded = {name: [runner.encode(batch) for batch in batches(texts, batch_size)] for name, runner in runners.items()}
     for name, runner in runners.items():
         for inputs in encoded[name]:
             runner.run(inputs)
@@ -128,18 +159,25 @@ def time_variants(runners: Mapping[str, Runner], texts: Sequence[str], rounds: i
 
 def record_timings(load: Callable[[str, int | None], Runner], names: Sequence[str], texts: Sequence[str]) -> dict:
     """manifest["variant_timings"]: the variants `names` timed on `texts` at 1 thread and at all cores (threads
-    None: the runtime's default session), keyed by thread count."""
-    texts = list(texts)[:EXPORT_SENTENCES]
-    by_threads = {}
+    None: the runtime's default session), keyed by thread count: at batch 1 (ms_per_sentence) and in sorted
+    batches of THROUGHPUT_BATCH (batch_ms_per_sentence)."""
+    texts = list(texts)
+    latency, throughput = {}, {}
     for key, threads in {"1": 1, str(usable_cpus()): None}.items():
-        by_threads[key] = time_variants({name: load(name, threads) for name in names}, texts, EXPORT_ROUNDS)
+        runners = {name: load(name, threads) for name in names}
+        latency[key] = time_variants(runners, texts[:EXPORT_SENTENCES], EXPORT_ROUNDS)
+        throughput[key] = time_variants(runners, texts[:EXPORT_BATCH_SENTENCES], EXPORT_ROUNDS, THROUGHPUT_BATCH)
     return {
         "cpu": cpu_fingerprint(),
         "batch_size": 1,
-        "sentences": len(texts),
+        "sentences": len(texts[:EXPORT_SENTENCES]),
+        "throughput_batch_size": THROUGHPUT_BATCH,
+        "throughput_sentences": len(texts[:EXPORT_BATCH_SENTENCES]),
         "rounds": EXPORT_ROUNDS,
         "statistic": "median over rounds of the mean ms per sentence, after one warm-up pass",
-        "ms_per_sentence": by_threads,
+        "engines": {name: engine_of(name) for name in names},
+        "ms_per_sentence": latency,
+        "batch_ms_per_sentence": throughput,
     }
 
 
@@ -154,22 +192,26 @@ def describe_cpu(cpu: dict | None) -> str:
     return f"{cpu.get('model') or 'unnamed'} [{cpu.get('kind') or 'unknown kind'}: {', '.join(cpu.get('flags', []))}]"
 
 
-def recorded_timings(manifest: dict, names: Sequence[str], threads: int) -> tuple[dict[str, float] | None, str]:
-    """The manifest's timings of `names` for the recorded thread count nearest `threads`, or None and why they
-    do not apply here."""
+def recorded_timings(
+    manifest: dict, names: Sequence[str], threads: int, workload: str = LATENCY
+) -> tuple[dict[str, float] | None, str]:
+    """The manifest's timings of `names` for `workload` and the recorded thread count nearest `threads`, or None
+    and why they do not apply here. Bundles timed before batches were timed answer THROUGHPUT by batch 1."""
     timings, here = manifest.get("variant_timings"), cpu_fingerprint()
     if not timings:
         return None, "the bundle has no recorded timings: it was exported before export-onnx timed its variants"
     if not same_cpu(timings.get("cpu"), here):
         return None, f"the bundle was timed on {describe_cpu(timings.get('cpu'))}, this is {describe_cpu(here)}"
-    by_threads = timings.get("ms_per_sentence") or {}
+    batched = workload == THROUGHPUT and bool(timings.get(TIMINGS_KEY[THROUGHPUT]))
+    by_threads = timings.get(TIMINGS_KEY[THROUGHPUT if batched else LATENCY]) or {}
+    batch = batch_words(THROUGHPUT if batched else LATENCY, timings.get("throughput_batch_size", THROUGHPUT_BATCH))
     if not by_threads:
         return None, "the bundle's timings are empty"
     key = min(by_threads, key=lambda count: (abs(int(count) - threads), int(count)))
     missing = [name for name in names if name not in by_threads[key]]
     if missing:
         return None, f"the bundle's timings leave out {', '.join(missing)}"
-    return {name: by_threads[key][name] for name in names}, f"{key} thread(s)"
+    return {name: by_threads[key][name] for name in names}, f"{key} thread(s), {batch}"
 
 
 def timing_summary(ms: Mapping[str, float], chosen: str) -> str:
@@ -181,50 +223,65 @@ def timing_summary(ms: Mapping[str, float], chosen: str) -> str:
     return text
 
 
+def batch_words(workload: str, size: int) -> str:
+    return "batch 1" if workload == LATENCY else f"sorted batches of {size}"
+
+
 def choice_from_manifest(
-    manifest: dict, names: Sequence[str], threads: int, here: dict
+    manifest: dict, names: Sequence[str], threads: int, here: dict, workload: str = LATENCY
 ) -> tuple[VariantChoice | None, str]:
     """The choice the manifest alone settles (one gated variant, or timings recorded on this CPU), or None and why
     the variants must be timed here instead."""
     if len(names) == 1:
-        return VariantChoice(names[0], "only-gated", "nothing to time", threads=threads, cpu=here), ""
-    ms, why = recorded_timings(manifest, names, threads)
+        only = VariantChoice(names[0], "only-gated", "nothing to time", threads=threads, cpu=here, workload=workload)
+        return only, ""
+    ms, why = recorded_timings(manifest, names, threads, workload)
     if ms is None:
         return None, why
     chosen = pick(ms)
-    detail = f"timed at export on this CPU ({here['kind']}, {why}, batch 1): {timing_summary(ms, chosen)}"
-    return VariantChoice(chosen, "recorded", detail, ms, threads, here), why
+    detail = f"timed at export on this CPU ({here['kind']}, {why}): {timing_summary(ms, chosen)}"
+    return VariantChoice(chosen, "recorded", detail, ms, threads, here, workload), why
 
 
-def recorded_choice(manifest: dict, threads: int) -> dict:
-    """What `Classifier` would run by default here, from the manifest alone (nothing loaded): the bench's report
-    of which variant serves on this CPU and why."""
+def recorded_choice(manifest: dict, threads: int, workload: str = LATENCY) -> dict:
+    """What `Classifier` would run by default here for `workload`, from the manifest alone (nothing loaded): the
+    bench's report of which variant serves on this CPU and why."""
     names = candidates(manifest, batch_invariant=True)
     if not names:
-        return {"variant": None, "reason": "none", "detail": "no variant passed the export gate"}
-    settled, why = choice_from_manifest(manifest, names, threads, cpu_fingerprint())
+        return {"variant": None, "reason": "none", "detail": "no variant passed the export gate and runs here"}
+    settled, why = choice_from_manifest(manifest, names, threads, cpu_fingerprint(), workload)
     if settled is None:
         return {"variant": None, "reason": "re-timed", "detail": f"chosen by timing at load: {why}"}
-    return {"variant": settled.variant, "reason": settled.reason, "detail": settled.detail}
+    return {"variant": settled.variant, "engine": settled.engine, "reason": settled.reason, "detail": settled.detail}
 
 
 def choose_variant(
-    manifest: dict, threads: int | None, *, batch_invariant: bool, load: Callable[[str], Runner]
+    manifest: dict,
+    threads: int | None,
+    *,
+    batch_invariant: bool,
+    load: Callable[[str], Runner],
+    workload: str = LATENCY,
 ) -> tuple[VariantChoice, dict[str, Runner]]:
-    """The default variant on this CPU and why, and the variants loaded to re-time them (empty when none were).
+    """The default variant on this CPU for `workload` and why, and the variants loaded to re-time them (empty
+    when none were).
 
     `load(name)` loads a variant with the thread count the caller will run; re-timing happens only when the
     manifest's timings do not apply to this CPU. The bundle must have a gated variant (see `candidates`)."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}, got {workload!r}")
     names = candidates(manifest, batch_invariant)
     if not names:
-        raise ValueError("no variant in this bundle passed the export verification gate")
+        raise ValueError("no variant in this bundle passed the export verification gate and runs here")
     threads = threads or usable_cpus()
     here = cpu_fingerprint()
-    settled, why = choice_from_manifest(manifest, names, threads, here)
+    settled, why = choice_from_manifest(manifest, names, threads, here, workload)
     if settled is not None:
         return settled, {}
     runners = {name: load(name) for name in names}
-    ms = time_variants(runners, LOAD_SENTENCES, LOAD_ROUNDS)
+    size = 1 if workload == LATENCY else len(LOAD_SENTENCES)
+    ms = time_variants(runners, LOAD_SENTENCES, LOAD_ROUNDS, size)
     chosen = pick(ms)
-    detail = f"{why}; timed now ({here['kind']}, {threads} thread(s), batch 1): {timing_summary(ms, chosen)}"
-    return VariantChoice(chosen, "re-timed", detail, ms, threads, here), runners
+    batch = batch_words(workload, size)
+    detail = f"{why}; timed now ({here['kind']}, {threads} thread(s), {batch}): {timing_summary(ms, chosen)}"
+    return VariantChoice(chosen, "re-timed", detail, ms, threads, here, workload), runners

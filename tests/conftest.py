@@ -64,14 +64,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle_dir(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle exported from `tiny_model_dir` with fp32, optimized and int8 variants.
+    """A bundle exported from `tiny_model_dir` with fp32, optimized and int8 variants (onnxruntime only: the
+    OpenVINO variants have their own bundle in tests/core/test_engines.py).
 
     The tiny model is random, so its int8 accuracy gate means nothing: the drop limit is lifted here.
     """
     from sst2dist.export.bundle import export_bundle
 
     bundle = tmp_path_factory.mktemp("tiny-bundle") / "bundle"
-    export_bundle(tiny_model_dir, bundle, data=str(sst2_sample_dir), max_verify_samples=64, max_accuracy_drop=100.0)
+    export_bundle(
+        tiny_model_dir,
+        bundle,
+        data=str(sst2_sample_dir),
+        max_verify_samples=64,
+        max_accuracy_drop=100.0,
+        openvino="off",
+    )
     return bundle
 
 

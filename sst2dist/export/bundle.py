@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sst2dist.atomic import replace_dir
 from sst2dist.export.gate import ExportError, check_gate, verify_bundle
 from sst2dist.export.int8 import quantize_dynamic_int8, quantize_static_int8
-from sst2dist.export.manifest import add_support_files, add_variant, new_manifest, write_manifest
+from sst2dist.export.manifest import add_openvino_variants, add_support_files, add_variant, new_manifest, write_manifest
 from sst2dist.export.options import ExportOptions
 from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES, Classifier
 from sst2dist.variant_choice import choose_variant, record_timings
@@ -67,6 +67,7 @@ def export_bundle(
         staging.chmod(0o755)  # mkdtemp's 0700 would make the published bundle private
         manifest = new_manifest(model_dir, weights, tokenizer, model, options.opset, options.optimize, options.quantize)
         build_variants(staging, model_dir, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
+        add_openvino_variants(manifest, staging, options.openvino)
         manifest["verification"] = verify_bundle(
             staging, model, tokenizer, splits["validation"], manifest, options.max_accuracy_drop, data
         )

@@ -10,13 +10,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sst2dist.engines import OPENVINO_VARIANTS, VARIANTS, unavailable_reason
 from sst2dist.environment import acceleration_flags, package_versions
 from sst2dist.runtime import MANIFEST_FILE, SUPPORT_FILES, VARIANT_FILES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-VERSIONED_PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime", "onnx", "tokenizers")
+VERSIONED_PACKAGES = (
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+    "onnxruntime",
+    "onnx",
+    "tokenizers",
+    "openvino",
+)
 
 
 def new_manifest(
@@ -60,8 +70,23 @@ def add_variant(manifest: dict, staging: Path, name: str) -> None:
         "sha256": sha256(path),
         "size_bytes": path.stat().st_size,
         "opset": onnx_opset(path),
+        "engine": VARIANTS[name].engine,
+        "precision": VARIANTS[name].precision,
         "passed": None,
     }
+
+
+def add_openvino_variants(manifest: dict, staging: Path, mode: str) -> None:
+    """openvino-f32, and openvino-bf16 where this CPU has bf16, both on model.onnx (`mode` auto or on; off adds
+    none); manifest["engines"]["openvino"] says which were left out and why."""
+    skipped = {}
+    for name in OPENVINO_VARIANTS:
+        why = "--openvino off" if mode == "off" else unavailable_reason(name)
+        if why:
+            skipped[name] = why
+        else:
+            add_variant(manifest, staging, name)
+    manifest["engines"] = {"openvino": {"mode": mode, "skipped": skipped}}
 
 
 def add_support_files(manifest: dict, staging: Path) -> None:

@@ -3,12 +3,25 @@ same name. Standard library only, so the command line reads it without importing
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from sst2dist.config_fields import Options, in_range, non_negative, option, positive
 
 OPTIMIZE_LEVELS = ("O1", "O2", "O3", "none")
 QUANTIZE_MODES = ("dynamic", "static", "none")
+OPENVINO_MODES = ("auto", "on", "off")
+
+
+def openvino_installed(mode: str) -> str | None:
+    """--openvino on needs OpenVINO importable (a failing import hook counts as not installed)."""
+    if mode != "on":
+        return None
+    try:
+        found = importlib.util.find_spec("openvino") is not None
+    except ImportError:
+        found = False
+    return None if found else "needs OpenVINO installed (pip install 'sst2dist[openvino]'); without it pass auto or off"
 
 
 @dataclass(frozen=True)
@@ -23,6 +36,13 @@ class ExportOptions(Options):
         "dynamic",
         "int8 variants: dynamic (model_quantized.onnx); static also adds a calibrated model_static_quantized.onnx.",
         choices=QUANTIZE_MODES,
+    )
+    openvino: str = option(
+        "auto",
+        "OpenVINO variants on model.onnx (openvino-f32; openvino-bf16 where the CPU has bf16), gated and timed like "
+        "the others: auto (when OpenVINO is installed), on (required), off.",
+        choices=OPENVINO_MODES,
+        checks=[openvino_installed],
     )
     data: str | None = option(None, "SST-2 hub id or local folder for verification/calibration.")
     max_accuracy_drop: float = option(0.5, "Most accuracy points int8 may lose vs PyTorch.", checks=[non_negative])

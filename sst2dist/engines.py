@@ -1,0 +1,178 @@
+"""The engines a bundle variant runs on. A variant is (engine, graph file, precision):
+
+    fp32, optimized, int8, static-int8   onnxruntime on model.onnx / model_optimized.onnx / the int8 graphs
+    openvino-f32, openvino-bf16          OpenVINO on model.onnx with the f32 or bf16 inference-precision hint
+
+OpenVINO reads the fp32 ONNX file itself, so the bundle's files are the same with or without it. It is optional
+(`pip install 'sst2dist[openvino]'`): where it is not installed, or the CPU has no bf16 (AMX or AVX-512 BF16) for
+openvino-bf16, `unavailable_reason` says so and the variant is never chosen. Both engines sit behind one small
+`Session` (input names, logits of one batch), which is all the runtime `Classifier` needs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from sst2dist.environment import supports_bf16, usable_cpus
+
+ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"
+INSTALL_OPENVINO = "pip install 'sst2dist[openvino]'"
+CACHE_ENV = "SST2DIST_OPENVINO_CACHE"  # where compiled OpenVINO blobs go; empty: no cache
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    engine: str
+    file: str
+    precision: str
+
+
+VARIANTS = {
+    "fp32": VariantSpec(ONNXRUNTIME, "model.onnx", "fp32"),
+    "optimized": VariantSpec(ONNXRUNTIME, "model_optimized.onnx", "fp32"),
+    "int8": VariantSpec(ONNXRUNTIME, "model_quantized.onnx", "int8"),
+    "static-int8": VariantSpec(ONNXRUNTIME, "model_static_quantized.onnx", "int8"),
+    "openvino-f32": VariantSpec(OPENVINO, "model.onnx", "f32"),
+    "openvino-bf16": VariantSpec(OPENVINO, "model.onnx", "bf16"),
+}
+OPENVINO_VARIANTS = tuple(name for name, spec in VARIANTS.items() if spec.engine == OPENVINO)
+
+
+def engine_of(variant: str) -> str:
+    return VARIANTS[variant].engine if variant in VARIANTS else ONNXRUNTIME
+
+
+@cache
+def openvino() -> ModuleType | None:
+    """The openvino module, or None where it cannot be imported (not installed, or blocked)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    return ov
+
+
+def missing_engine(variant: str) -> str | None:
+    """Why `variant`'s engine cannot be imported here, or None when it can."""
+    if engine_of(variant) == OPENVINO and openvino() is None:
+        return f"OpenVINO is not installed ({INSTALL_OPENVINO})"
+    return None
+
+
+def unavailable_reason(variant: str) -> str | None:
+    """Why `variant` should not be chosen in this process (its engine is missing, or its precision does not run
+    natively on this CPU), or None when it can run."""
+    missing = missing_engine(variant)
+    if missing:
+        return missing
+    if engine_of(variant) == OPENVINO and VARIANTS[variant].precision == "bf16" and not supports_bf16():
+        return "this CPU has neither amx_bf16 nor avx512_bf16, so OpenVINO's bf16 hint would run f32"
+    return None
+
+
+class Session(Protocol):
+    """One loaded variant: the graph's input names and the logits [batch, labels] of one encoded batch."""
+
+    input_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """CPU settings: all graph optimizations, sequential execution, `threads` intra-op threads (None: all cores)."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    return options
+
+
+class OrtSession:
+    def __init__(self, path: Path, threads: int | None):
+        self.session = ort.InferenceSession(
+            str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(["logits"], feeds)[0]
+
+
+class OpenVinoSession:
+    """The fp32 ONNX graph compiled by OpenVINO's CPU plugin with an inference-precision hint.
+
+    Like an onnxruntime session, `threads` is what one call uses and several threads may call at once (serve's
+    workers): OpenVINO runs one call per stream, so there is a stream per `threads` cores, and each calling thread
+    keeps its own infer request (one request must not be shared between threads)."""
+
+    def __init__(self, path: Path, precision: str, threads: int | None, cache_key: str | None = None):
+        ov = openvino()
+        if ov is None:
+            raise RuntimeError(f"OpenVINO is not installed: {INSTALL_OPENVINO}")
+        self.precision = precision
+        config = {"INFERENCE_PRECISION_HINT": precision, **stream_config(threads)}
+        cache_dir = compiled_cache_dir(cache_key, precision)
+        if cache_dir is not None:
+            config["CACHE_DIR"] = str(cache_dir)
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        self.logits_index = next(i for i, port in enumerate(self.compiled.outputs) if "logits" in port.get_names())
+        self._local = threading.local()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        request.infer(feeds)
+        return request.get_output_tensor(self.logits_index).data.copy()
+
+
+def stream_config(threads: int | None) -> dict[str, str]:
+    """OpenVINO's threads are shared by its streams: `threads` per call, and as many concurrent calls as fit."""
+    cores = usable_cpus()
+    if threads is None or threads >= cores:
+        return {"NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads or cores)}
+    streams = max(1, cores // threads)
+    return {"NUM_STREAMS": str(streams), "INFERENCE_NUM_THREADS": str(streams * threads)}
+
+
+def compiled_cache_dir(cache_key: str | None, precision: str) -> Path | None:
+    """Where OpenVINO keeps the compiled blob, keyed by the graph file's sha256 (a bundle re-exported at the same
+    path never meets a stale blob); None without a key, with $SST2DIST_OPENVINO_CACHE empty, or when the folder
+    cannot be created (a read-only home): compiling each time is only slower."""
+    if cache_key is None:
+        return None
+    base = os.environ.get(CACHE_ENV)
+    if base is None:
+        base = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sst2dist" / "openvino")
+    if not base:
+        return None
+    folder = Path(base) / f"{cache_key[:16]}-{precision}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder
+
+
+def open_session(path: Path, variant: str, threads: int | None, cache_key: str | None = None) -> Session:
+    """Load `variant`'s graph at `path` on its engine. `cache_key` (the file's sha256) lets OpenVINO reuse a
+    compiled blob from an earlier start."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    spec = VARIANTS[variant]
+    if spec.engine == OPENVINO:
+        return OpenVinoSession(path, spec.precision, threads, cache_key)
+    return OrtSession(path, threads)
