@@ -5,6 +5,7 @@ Standard library only: the serving path (predict) uses it without torch.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,33 +16,58 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
+class WriteError(OSError, ValueError):
+    """An output could not be written (disk full, file too large, no permission); the message names what and
+    where. Also a ValueError, so every command reports it in one sentence, as it does bad input."""
+
+
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside `path`, renamed over it when the block succeeds and removed when it fails."""
-    path = Path(path)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
+def writing(what: str, path: str | Path, errors: tuple[type[BaseException], ...] = (OSError,)) -> Iterator[None]:
+    """Turn a failure of the writes in the block into a WriteError naming `what` and `path`. Blocks that only
+    serialize what is in memory pass `errors=(Exception,)`: torch and safetensors raise their own types."""
     try:
-        yield temporary
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
+        yield
+    except WriteError:
         raise
+    except errors as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[0]
+        failure = WriteError(
+            f"could not write {what} {path} ({reason[:200]}): free some disk space (or raise the file-size "
+            "limit) and run again; what was there before is unchanged"
+        )
+        failure.errno = getattr(err, "errno", None) or errno.EIO
+        raise failure from err
 
 
 @contextmanager
-def atomic_open(path: str | Path) -> Iterator[TextIO]:
+def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
+    """A temporary path beside `path`, renamed over it when the block succeeds and removed when it fails (a failed
+    write raises a WriteError naming `what` and `path`)."""
+    path = Path(path)
+    with writing(what, path):
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        temporary = Path(name)
+        try:
+            yield temporary
+            os.chmod(temporary, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def atomic_open(path: str | Path, what: str = "the file") -> Iterator[TextIO]:
     """A UTF-8 text file that replaces `path` only once the block has written all of it (flushed to disk)."""
-    with atomic_path(path) as temporary, temporary.open("w", encoding="utf-8", newline="\n") as handle:
+    with atomic_path(path, what) as temporary, temporary.open("w", encoding="utf-8", newline="\n") as handle:
         yield handle
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    with atomic_open(path) as handle:
+def write_json_atomic(path: str | Path, payload: Any, what: str = "the file") -> None:
+    with atomic_open(path, what) as handle:
         json.dump(payload, handle, indent=2, sort_keys=True)
         handle.write("\n")
 

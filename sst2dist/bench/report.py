@@ -55,13 +55,13 @@ def write_files(output: Path, results: dict, names: tuple[str, str, str], markdo
     json_name, markdown_name, chart_name = names
     output.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_path(output / chart_name) as path:
+        with atomic_path(output / chart_name, "the bench report") as path:
             chart(results, path)
     except ImportError:
         results["notes"].append(f"{chart_name} not written: matplotlib is not installed (pip install matplotlib)")
-    with atomic_open(output / json_name) as handle:
+    with atomic_open(output / json_name, "the bench report") as handle:
         handle.write(json.dumps(results, indent=1) + "\n")
-    with atomic_open(output / markdown_name) as handle:
+    with atomic_open(output / markdown_name, "the bench report") as handle:
         handle.write(markdown(results))
 
 

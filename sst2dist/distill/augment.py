@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sst2dist.atomic import replace_dir, write_json_atomic
+from sst2dist.atomic import replace_dir, write_json_atomic, writing
 from sst2dist.data import load_sst2
 from sst2dist.distill.augment_options import AugmentError, AugmentOptions
 from sst2dist.modeling import resolve_model
@@ -109,18 +109,19 @@ def augment(config: AugmentOptions) -> dict:
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
     staging.chmod(0o755)  # mkdtemp makes it private; a data folder is meant to be shared
     try:
-        write_tsv(staging / "train.tsv", all_sentences, all_labels)
-        write_tsv(staging / "dev.tsv", list(validation["sentence"]), list(validation["label"]))
-        summary = {
-            "config": asdict(config),
-            "original_rows": len(sentences),
-            "new_rows": len(made),
-            "neighbours_sha256": hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest(),
-        }
-        if config.teacher:
-            summary["teacher"] = label_with_teacher(config, sentences, labels, all_sentences, all_labels, staging)
-        write_json_atomic(staging / "augment.json", summary)
-        replace_dir(staging, output)
+        with writing("the augmented data", output):
+            write_tsv(staging / "train.tsv", all_sentences, all_labels)
+            write_tsv(staging / "dev.tsv", list(validation["sentence"]), list(validation["label"]))
+            summary = {
+                "config": asdict(config),
+                "original_rows": len(sentences),
+                "new_rows": len(made),
+                "neighbours_sha256": hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest(),
+            }
+            if config.teacher:
+                summary["teacher"] = label_with_teacher(config, sentences, labels, all_sentences, all_labels, staging)
+            write_json_atomic(staging / "augment.json", summary)
+            replace_dir(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -80,7 +80,7 @@ def save_logits(path: Path, logits: np.ndarray, meta: dict) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, logits=logits.astype(np.float32), meta=np.array(json.dumps(meta, sort_keys=True)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temporary:
+    with atomic_path(path, "the teacher logits") as temporary:
         temporary.write_bytes(buffer.getvalue())
 
 

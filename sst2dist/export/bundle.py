@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sst2dist.atomic import replace_dir
+from sst2dist.atomic import replace_dir, writing
 from sst2dist.export.gate import ExportError, check_gate, verify_bundle
 from sst2dist.export.int8 import quantize_dynamic_int8, quantize_static_int8
 from sst2dist.export.manifest import add_openvino_variants, add_support_files, add_variant, new_manifest, write_manifest
@@ -64,17 +64,20 @@ def export_bundle(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
-        staging.chmod(0o755)  # mkdtemp's 0700 would make the published bundle private
-        manifest = new_manifest(model_dir, weights, tokenizer, model, options.opset, options.optimize, options.quantize)
-        build_variants(staging, model_dir, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
-        add_openvino_variants(manifest, staging, options.openvino)
-        manifest["verification"] = verify_bundle(
-            staging, model, tokenizer, splits["validation"], manifest, options.max_accuracy_drop, data
-        )
-        check_gate(manifest, options.keep_failed)
-        time_gated_variants(staging, manifest, splits["validation"])
-        write_manifest(staging, manifest)
-        replace_dir(staging, output_dir)
+        with writing("the bundle", output_dir):  # a full disk: one sentence, the earlier bundle untouched
+            staging.chmod(0o755)  # mkdtemp's 0700 would make the published bundle private
+            manifest = new_manifest(
+                model_dir, weights, tokenizer, model, options.opset, options.optimize, options.quantize
+            )
+            build_variants(staging, model_dir, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
+            add_openvino_variants(manifest, staging, options.openvino)
+            manifest["verification"] = verify_bundle(
+                staging, model, tokenizer, splits["validation"], manifest, options.max_accuracy_drop, data
+            )
+            check_gate(manifest, options.keep_failed)
+            time_gated_variants(staging, manifest, splits["validation"])
+            write_manifest(staging, manifest)
+            replace_dir(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         for parent in new_parents:  # deepest first: leave no empty folders behind either

@@ -252,7 +252,7 @@ def run_predict(
         if options.output:
             if not Path(options.output).parent.is_dir():
                 raise ValueError(f"output folder {Path(options.output).parent} does not exist: create it first")
-            with atomic_open(options.output) as out:
+            with atomic_open(options.output, "the predictions") as out:
                 return predict_records(classifier, records, out, **settings)
         return predict_records(classifier, records, sys.stdout, **settings)
     finally:

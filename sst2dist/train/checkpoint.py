@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-from sst2dist.atomic import replace_dir, write_json_atomic
+from sst2dist.atomic import WriteError, replace_dir, write_json_atomic, writing
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -48,11 +48,17 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # each process writes its own RNG state into tmp
-    accelerator.wait_for_everyone()
+    try:
+        with writing("the checkpoint", final, errors=(Exception,)):  # save_state only serializes what is in memory
+            accelerator.save_state(str(tmp))  # each process writes its own RNG state into tmp
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                write_json_atomic(tmp / STATE_FILE, state)  # written last: marks the checkpoint complete
+                replace_dir(tmp, final)
+    except WriteError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half checkpoint behind
+        raise
     if accelerator.is_main_process:
-        write_json_atomic(tmp / STATE_FILE, state)  # written last: marks the checkpoint complete
-        replace_dir(tmp, final)
         prune_checkpoints(output_dir, keep)
     accelerator.wait_for_everyone()
     return final

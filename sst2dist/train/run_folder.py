@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sst2dist.atomic import replace_dir, write_json_atomic
+from sst2dist.atomic import WriteError, replace_dir, write_json_atomic, writing
 from sst2dist.environment import package_versions
 from sst2dist.train.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
 from sst2dist.train.config import ConfigError, TrainConfig
@@ -96,9 +96,14 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any,
     if accelerator.is_main_process:
         tmp = target.with_name(f".tmp-{target.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        replace_dir(tmp, target)
+        try:
+            with writing("the best model", target, errors=(Exception,)):  # only serializes what is in memory
+                accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+                replace_dir(tmp, target)
+        except WriteError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     accelerator.wait_for_everyone()
 
 
