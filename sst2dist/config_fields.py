@@ -242,7 +242,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse.Argume
 
 # The --variant flag's help, shared by `predict` and `serve`.
 VARIANT_HELP = (
-    "Bundle variant: fp32, optimized, int8, static-int8. Default: the fastest on this CPU (by export-onnx's "
+    "Bundle variant: fp32, optimized, int8, static-int8, openvino-f32, openvino-bf16 (with OpenVINO installed). "
+    "Default: the fastest on this CPU (by export-onnx's "
     "timings; re-timed at load on another CPU) of those whose scores do not depend on the batch, static-int8 only "
     "when >10% faster than fp32/optimized; dynamic int8, whose scores move with batch mates, only by name."
 )
