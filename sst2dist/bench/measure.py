@@ -20,6 +20,8 @@ from sst2dist.modeling import ID2LABEL, LABEL2ID
 
 TORCH_BACKENDS = {"torch-fp32": "fp32", "torch-bf16": "bf16"}
 ORT_BACKENDS = {"ort-fp32": "fp32", "ort-optimized": "optimized", "ort-int8": "int8", "ort-static-int8": "static-int8"}
+# Bundle variants on OpenVINO (where installed): named like the variant, through the same Classifier.
+ORT_BACKENDS |= {"openvino-f32": "openvino-f32", "openvino-bf16": "openvino-bf16"}
 ALL_BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS)
 PRECISION = {
     "torch-fp32": "fp32",
@@ -28,6 +30,8 @@ PRECISION = {
     "ort-optimized": "fp32",
     "ort-int8": "int8",
     "ort-static-int8": "int8",
+    "openvino-f32": "fp32",
+    "openvino-bf16": "bf16",
 }
 LATENCY_BLOCK = 32  # sentences per interleaving block at batch 1
 THROUGHPUT_BLOCK = 64  # sentences (at least one batch) per interleaving block for throughput

@@ -106,14 +106,18 @@ def output_folder(output: str | None, default: Path) -> str:
 
 
 def bundle_backends(bundle: str) -> tuple[dict, set[str]]:
-    """The bundle's manifest and the ORT backends whose variant file it holds. Raises BundleError."""
+    """The bundle's manifest and the bundle backends whose variant file it holds and whose engine runs here (no
+    OpenVINO variants where OpenVINO is not installed). Raises BundleError."""
+    from sst2dist.engines import unavailable_reason
     from sst2dist.runtime import VARIANT_FILES, read_manifest
 
     manifest = read_manifest(bundle)  # BundleError (a ValueError) for a missing or foreign folder
     present = {
         name
         for name, variant in ORT_BACKENDS.items()
-        if variant in manifest.get("variants", {}) and (Path(bundle) / VARIANT_FILES[variant]).is_file()
+        if variant in manifest.get("variants", {})
+        and (Path(bundle) / VARIANT_FILES[variant]).is_file()
+        and unavailable_reason(variant) is None
     }
     return manifest, present
 
