@@ -92,7 +92,7 @@ class VariantChoice:
         return asdict(self)
 
     def line(self) -> str:
-        return f"variant {self.variant} on {self.engine}: {REASONS[self.reason]} ({self.detail})"
+        return f"variant {self.variant}: {REASONS[self.reason]} (on {self.engine}; {self.detail})"
 
 
 def explicit(variant: str) -> VariantChoice:

@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from sst2dist.cli import main
 from sst2dist.predict.run import BadLine, predict_records, read_texts
 from sst2dist.runtime import load_classifier
+from sst2dist.variant_choice import THROUGHPUT
 
 TEXTS = ["a gripping, funny film", "a dull, lifeless mess", 'said "great", then left']
 
@@ -26,7 +27,7 @@ def bundle(tiny_bundle_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def offline(bundle: Path) -> list[dict]:
-    return load_classifier(bundle).predict(TEXTS)  # predict's default variant
+    return load_classifier(bundle, workload=THROUGHPUT).predict(TEXTS)  # predict's default variant
 
 
 def run(*args: str, stdin: str | bytes | None = None) -> Result:
@@ -48,7 +49,7 @@ def test_texts_as_arguments_to_stdout(bundle: Path, offline: list[dict]) -> None
     result = run(str(bundle), *TEXTS)
     assert result.exit_code == 0, result.output
     assert_predictions(records(result.stdout), TEXTS, offline)
-    variant = load_classifier(bundle).variant
+    variant = load_classifier(bundle, workload=THROUGHPUT).variant
     assert f"predict: variant {variant}: recorded timing on matching CPU" in result.stderr  # which, and why
 
 
