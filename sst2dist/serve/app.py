@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -234,12 +234,16 @@ def add_operations_routes(app: FastAPI, service: Service) -> None:
     async def health() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/ready", summary="Readiness: 200 once warmed up; 503 before that and while draining")
+    @app.get(
+        "/ready",
+        summary="Readiness: 200 once warmed up; 503 before that and while draining",
+        responses={503: ERROR_RESPONSES[503]},
+    )
     async def ready() -> Response:
         service.check_admission()
         return json_response({"status": "ready"})
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

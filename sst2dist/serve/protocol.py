@@ -4,6 +4,7 @@ OpenAPI schema from them), the answer and error shapes, and one readable message
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -16,6 +17,11 @@ from sst2dist.runtime import clean_text, softmax
 
 JSON = "application/json"
 FUNCTIONS = ("softmax", "sigmoid", "none")
+# "Not empty or whitespace-only" as one regular expression, so that the OpenAPI schema (a `pattern`: some character
+# outside Python's whitespace) states exactly the rule that check_text applies.
+WHITESPACE = "".join(f"\\u{code:04x}" for code in range(0x10000) if chr(code).isspace())
+NOT_BLANK = f"[^{WHITESPACE}]"
+HAS_TEXT = re.compile(NOT_BLANK)
 
 
 class ServeError(Exception):
@@ -69,7 +75,7 @@ def check_item(item: object, where: str) -> str:
 
 def check_text(text: str, where: str) -> str:
     """The documented rule: empty or whitespace-only texts are rejected (422); lone surrogates become U+FFFD."""
-    if not text.strip():
+    if not HAS_TEXT.search(text):
         raise ValueError(f"{where} is empty or whitespace-only: send text to classify")
     return clean_text(text)
 
@@ -88,7 +94,11 @@ def flag(where: str, default: bool) -> BeforeValidator:
 
 
 def positive(where: str) -> BeforeValidator:
+    """A whole number >= 1; as in JSON Schema, 3.0 is the integer 3."""
+
     def check(value: object) -> object:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{where} must be a positive integer, got {json.dumps(value)}")
         return value
@@ -108,8 +118,9 @@ def one_of(where: str, choices: Sequence[str], default: str, hint: str = "") -> 
 
 # --- requests -------------------------------------------------------------------------------------------
 
+Text = Annotated[str, Field(min_length=1, pattern=NOT_BLANK)]
 Inputs = Annotated[
-    Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)],
+    Text | Annotated[list[Text], Field(min_length=1)],
     BeforeValidator(check_inputs),
     Field(
         description="One text, or a list of texts: a batch (unlike TEI, a two-string list is NOT a sentence pair; "
@@ -169,11 +180,15 @@ class PredictRequest(ClassifyRequest):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "a gripping, funny film"}]})
 
-    truncate: Annotated[bool, flag("truncate", True), Field(description="false: 422 for a text over the limit")] = True
-    raw_scores: Annotated[bool, flag("raw_scores", False), Field(description="true: logits, not softmax")] = False
+    truncate: Annotated[
+        bool | None, flag("truncate", True), Field(description="false: 422 for a text over the limit")
+    ] = True
+    raw_scores: Annotated[bool | None, flag("raw_scores", False), Field(description="true: logits, not softmax")] = (
+        False
+    )
     top_k: Annotated[TopK, positive("top_k"), Field(description="keep the k best labels (default: all)")] = None
     truncation_direction: Annotated[
-        Literal["right", "Right"],
+        Literal["right", "Right"] | None,
         one_of(
             "truncation_direction",
             ("right", "Right"),
@@ -194,11 +209,12 @@ class InferenceParameters(BaseModel):
 
     top_k: Annotated[TopK, positive("parameters.top_k"), Field(description="keep the k best labels")] = None
     function_to_apply: Annotated[
-        Literal["softmax", "sigmoid", "none"], one_of("parameters.function_to_apply", FUNCTIONS, "softmax")
+        Literal["softmax", "sigmoid", "none"] | None,
+        one_of("parameters.function_to_apply", FUNCTIONS, "softmax"),
     ] = "softmax"
-    truncation: Annotated[bool, flag("parameters.truncation", True), Field(description="false: 422 over the limit")] = (
-        True
-    )
+    truncation: Annotated[
+        bool | None, flag("parameters.truncation", True), Field(description="false: 422 over the limit")
+    ] = True
 
     @model_validator(mode="before")
     @classmethod
@@ -221,7 +237,9 @@ class InferenceRequest(ClassifyRequest):
         json_schema_extra={"examples": [{"inputs": "a gripping, funny film", "parameters": {"top_k": 1}}]},
     )
 
-    parameters: InferenceParameters = Field(default_factory=InferenceParameters)
+    parameters: Annotated[InferenceParameters | None, BeforeValidator(lambda value: {} if value is None else value)] = (
+        Field(default_factory=InferenceParameters)
+    )
     options: dict[str, Any] | None = Field(default=None, description="accepted and ignored (use_cache, wait_for_model)")
 
     def query(self) -> Query:

@@ -25,7 +25,7 @@ from servers import InProcess, Running, Server, assert_error, free_port
 from sst2dist.runtime import Classifier, load_classifier, softmax
 from sst2dist.serve import InferenceRequest, PredictRequest, ServeLimits, plan_chunks
 from sst2dist.serve.app import manifest_scalars
-from sst2dist.serve.protocol import validation_failure
+from sst2dist.serve.protocol import NOT_BLANK, validation_failure
 from sst2dist.variant_choice import THROUGHPUT
 
 FAULT = "__make_onnxruntime_fail__"
@@ -310,6 +310,8 @@ def test_plan_chunks_covers_every_text_within_the_limits(seed: int) -> None:
         (b'{"inputs": []}', 422, ["empty list"]),
         (b'{"inputs": ""}', 422, ["empty or whitespace-only"]),
         (b'{"inputs": ["ok", " \\t\\n "]}', 422, ["inputs[1]", "whitespace-only"]),
+        (b'{"inputs": "\\u001d\\u3000\\u0085"}', 422, ["whitespace-only"]),  # Python's whitespace, as the schema says
+        (b'{"inputs": "fine", "top_k": 1.5}', 422, ["top_k must be a positive integer"]),
         (json.dumps({"inputs": ["x"] * 9}).encode(), 422, ["9 texts", "limit of 8", "--max-client-batch"]),
         (json.dumps({"inputs": "x" * 30000}).encode(), 413, ["20000", "--max-payload"]),
         (b"", 400, ["body is empty"]),
@@ -448,11 +450,10 @@ def test_openapi_schema_comes_from_the_request_models(server: Server) -> None:
         assert "LabelScore" in json.dumps(operation["responses"]["200"])
     assert components["PredictRequest"]["additionalProperties"] is False
     assert components["PredictRequest"]["required"] == ["inputs"]
-    assert components["InferenceParameters"]["properties"]["function_to_apply"]["enum"] == [
-        "softmax",
-        "sigmoid",
-        "none",
-    ]
+    function = components["InferenceParameters"]["properties"]["function_to_apply"]["anyOf"]  # null: the default
+    assert function == [{"enum": ["softmax", "sigmoid", "none"], "type": "string"}, {"type": "null"}]
+    text = components["PredictRequest"]["properties"]["inputs"]["anyOf"][0]
+    assert text["minLength"] == 1 and text["pattern"] == NOT_BLANK  # what check_text refuses, in the schema
     assert "HTTPValidationError" not in components
 
 
@@ -464,6 +465,8 @@ def test_openapi_schema_comes_from_the_request_models(server: Server) -> None:
         (PredictRequest, {"inputs": ["x\ud800"], "truncate": None, "top_k": 1}, ["x\ufffd"], {"top_k": 1}),
         (InferenceRequest, {"inputs": ["a"], "parameters": {"truncation": False}}, ["a"], {"truncate": False}),
         (InferenceRequest, {"inputs": "a", "parameters": {"function_to_apply": None}}, ["a"], {"function": "softmax"}),
+        (InferenceRequest, {"inputs": "a", "parameters": None}, ["a"], {"function": "softmax", "top_k": None}),
+        (PredictRequest, {"inputs": "a", "top_k": 2.0, "truncation_direction": None}, ["a"], {"top_k": 2}),
     ],
 )
 def test_request_models_give_one_query(model: type, body: dict, texts: list[str], query: dict) -> None:
