@@ -16,6 +16,7 @@ from sst2dist.config_fields import click_options
 from sst2dist.distill.augment_options import AugmentOptions
 from sst2dist.export.options import ExportOptions
 from sst2dist.predict.options import PredictOptions
+from sst2dist.predict.ray_options import RayPredictOptions
 from sst2dist.serve.limits import ServeLimits, ServeOptions
 
 
@@ -256,6 +257,38 @@ def predict(bundle: str, texts: tuple[str, ...], **flags) -> None:
         click.echo(f"skipped {len(summary.skipped)} bad line(s): {shown}{more}", err=True)
     if flags["output"]:
         click.echo(f"wrote {summary.written} predictions to {flags['output']}", err=True)
+
+
+@main.command("predict-ray")
+@click.argument("bundle")
+@click.option(
+    "--input", "input_path", required=True, help="File, folder or glob to classify (any path Ray Data reads)."
+)
+@click.option("--output", "-o", required=True, help="One .parquet or .jsonl file to write atomically, in input order.")
+@click_options(RayPredictOptions)
+def predict_ray(bundle: str, input_path: str, output: str, **flags) -> None:
+    """Classify files with a bundle on Ray Data: a local Ray, or a cluster with --address (or $RAY_ADDRESS).
+
+    Writes line, text, label, score and scores (one per label) per input line; needs `pip install "sst2dist[ray]"`.
+
+    \b
+    Examples:
+      sst2dist predict-ray export/minilm --input reviews.jsonl --output predictions.parquet --num-cpus 2
+      sst2dist predict-ray export/minilm --input 's3://bucket/reviews/*.parquet' --column review \\
+          --output predictions.parquet --address ray://head:10001
+    """
+    try:
+        from sst2dist.predict.ray_batch import run_predict_ray
+
+        summary = run_predict_ray(bundle, input_path, output, RayPredictOptions.from_flags(**flags))
+    except ImportError as err:
+        raise click.ClickException(str(err)) from err
+    except ValueError as err:  # OptionError, BadRow, BundleError, unreadable input
+        raise click.ClickException(f"{err}; nothing was written") from err
+    if summary.skipped:
+        more = f" (and {len(summary.skipped) - 5} more)" if len(summary.skipped) > 5 else ""
+        click.echo(f"skipped {len(summary.skipped)} bad line(s): {'; '.join(summary.skipped[:5])}{more}", err=True)
+    click.echo(f"wrote {summary.written} predictions to {output}", err=True)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,21 @@ FLAGS = {
         ("--batch-size", "integer", "shown"),
         ("--skip-bad", "boolean", ""),
     ],
+    "predict-ray": [
+        ("bundle", "text", "required"),
+        ("--input", "text", "required"),
+        ("--output -o", "text", "required"),
+        ("--format", "text|jsonl|csv|tsv|parquet", ""),
+        ("--field --column", "text", ""),
+        ("--address", "text", ""),
+        ("--num-cpus", "integer", ""),
+        ("--actors", "integer", ""),
+        ("--threads-per-actor", "integer", "shown"),
+        ("--variant", "text", ""),
+        ("--batch-size", "integer", "shown"),
+        ("--logits", "boolean", ""),
+        ("--skip-bad", "boolean", ""),
+    ],
     "augment": [
         ("--data", "text", "required"),
         ("--output -o", "text", "required"),
@@ -91,6 +106,7 @@ REQUIRED = {
     "bench": [],
     "serve": ["b"],
     "predict": ["b"],
+    "predict-ray": ["b", "--input", "i", "-o", "o"],
     "augment": ["--data", "d", "-o", "o"],
     "train": [],
 }
@@ -152,6 +168,21 @@ DEFAULTS = {
         "batch_size": 32,
         "skip_bad": False,
     },
+    "predict-ray": {
+        "bundle": "b",
+        "input_path": "i",
+        "output": "o",
+        "fmt": None,
+        "field_name": None,
+        "address": None,
+        "num_cpus": None,
+        "actors": None,
+        "threads_per_actor": 1,
+        "variant": None,
+        "batch_size": 32,
+        "logits": False,
+        "skip_bad": False,
+    },
     "augment": {
         "data": "d",
         "output": "o",
@@ -203,7 +234,7 @@ def test_defaults_reach_the_command(name: str) -> None:
     assert [type(value) for value in context.params.values()] == [type(v) for v in DEFAULTS[name].values()]
 
 
-@pytest.mark.parametrize("name", ["export-onnx", "bench", "serve", "predict"])
+@pytest.mark.parametrize("name", ["export-onnx", "bench", "serve", "predict", "predict-ray"])
 def test_help_shows_every_flag_and_its_help(name: str) -> None:
     result = CliRunner().invoke(main, [name, "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output

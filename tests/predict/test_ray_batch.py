@@ -1,0 +1,169 @@
+"""`sst2dist predict-ray`: Ray Data batch prediction on a real local Ray (2 CPUs, started once for the module)
+gives the same labels and scores as single-process `predict`, in input order; a bad row stops it with `predict`'s
+message; a missing bundle fails before Ray starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from sst2dist.cli import main
+from sst2dist.predict.ray_batch import BadRow, _byte_lines, append_predictions, check_paths, run_predict_ray
+from sst2dist.predict.run import BadLine, run_predict
+from sst2dist.runtime import load_classifier
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module: 2 CPUs, no dashboard, a small object store (start-up is most of the cost)."""
+    import ray
+    from ray.data import DataContext
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=96 * 2**20, log_to_driver=False)
+    DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sentences(sst2_sample_dir: Path) -> list[str]:
+    """The sample's 72 validation sentences, three times over in shifted order: 216 rows of varied length."""
+    rows = (sst2_sample_dir / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    texts = [row.split("\t")[0] for row in rows]
+    return texts + texts[24:] + texts[:24] + texts[::-1]
+
+
+def single_process(bundle: Path, texts: list[str], variant: str, tmp_path: Path) -> list[dict]:
+    """What plain `predict` writes for `texts` with `variant`."""
+    source, target = tmp_path / "single.jsonl", tmp_path / "single-out.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    run_predict(load_classifier(bundle, variant), input_path=str(source), output=str(target))
+    return [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+
+
+# --- without Ray -------------------------------------------------------------------------------------------
+
+
+def test_byte_lines_splits_across_chunks_and_keeps_a_last_line_without_newline() -> None:
+    import io
+
+    data = b"first\nsecond line\r\n\nlast"
+    assert list(_byte_lines(io.BytesIO(data), chunk=3)) == [b"first\n", b"second line\r\n", b"\n", b"last"]
+
+
+def test_append_predictions_leaves_error_rows_null() -> None:
+    block = pa.table({"text": ["good", None, "fine"]})
+    logits = np.array([[0.0, 2.0], [np.nan, np.nan], [1.0, 0.0]], dtype=np.float32)
+    rows = append_predictions(block, logits, ["negative", "positive"], True, [0, 2]).to_pylist()
+    assert [row["label"] for row in rows] == ["positive", None, "negative"]
+    assert rows[1]["score"] is None and rows[1]["scores"] is None and rows[1]["logits"] is None
+    assert rows[0]["scores"]["positive"] == pytest.approx(1 / (1 + np.exp(-2.0)))
+    assert rows[2]["logits"] == [1.0, 0.0]
+
+
+def test_output_path_checks_say_what_to_fix(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("{}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="must end in .parquet or .jsonl"):
+        check_paths(str(source), str(tmp_path / "out.csv"))
+    with pytest.raises(ValueError, match="does not exist: create it first"):
+        check_paths(str(source), str(tmp_path / "nowhere" / "out.jsonl"))
+    with pytest.raises(ValueError, match="input .* does not exist"):
+        check_paths(str(tmp_path / "missing.jsonl"), str(tmp_path / "out.jsonl"))
+    assert check_paths(str(source), str(tmp_path / "out.parquet")) == "parquet"
+
+
+def test_missing_bundle_fails_before_ray_starts(tmp_path: Path) -> None:
+    """A real subprocess given a cluster address nobody listens on: joining it would hang and fail; the bundle
+    check comes first, so the command fails at once naming the bundle, and no Ray session folder is made."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "fine"}\n', encoding="utf-8")
+    command = [sys.executable, "-m", "sst2dist.cli", "predict-ray", str(tmp_path / "no-bundle")]
+    command += ["--input", str(source), "--output", str(tmp_path / "out.jsonl"), "--address", "127.0.0.1:1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "bundle folder" in result.stderr and "does not exist" in result.stderr
+    assert "Ray" not in result.stderr.replace("sst2dist[ray]", "")  # Ray never spoke
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+# --- on a local Ray ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_labels_scores_and_order_equal_single_process_predict(
+    local_ray, tiny_bundle_dir: Path, sentences: list[str], tmp_path: Path
+) -> None:
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(sentences)), "utf-8")
+    out = tmp_path / "predictions.jsonl"
+    summary = run_predict_ray(str(tiny_bundle_dir), str(source), str(out), actors=2, variant="fp32")
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    expected = single_process(tiny_bundle_dir, sentences, "fp32", tmp_path)
+    assert summary.written == len(sentences) == len(rows)
+    assert [row["line"] for row in rows] == list(range(1, len(sentences) + 1))
+    assert [row["text"] for row in rows] == sentences
+    assert [row["label"] for row in rows] == [row["label"] for row in expected]
+    np.testing.assert_allclose([r["score"] for r in rows], [r["score"] for r in expected], atol=1e-5)
+    assert all(abs(sum(row["scores"].values()) - 1) < 1e-6 for row in rows)
+    assert all(row["scores"][row["label"]] == row["score"] for row in rows)
+
+
+@pytest.mark.slow
+def test_parquet_in_and_out_with_logits_through_the_command_line(
+    local_ray, tiny_bundle_dir: Path, sentences: list[str], tmp_path: Path
+) -> None:
+    part_a, part_b = tmp_path / "in" / "part-0.parquet", tmp_path / "in" / "part-1.parquet"
+    part_a.parent.mkdir()
+    pq.write_table(pa.table({"review": sentences[:100]}), part_a)
+    pq.write_table(pa.table({"review": sentences[100:]}), part_b)
+    out = tmp_path / "predictions.parquet"
+    args = ["predict-ray", str(tiny_bundle_dir), "--input", str(part_a.parent), "--column", "review"]
+    args += ["--output", str(out), "--logits", "--variant", "fp32", "--actors", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column_names == ["file", "line", "text", "label", "score", "scores", "logits"]
+    assert table.column("text").to_pylist() == sentences
+    assert table.column("line").to_pylist() == list(range(1, 101)) + list(range(1, len(sentences) - 99))
+    logits = np.array(table.column("logits").to_pylist())
+    expected = load_classifier(tiny_bundle_dir, "fp32").logits(sentences)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    assert f"wrote {len(sentences)} predictions" in result.output
+
+
+@pytest.mark.slow
+def test_a_bad_row_gets_predicts_error_and_writes_nothing(
+    local_ray, tiny_bundle_dir: Path, sentences: list[str], tmp_path: Path
+) -> None:
+    lines = [json.dumps({"text": t}) for t in sentences[:50]]
+    lines[30] = json.dumps({"text": "   "})
+    lines[40] = '{"text": "unterminated'
+    source, out = tmp_path / "bad.jsonl", tmp_path / "out.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(BadLine) as from_predict:
+        run_predict(load_classifier(tiny_bundle_dir, "fp32"), input_path=str(source), output=str(tmp_path / "p.jsonl"))
+    with pytest.raises(BadRow) as from_ray:
+        run_predict_ray(str(tiny_bundle_dir), str(source), str(out), variant="fp32")
+    assert str(from_ray.value) == str(from_predict.value) == "line 31: the text is empty or whitespace-only"
+    assert not out.exists() and not list(tmp_path.glob(".out.jsonl*"))
+
+    summary = run_predict_ray(str(tiny_bundle_dir), str(source), str(out), variant="fp32", skip_bad=True)
+    assert summary.written == 48 and summary.skipped[0] == str(from_predict.value)
+    assert summary.skipped[1].startswith("line 41: not valid JSON")
+
+
+@pytest.mark.slow
+def test_a_missing_column_stops_even_with_skip_bad(local_ray, tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "reviews.csv"
+    source.write_text("review,stars\nfine,5\n", encoding="utf-8")
+    with pytest.raises(BadRow, match=r"line 1: the header \['review', 'stars'\] has no 'text' or 'sentence' column"):
+        run_predict_ray(str(tiny_bundle_dir), str(source), str(tmp_path / "o.jsonl"), skip_bad=True)
