@@ -5,11 +5,16 @@ so a user picks a point on the curve (e.g. a teacher and its distilled students,
 
 Per model and variant: dev accuracy, batch-1 latency p50/p90 (all models interleaved block by block, so drift hits
 them alike), throughput of length-sorted batches, and file size. onnxruntime only: runs on the base install.
+
+With `anchors`, untrained models of the stock shapes (`sst2dist.bench.anchors`) are timed in the same run and placed
+at their published accuracy; every row gets a latency class (p50 / the reference entry's fp32 p50), and the menu
+names its Pareto frontier and, per class, its best entry beside the stock models of that cost.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
+from sst2dist.bench.anchors import (
+    PUBLISHED_NOTE,
+    STOCK_ANCHORS,
+    Anchor,
+    anchor_bundles,
+    cache_root,
+    check_anchor_table,
+    check_buildable,
+)
 from sst2dist.bench.measure import (
     ORT_BACKENDS,
     BenchError,
@@ -48,6 +62,13 @@ class MenuSettings:
     warmup: int = 20
     progress: bool = True
     notes: list[str] = field(default_factory=list)
+    anchors: bool = False  # time untrained stock shapes too, placed at their published accuracy
+    anchor_table: Sequence[Anchor] = STOCK_ANCHORS
+    class_reference: str = "l6"  # the entry whose fp32 p50 is 1x in the class column
+
+
+ANCHOR_VARIANTS = ("fp32", "int8")
+CLASS_BOUNDS = (("<= 0.5x", 0.5), ("<= 1x", 1.0), ("<= 2x", 2.0), ("<= 3x", 3.0), ("any", math.inf))
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,7 @@ class Entry:
     variant: str
     bundle: str
     passed_gate: bool
+    anchor: Anchor | None = None
 
     @property
     def key(self) -> str:
@@ -90,6 +112,9 @@ def check_menu(settings: MenuSettings) -> list[Entry]:
         raise BenchError(f"the menu runs bundle variants only: choose --backends from {', '.join(ORT_BACKENDS)}")
     entries = [entry for name, bundle in settings.bundles.items() for entry in bundle_entries(name, bundle, wanted)]
     settings.output = output_folder(settings.output, Path("bench") / "results" / "menu")
+    if settings.anchors:
+        check_anchor_table(settings.anchor_table, list(settings.bundles))
+        check_buildable(settings.anchor_table, cache_root(settings.output))
     return entries
 
 
@@ -102,6 +127,18 @@ def bundle_entries(name: str, bundle: str, wanted: list[str]) -> list[Entry]:
     return [Entry(name, ORT_BACKENDS[b], bundle, bool(variants[ORT_BACKENDS[b]].get("passed"))) for b in chosen]
 
 
+def anchor_entries(settings: MenuSettings) -> list[Entry]:
+    """fp32 and int8 of every anchor, built (or found in the cache) now."""
+    say = (lambda line: print(line, file=sys.stderr)) if settings.progress else (lambda _: None)
+    bundles = anchor_bundles(settings.anchor_table, cache_root(settings.output), settings.data, say)
+    entries = []
+    for anchor in settings.anchor_table:
+        variants = bundle_backends(str(bundles[anchor.name]))[0]["variants"]
+        for variant in ANCHOR_VARIANTS:
+            entries.append(Entry(anchor.name, variant, str(bundles[anchor.name]), variants[variant]["passed"], anchor))
+    return entries
+
+
 def run_menu(settings: MenuSettings) -> dict:
     """Measure every (model, variant), write menu.json, menu.md and menu.png to settings.output; return the menu."""
     from sst2dist.bench.report import write_menu
@@ -109,9 +146,11 @@ def run_menu(settings: MenuSettings) -> dict:
     entries = check_menu(settings)
     sentences, labels = load_validation(settings.data, settings.max_samples)
     settings.latency_samples = min(settings.latency_samples or len(sentences), len(sentences))
+    entries += anchor_entries(settings) if settings.anchors else []
     load_before, started = load_average(), time.perf_counter()
     measured = measure_menu(settings, entries, sentences)
     rows = menu_rows(entries, measured, labels)
+    reference = add_classes(rows, settings.class_reference, settings.notes)
     menu = {
         **run_header(settings),
         "dataset": {
@@ -124,6 +163,9 @@ def run_menu(settings: MenuSettings) -> dict:
         "environment": environment([settings.threads], load_before, settings.notes),
         "duration_seconds": time.perf_counter() - started,
         "rows": rows,
+        "class_reference": reference,
+        "classes": class_table(rows) if reference else None,
+        "frontier": frontier_keys(rows),
         "raw": {key: {"latency_ms": figures["latency_ms"]} for key, figures in measured.items()},
     }
     write_menu(menu, Path(settings.output))
@@ -178,9 +220,88 @@ def menu_rows(entries: list[Entry], measured: dict[str, dict], labels: np.ndarra
                 "file_size_mb": size / 1e6,
                 "file_size_bytes": size,
                 "predictions": predictions.tolist(),
+                "accuracy_source": "measured",
             }
         )
+        if entry.anchor:
+            rows[-1] |= published(entry.anchor, rows[-1]["accuracy"])
     rows.sort(key=lambda row: row["latency_ms"]["p50"])
     for row in rows:
         row["latency_vs_fastest"] = row["latency_ms"]["p50"] / rows[0]["latency_ms"]["p50"]
     return rows
+
+
+def published(anchor: Anchor, untrained_accuracy: float) -> dict:
+    """An anchor row's accuracy is the stock model's published one; what its untrained weights scored is kept apart."""
+    source = f"{PUBLISHED_NOTE} ({anchor.source})"
+    return {"accuracy": anchor.accuracy / 100, "accuracy_source": source, "untrained_accuracy": untrained_accuracy}
+
+
+# --- classes and the frontier -------------------------------------------------------------------------------------
+
+
+def add_classes(rows: list[dict], reference: str, notes: list[str]) -> str | None:
+    """row["class"] = p50 / the reference entry's fp32 p50 (None for all rows without one); the reference's key."""
+    for row in rows:
+        row["class"] = None
+    matches = [r for r in rows if r["anchor"] is None and r["model"].lower() == reference.lower()]
+    if len({r["model"] for r in matches}) != 1:
+        found = "two entries" if matches else "no entry"
+        notes.append(f"no class column: {found} of --menu named {reference} (--class-reference names the 1x entry)")
+        return None
+    base = next((r for r in matches if r["variant"] == "fp32"), None)
+    if base is None:
+        notes.append(f"no class column: {matches[0]['model']} has no fp32 row: add ort-fp32 to --backends")
+        return None
+    for row in rows:
+        row["class"] = row["latency_ms"]["p50"] / base["latency_ms"]["p50"]
+    return f"{base['model']}/{base['variant']}"
+
+
+def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, accuracy) points on the frontier, fastest first: each is more accurate than every
+    faster point (of equal latencies, only the most accurate)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    kept: list[int] = []
+    for i in order:
+        if not kept or points[i][1] > points[kept[-1]][1]:
+            kept.append(i)
+    return kept
+
+
+def frontier_keys(rows: list[dict]) -> list[str]:
+    """The menu's frontier: measured entries that passed the gate; anchors and failed variants never count."""
+    candidates = [r for r in rows if r["anchor"] is None and r["passed_gate"]]
+    chosen = pareto_frontier([(r["latency_ms"]["p50"], r["accuracy"]) for r in candidates])
+    return [f"{candidates[i]['model']}/{candidates[i]['variant']}" for i in chosen]
+
+
+def class_table(rows: list[dict]) -> list[dict]:
+    """Per class: the most accurate gated entry at or under its bound, and the anchors whose fastest variant falls in
+    it (above the previous bound), with the margin in points between the two."""
+    measured = [r for r in rows if r["anchor"] is None and r["passed_gate"]]
+    stock = fastest_per_model([r for r in rows if r["anchor"] is not None])
+    table, lower = [], 0.0
+    for label, bound in CLASS_BOUNDS:
+        inside = [r for r in measured if r["class"] <= bound]
+        best = max(inside, key=lambda r: (r["accuracy"], -r["class"]), default=None)
+        anchors = [class_cell(r) for r in stock if lower < r["class"] <= bound]
+        margin = None
+        if best and anchors:
+            margin = 100 * (best["accuracy"] - max(a["accuracy"] for a in anchors))
+        entry = {"class": label, "bound": bound if math.isfinite(bound) else None, "best": best and class_cell(best)}
+        table.append(entry | {"anchors": anchors, "margin_points": margin})
+        lower = bound
+    return table
+
+
+def fastest_per_model(rows: list[dict]) -> list[dict]:
+    fastest: dict[str, dict] = {}
+    for row in rows:
+        if row["model"] not in fastest or row["latency_ms"]["p50"] < fastest[row["model"]]["latency_ms"]["p50"]:
+            fastest[row["model"]] = row
+    return list(fastest.values())
+
+
+def class_cell(row: dict) -> dict:
+    return {k: row[k] for k in ("model", "variant", "accuracy", "class", "accuracy_source")}

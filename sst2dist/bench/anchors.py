@@ -1,0 +1,206 @@
+"""Anchors for the menu: untrained models of the stock SST-2 shapes, built from transformers configs (no weights,
+no network), exported like a real bundle and timed in the same run as the user's bundles, then plotted at their
+published SST-2 accuracy (published, not measured here). They show, on this CPU, the stock model of each latency
+class that a menu entry has to beat.
+
+    sst2dist bench --menu L6=export/l6 --menu L3=export/l3 --anchors --data ../shared/data/sst2
+
+Built anchor bundles are cached in `$SST2DIST_CACHE/anchors`, else in `<output>/anchors`, keyed by shape and
+by the versions and CPU flags that shape the exported graphs, so a rerun reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sst2dist.bench.measure import BenchError
+from sst2dist.environment import acceleration_flags, package_versions
+from sst2dist.packaged import CACHE_ENV
+
+PUBLISHED_NOTE = "published, not measured here"
+VOCAB_SIZE = 30522  # the uncased BERT WordPiece vocabulary every stock shape here uses
+SEED = 0
+VERIFY_SAMPLES = 16  # the export gate only proves the graphs run: an untrained model has no accuracy to keep
+KEY_PACKAGES = ("transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "torch")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A stock shape and its published SST-2 accuracy."""
+
+    name: str  # the menu name, e.g. "BERT-base"
+    architecture: str  # "bert" or "distilbert": the transformers config that builds it
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int  # intermediate (feed-forward) width
+    accuracy: float  # published SST-2 accuracy, %
+    source: str  # who published it, and on which split
+
+    @property
+    def shape(self) -> str:
+        return f"{self.layers}x{self.hidden}"
+
+
+# The published numbers, in one place. Dev is the GLUE SST-2 validation set (872 sentences) that the menu measures.
+STOCK_ANCHORS: tuple[Anchor, ...] = (
+    Anchor("BERT-base", "bert", 12, 768, 12, 3072, 92.7, "Devlin et al. 2019, GLUE dev"),
+    Anchor("DistilBERT", "distilbert", 6, 768, 12, 3072, 91.3, "Sanh et al. 2019, dev"),
+    Anchor("MiniLM-L12-H384", "bert", 12, 384, 12, 1536, 93.0, "Wang et al. 2020, dev"),
+    Anchor("MiniLM-L6-H384", "bert", 6, 384, 12, 1536, 91.5, "Wang et al. 2020, dev (the L6 figure of issue 17)"),
+    Anchor("BERT-small", "bert", 4, 512, 8, 2048, 89.7, "Turc et al. 2019, GLUE test"),
+)
+
+
+def check_anchor_table(anchors: Sequence[Anchor], menu_names: Sequence[str]) -> None:
+    """Names unique and distinct from the menu's, architectures known. Raises BenchError."""
+    names = [anchor.name for anchor in anchors]
+    if not names:
+        raise BenchError("--anchors has no anchor shapes to build")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise BenchError(f"the anchor table names {twice[0]!r} twice: give every anchor its own name")
+    clashes = sorted({name.lower() for name in names} & {name.lower() for name in menu_names})
+    if clashes:
+        raise BenchError(f"--menu name {clashes[0]!r} is also an anchor's name: rename that menu entry")
+    unknown = [a.name for a in anchors if a.architecture not in ("bert", "distilbert")]
+    if unknown:
+        raise BenchError(f"anchor {unknown[0]} has an unknown architecture: use bert or distilbert")
+
+
+def cache_root(output: str) -> Path:
+    """$SST2DIST_CACHE/anchors when set, else <output>/anchors."""
+    base = os.environ.get(CACHE_ENV)
+    return (Path(base).expanduser() if base else Path(output)) / "anchors"
+
+
+def anchor_key(anchor: Anchor) -> str:
+    """What decides the exported graphs: the shape, the seed, the exporter's versions and the CPU's int8 flags
+    (the int8 recipe follows them). The published accuracy is not part of it."""
+    shape = {k: v for k, v in asdict(anchor).items() if k not in ("name", "accuracy", "source")}
+    recipe = {"shape": shape, "vocab": VOCAB_SIZE, "seed": SEED, "packages": package_versions(KEY_PACKAGES)}
+    recipe |= {"machine": platform.machine(), "flags": acceleration_flags()}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def anchor_folder(anchor: Anchor, root: Path) -> Path:
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in anchor.name)
+    return root / f"{slug}-{anchor_key(anchor)}"
+
+
+def is_built(folder: Path) -> bool:
+    """export_bundle renames a bundle into place only once complete, so a manifest means a whole bundle."""
+    return (folder / "manifest.json").is_file()
+
+
+def check_buildable(anchors: Sequence[Anchor], root: Path) -> None:
+    """Anchors not cached yet need the train extra to build. Raises BenchError before any work starts."""
+    missing = [a.name for a in anchors if not is_built(anchor_folder(a, root))]
+    stack = ("torch", "transformers", "optimum")
+    if missing and not all(importable(name) for name in stack):
+        raise BenchError(
+            f"--anchors builds {', '.join(missing)} with torch, transformers and Optimum, which are not installed: "
+            "pip install 'sst2dist[train]', or drop --anchors"
+        )
+
+
+def importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def anchor_bundles(
+    anchors: Sequence[Anchor], root: Path, data: str, say: Callable[[str], None] = lambda _: None
+) -> dict[str, Path]:
+    """Every anchor's bundle folder, built now when it is not cached."""
+    bundles = {}
+    for anchor in anchors:
+        folder = anchor_folder(anchor, root)
+        if not is_built(folder):
+            say(f"building anchor {anchor.name} ({anchor.shape}, untrained) in {folder}")
+            build_anchor(anchor, folder, data)
+        bundles[anchor.name] = folder
+    return bundles
+
+
+def build_anchor(anchor: Anchor, bundle: Path, data: str) -> None:
+    """An untrained model of the anchor's shape, saved with the uncased WordPiece tokenizer, then exported like a
+    real bundle: fp32 and dynamic int8 (the same int8 recipe), the gate run on a few sentences."""
+    from sst2dist.export.bundle import export_bundle
+
+    root = bundle.parent
+    root.mkdir(parents=True, exist_ok=True)
+    ignore = root / ".gitignore"
+    if not ignore.exists():  # a cache of large files inside a results folder: never committed by accident
+        ignore.write_text("*\n", encoding="utf-8")
+    work = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=root))
+    try:
+        model_dir = save_untrained(anchor, work / "model")
+        export_bundle(
+            model_dir,
+            bundle,
+            data=data,
+            optimize="none",
+            quantize="dynamic",
+            max_verify_samples=VERIFY_SAMPLES,
+            max_accuracy_drop=100.0,  # untrained weights: the gate checks the graphs run and agree, not accuracy
+            force=True,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def anchor_config(anchor: Anchor):  # -> transformers.PretrainedConfig
+    """The transformers config of the anchor's shape, with SST-2's two labels."""
+    from transformers import BertConfig, DistilBertConfig
+
+    from sst2dist.modeling import ID2LABEL, LABEL2ID
+
+    labels = {"num_labels": len(ID2LABEL), "id2label": ID2LABEL, "label2id": LABEL2ID}
+    if anchor.architecture == "distilbert":
+        return DistilBertConfig(
+            vocab_size=VOCAB_SIZE,
+            n_layers=anchor.layers,
+            dim=anchor.hidden,
+            n_heads=anchor.heads,
+            hidden_dim=anchor.ffn,
+            **labels,
+        )
+    return BertConfig(
+        vocab_size=VOCAB_SIZE,
+        num_hidden_layers=anchor.layers,
+        hidden_size=anchor.hidden,
+        num_attention_heads=anchor.heads,
+        intermediate_size=anchor.ffn,
+        **labels,
+    )
+
+
+def save_untrained(anchor: Anchor, folder: Path) -> Path:
+    """A randomly initialised classifier of the anchor's shape and its tokenizer, saved for export."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertTokenizerFast, DistilBertTokenizerFast
+
+    from sst2dist.modeling import DEFAULT_MODEL, resolve_model
+
+    torch.manual_seed(SEED)
+    model = AutoModelForSequenceClassification.from_config(anchor_config(anchor)).eval()
+    model.save_pretrained(folder)
+    # DistilBERT's tokenizer class drops token_type_ids, which its model does not take
+    tokenizer_class = DistilBertTokenizerFast if anchor.architecture == "distilbert" else BertTokenizerFast
+    tokenizer = tokenizer_class.from_pretrained(resolve_model(DEFAULT_MODEL))
+    if tokenizer.vocab_size != VOCAB_SIZE:
+        raise BenchError(f"the packaged tokenizer has {tokenizer.vocab_size} words, not {VOCAB_SIZE}: reinstall it")
+    tokenizer.save_pretrained(folder)
+    return folder
