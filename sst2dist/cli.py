@@ -144,8 +144,23 @@ def export_onnx(model_dir: str, output: str, **flags) -> None:
     help="Instead of --bundle: compare models, every variant of each bundle (repeatable): accuracy, batch-1 "
     "latency, sorted-batch throughput, size. Writes menu.json, menu.md and menu.png. onnxruntime only.",
 )
+@click.option(
+    "--anchors",
+    is_flag=True,
+    help="With --menu: also time untrained models of the stock shapes (BERT-base, DistilBERT, MiniLM-L12/L6-H384, "
+    "BERT-small; fp32 and int8, built once and cached) and plot them at their published SST-2 accuracy.",
+)
+@click.option(
+    "--class-reference",
+    default="l6",
+    show_default=True,
+    metavar="NAME",
+    help="With --menu: the entry whose fp32 batch-1 p50 is 1x in the latency-class column and table.",
+)
 @click_options(BenchSettings, exclude=("model", "bundle"))
-def bench(model: str | None, bundle: str | None, menu: tuple[str, ...], **flags) -> None:
+def bench(
+    model: str | None, bundle: str | None, menu: tuple[str, ...], anchors: bool, class_reference: str, **flags
+) -> None:
     """Benchmark PyTorch against every ONNX variant of a bundle, side by side on SST-2.
 
     Writes results.json, report.md and chart.png to --output and prints the table. With --menu, compares
@@ -163,9 +178,11 @@ def bench(model: str | None, bundle: str | None, menu: tuple[str, ...], **flags)
 
     if bool(bundle) == bool(menu):
         raise click.UsageError("give --bundle BUNDLE_DIR, or --menu NAME=BUNDLE_DIR (repeatable), not both")
+    if anchors and not menu:
+        raise click.UsageError("--anchors goes with --menu: add --menu NAME=BUNDLE_DIR for each bundle to compare")
     try:
         if menu:
-            bench_menu(menu, model, flags)
+            bench_menu(menu, model, flags | {"anchors": anchors, "class_reference": class_reference})
             return
         settings = BenchSettings.from_flags(bundle=bundle, model=model, **flags)
         results = run_bench(settings)
@@ -183,10 +200,15 @@ def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
 
     if model is not None:
         raise click.UsageError("--menu measures bundles only (onnxruntime): drop --model")
+    menu_only = {name: flags.pop(name) for name in ("anchors", "class_reference")}
     values = BenchSettings.flag_values(**flags)
     threads, sizes = values.pop("threads", None), values.pop("batch_sizes")
     settings = MenuSettings(
-        bundles=parse_menu_items(items), threads=max(threads) if threads else None, batch_size=max(sizes), **values
+        bundles=parse_menu_items(items),
+        threads=max(threads) if threads else None,
+        batch_size=max(sizes),
+        **values,
+        **menu_only,
     )
     menu = run_menu(settings)
     click.echo(render_menu_terminal(menu))
