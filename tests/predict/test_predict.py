@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from sst2dist.cli import main
 from sst2dist.predict.run import BadLine, predict_records, read_texts
-from sst2dist.runtime import load_classifier
+from sst2dist.runtime import VARIANT_FILES, load_classifier, recorded_sha256
 from sst2dist.variant_choice import THROUGHPUT
 
 TEXTS = ["a gripping, funny film", "a dull, lifeless mess", 'said "great", then left']
@@ -245,3 +246,16 @@ def test_predict_does_not_import_the_server(bundle: Path) -> None:
     result = subprocess.run([sys.executable, "-c", NO_SERVER, str(bundle)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "loaded: []" in result.stdout, result.stdout
+
+
+def test_a_flipped_byte_in_the_bundle_is_refused(bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for name in (VARIANT_FILES["optimized"], "tokenizer.json"):
+        data = bytearray((copy / name).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copy / name).write_bytes(bytes(data))
+        result = run(str(copy), "--variant", "optimized", "--output", str(tmp_path / "out.jsonl"), *TEXTS)
+        assert result.exit_code != 0 and not (tmp_path / "out.jsonl").exists()
+        assert f"{copy / name} is corrupt" in result.output and recorded_sha256(manifest, name) in result.output
+        shutil.copy2(bundle / name, copy / name)

@@ -7,6 +7,7 @@ gate, `Faulty` feeds onnxruntime float32 ids for one text so that onnxruntime it
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 from pydantic import ValidationError
 from servers import InProcess, Running, Server, assert_error, free_port
 
-from sst2dist.runtime import Classifier, load_classifier, softmax
+from sst2dist.runtime import VARIANT_FILES, Classifier, load_classifier, recorded_sha256, softmax
 from sst2dist.serve import InferenceRequest, PredictRequest, ServeLimits, plan_chunks
 from sst2dist.serve.app import manifest_scalars
 from sst2dist.serve.protocol import NOT_BLANK, validation_failure
@@ -628,3 +629,19 @@ def test_serving_path_imports_no_torch(bundle: Path) -> None:
     result = subprocess.run([sys.executable, "-c", NO_TORCH, str(bundle)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "served without torch" in result.stdout
+
+
+def test_a_flipped_byte_stops_serve_before_binding(bundle: Path, tmp_path: Path) -> None:
+    """One flipped byte in the served variant or in tokenizer.json: serve names the file and the manifest's sha256
+    and never starts (the full matrix of files is in tests/core/test_runtime.py)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for name in (VARIANT_FILES[VARIANT], "tokenizer.json"):
+        copy = Path(shutil.copytree(bundle, tmp_path / name))
+        data = bytearray((copy / name).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copy / name).write_bytes(bytes(data))
+        command = [sys.executable, "-m", "sst2dist.cli", "serve", str(copy), "--variant", VARIANT]
+        result = subprocess.run(command + ["--port", str(free_port())], capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0, result.stderr
+        assert f"{copy / name} is corrupt" in result.stderr and recorded_sha256(manifest, name) in result.stderr
+        assert "Uvicorn running" not in result.stderr + result.stdout
