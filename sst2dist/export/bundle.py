@@ -3,7 +3,8 @@
     model folder ──► model.onnx (Optimum main_export) ──► model_optimized.onnx (ORTOptimizer)
                           └──► model_quantized.onnx (dynamic int8) [+ model_static_quantized.onnx]
     every variant ──► verified against PyTorch on real SST-2 sentences ──► the ones that passed timed on this CPU
-                  ──► manifest.json (with the timings and the CPU fingerprint) ──► rename into place
+                  ──► manifest.json (with the timings and the CPU fingerprint) ──► README.md (model card)
+                  ──► rename into place
 
 Optimum's own export check runs on dummy inputs and only warns; this gate runs the bundle through the
 runtime `Classifier` (the code that will serve it) on the validation set and refuses a bad variant.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sst2dist.atomic import replace_dir, writing
+from sst2dist.export.card import write_card
 from sst2dist.export.gate import ExportError, check_gate, verify_bundle
 from sst2dist.export.int8 import quantize_dynamic_int8, quantize_static_int8
 from sst2dist.export.manifest import add_openvino_variants, add_support_files, add_variant, new_manifest, write_manifest
@@ -77,6 +79,7 @@ def export_bundle(
             check_gate(manifest, options.keep_failed)
             time_gated_variants(staging, manifest, splits["validation"])
             write_manifest(staging, manifest)
+            write_card(staging, manifest, model_dir, output_dir.name)  # README.md: outside the manifest's hashes
             replace_dir(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,178 @@
+"""The bundle's README.md: a Hugging Face model card built with `huggingface_hub`'s `ModelCard` / `ModelCardData`.
+
+Its metadata carries the license, the base model, the dataset, `pipeline_tag: text-classification`,
+`library_name: onnx` and a `model-index` with the dev accuracy of every gated variant; its text says what the model
+is for, what it is not for, each variant's latency as timed at export (with the CPU) and how to serve or predict.
+The base model and teacher come from the run's `train_config.json` beside the model folder, when there is one. The
+manifest's hashes do not cover the card, so editing it never breaks the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CARD_FILE = "README.md"
+LICENSE = "apache-2.0"  # sst2dist's, and that of both packaged base models (MiniLM-L6 and MPNet)
+DATASET = "stanfordnlp/sst2"
+# The packaged models, by the Hub id they were published under (their card's `base_model`).
+HUB_IDS = {
+    "packaged:all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "packaged:all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2",
+}
+
+
+def train_config(model_dir: Path) -> dict:
+    """The run's train_config.json beside `model_dir` (train's output folder), or {} for a folder from elsewhere."""
+    path = Path(model_dir).resolve().parent / "train_config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def base_model(model_dir: Path, depth: int = 3) -> str | None:
+    """The Hub id the model was fine-tuned from: `--model` of its run, followed through local folders that were
+    themselves trained here (an L3 student cut from an L6 student names the L6's base)."""
+    name = train_config(model_dir).get("model")
+    if not name:
+        return None
+    if Path(name).is_dir() and depth > 0:
+        return base_model(Path(name), depth - 1) or None
+    return HUB_IDS.get(name, name)
+
+
+def eval_results(manifest: dict) -> list:
+    """One accuracy per gated variant on the validation sentences the export gate ran."""
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(
+            task_type="text-classification",
+            task_name="Sentiment classification",
+            dataset_type=DATASET,
+            dataset_name="SST-2",
+            dataset_split="validation",
+            metric_type="accuracy",
+            metric_name=f"accuracy ({name})",
+            metric_value=round(entry["verification"]["accuracy"], 6),
+        )
+        for name, entry in manifest["variants"].items()
+        if entry.get("passed")
+    ]
+
+
+def card_data(manifest: dict, model_dir: Path, name: str):
+    from huggingface_hub import ModelCardData
+
+    config = train_config(model_dir)
+    tags = ["onnx", "sst2dist", "sentiment-analysis"] + (["distillation"] if config.get("teacher") else [])
+    return ModelCardData(
+        model_name=name,
+        language="en",
+        license=LICENSE,
+        base_model=base_model(model_dir),
+        datasets=[DATASET],
+        pipeline_tag="text-classification",
+        library_name="onnx",
+        tags=tags,
+        eval_results=eval_results(manifest),
+    )
+
+
+def variant_table(manifest: dict) -> str:
+    """Markdown: per variant, the gate's result, accuracy, size and the ms per sentence timed at export."""
+    timings = manifest.get("variant_timings") or {}
+    single = timings.get("ms_per_sentence", {})
+    batched = timings.get("batch_ms_per_sentence", {})
+    threads = sorted(single, key=int)
+    head = ["variant", "gate", "dev accuracy", "size"]
+    head += [f"batch 1, {n} thread(s)" for n in threads] + [f"sorted batches, {n} thread(s)" for n in sorted(batched)]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant, entry in manifest["variants"].items():
+        accuracy = entry.get("verification", {}).get("accuracy")
+        cells = [f"`{variant}`", "passed" if entry.get("passed") else "failed"]
+        cells += [f"{100 * accuracy:.2f} %" if accuracy is not None else "", f"{entry['size_bytes'] / 1e6:.1f} MB"]
+        cells += [_ms(single[n].get(variant)) for n in threads] + [
+            _ms(batched[n].get(variant)) for n in sorted(batched)
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.3g} ms" if value is not None else "not timed"
+
+
+def timing_note(manifest: dict) -> str:
+    timings = manifest.get("variant_timings")
+    if not timings:
+        return "No variant was timed at export."
+    cpu = timings.get("cpu", {})
+    flags = ", ".join(cpu.get("flags", [])) or "none of the flags that pick kernels"
+    return (
+        f"Milliseconds per sentence, timed at export on {cpu.get('model', 'an unnamed CPU')} "
+        f"(`{cpu.get('kind', '?')}`; {flags}) over {timings.get('sentences', '?')} validation sentences "
+        f"({timings.get('statistic', 'median')}). Another CPU gives other numbers: the runtime re-times the "
+        "variants there before choosing one."
+    )
+
+
+def card_text(manifest: dict, model_dir: Path, name: str) -> str:
+    config, verification = train_config(model_dir), manifest.get("verification", {})
+    labels = " / ".join(f"`{label}`" for label in manifest["labels"])
+    teacher = config.get("teacher")
+    distilled = f"\nDistilled from the teacher `{teacher}` (its logits, `--teacher`).\n" if teacher else ""
+    trained = f"from `{config['model']}` on `{config.get('data')}`" if config.get("model") else "(run unknown)"
+    return f"""
+# {name}
+
+An English sentiment classifier ({labels}) fine-tuned {trained} with sst2dist, exported to ONNX and verified
+against PyTorch before this bundle was written. It runs on a CPU with onnxruntime alone (no torch).
+{distilled}
+## Variants
+
+Accuracy on {verification.get("samples", "the")} SST-2 validation sentences (`{verification.get("data", "?")}`);
+PyTorch scored {100 * verification.get("pytorch_accuracy", float("nan")):.2f} % on them. The default is
+`{manifest.get("default_variant", "?")}`, the fastest gated variant on the exporting CPU.
+
+{variant_table(manifest)}
+
+{timing_note(manifest)}
+
+## Use
+
+```bash
+pip install sst2dist   # onnxruntime, tokenizers, numpy: no torch
+sst2dist serve {name} --port 8080   # HTTP: POST /predict, POST / (Inference API), /metrics
+sst2dist predict {name} "a gripping, funny film"
+# Ray Data, on one box or a cluster (pip install "sst2dist[ray]"):
+sst2dist predict-ray {name} --input reviews.parquet --output predictions.parquet
+```
+
+```python
+from sst2dist.runtime import Classifier
+
+Classifier("{name}").predict(["a gripping, funny film"])  # [{{"label": "positive", "score": ...}}]
+```
+
+## Intended use and limitations
+
+- Intended for the polarity of short English texts such as movie-review sentences: what SST-2 holds.
+- Two labels only: neutral or mixed texts are forced to one side, and the score is not a calibrated probability
+  outside SST-2's domain. Texts are cut at {manifest.get("max_length", "?")} tokens.
+- Accuracy was measured on SST-2's validation split only; measure it on your own data before relying on it, and
+  do not use it alone for decisions about people.
+- The dynamic `int8` variant's scores move slightly with their batch mates; `serve` and `predict` only run it
+  when asked by name.
+
+`manifest.json` holds the hashes, the package versions, the verification per batch size and the raw timings.
+"""
+
+
+def write_card(bundle_dir: Path, manifest: dict, model_dir: Path, name: str) -> None:
+    """Write `bundle_dir`/README.md from the finished manifest."""
+    from huggingface_hub import ModelCard
+
+    data = card_data(manifest, model_dir, name)
+    ModelCard(f"---\n{data.to_yaml()}\n---\n{card_text(manifest, model_dir, name)}").save(bundle_dir / CARD_FILE)
