@@ -33,14 +33,17 @@ def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | 
     output_dir = Path(config.output_dir)
     if config.resume:
         checkpoint = latest_checkpoint(output_dir)
-        if checkpoint is None:
+        if checkpoint is None and not killed_before_first_checkpoint(output_dir):
             raise ConfigError(
                 f"--resume: no complete checkpoint in {output_dir / CHECKPOINTS_DIR}; run without --resume"
             )
         check_same_config(output_dir / "train_config.json", config)
-        return checkpoint
+        if checkpoint is not None:
+            return checkpoint
+        # Killed before its first checkpoint: nothing to continue, so the same run starts over (--resume is
+        # always the right answer to a kill).
     existing = [name for name in RUN_FILES if (output_dir / name).exists()]
-    if existing and not config.overwrite:
+    if existing and not (config.overwrite or config.resume):
         raise ConfigError(
             f"{output_dir} already holds a run ({', '.join(existing)}): pass --resume to continue it, "
             "--overwrite to replace it, or choose another --output-dir"
@@ -54,6 +57,12 @@ def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | 
         write_json_atomic(output_dir / "train_config.json", asdict(config))
     accelerator.wait_for_everyone()
     return None
+
+
+def killed_before_first_checkpoint(output_dir: Path) -> bool:
+    """A run started here (train_config.json) that neither finished (metrics.json) nor saved a checkpoint."""
+    started = (output_dir / "train_config.json").is_file()
+    return started and not (output_dir / "metrics.json").exists() and latest_checkpoint(output_dir) is None
 
 
 def record_plan(config: TrainConfig, accelerator: Accelerator, plan: dict) -> None:
