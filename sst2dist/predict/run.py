@@ -52,8 +52,9 @@ def guess_format(path: str | None, given: str | None) -> str:
     return SUFFIX_FORMATS.get(Path(path).suffix.lower(), "text") if path else "text"
 
 
-def decoded_lines(binary: Iterable[bytes]) -> Iterator[tuple[int, str]]:
-    """(line number, line without its newline), strictly UTF-8: a bad byte is a BadLine, not a crash."""
+def decoded_lines(binary: Iterable[bytes], keep_ends: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, line without its newline unless `keep_ends`), strictly UTF-8: a bad byte is a BadLine, not a
+    crash."""
     for number, raw in enumerate(binary, start=1):
         try:
             line = raw.decode("utf-8")
@@ -62,7 +63,7 @@ def decoded_lines(binary: Iterable[bytes]) -> Iterator[tuple[int, str]]:
             continue
         if number == 1:
             line = line.removeprefix("\ufeff")
-        yield number, line.rstrip("\r\n")
+        yield number, line if keep_ends else line.rstrip("\r\n")
 
 
 def read_plain(binary: Iterable[bytes]) -> Iterator[tuple[int, str | BadLine]]:
@@ -86,6 +87,10 @@ def _jsonl_text(number: int, line: str, field_name: str | None) -> str:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise BadLine(number, f"not valid JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise BadLine(number, "not valid JSON here (nested too deeply)") from None
+    except ValueError:  # an integer over Python's 4300-digit limit
+        raise BadLine(number, "not valid JSON here (a number too long to read)") from None
     if not isinstance(record, dict):
         raise BadLine(number, "not a JSON object")
     names = (field_name,) if field_name else TEXT_FIELDS
@@ -97,7 +102,8 @@ def _jsonl_text(number: int, line: str, field_name: str | None) -> str:
 
 def read_table(binary: Iterable[bytes], delimiter: str, column: str | None) -> Iterator[tuple[int, str | BadLine]]:
     """CSV/TSV with a header row; the text is `column`, else the first of "text", "sentence"."""
-    lines = decoded_lines(binary)
+    # Line ends stay: the csv module reads \r\n itself, and a quoted field may hold \r or \n of its own.
+    lines = decoded_lines(binary, keep_ends=True)
     rows = csv.reader(_TrackedLines(lines), delimiter=delimiter)
     try:
         header = next(rows)
@@ -143,7 +149,7 @@ class _TrackedLines:
         number, line = next(self.lines)
         if isinstance(line, BadLine):
             raise line
-        return line + "\n"
+        return line
 
 
 def _try(function, number: int, *args) -> str | BadLine:
