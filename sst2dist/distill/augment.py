@@ -125,7 +125,13 @@ def augment(config: AugmentOptions) -> dict:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    shutil.rmtree(shards_folder(output), ignore_errors=True)  # kept until now so a killed run resumes them
     return summary
+
+
+def shards_folder(output: Path) -> Path:
+    """Where the teacher's shards wait beside `--output` until the folder is written (kept across a kill)."""
+    return output.with_name(f".{output.name}.shards")
 
 
 def label_with_teacher(
@@ -136,37 +142,42 @@ def label_with_teacher(
     all_labels: list[int],
     folder: Path,
 ) -> dict:
-    """Teacher logits for every row of the new training split: the original rows' from `--teacher-logits` or
-    the teacher's cache, the new rows' computed here; saved keyed by the new split's fingerprint."""
-    from accelerate import Accelerator
+    """Teacher logits (fp16) for every row of the new training split, keyed by its fingerprint: the original
+    rows' from `--teacher-logits` when given, every other row scored by `--scorer` in shards (`scoring`)."""
+    from sst2dist.distill.scoring import SHARD_ROWS, assemble, make_scorer, score_in_shards, teacher_sha256_of
+    from sst2dist.distill.teacher import LogitsKey, data_fingerprint, logits_meta, save_logits
 
-    from sst2dist.distill.teacher import (
-        LogitsKey,
-        data_fingerprint,
-        save_logits,
-        score,
-        teacher_logits,
-        teacher_weights_sha256,
-    )
-    from sst2dist.environment import default_mixed_precision
+    teacher = Path(config.teacher).expanduser()
+    teacher_sha256 = teacher_sha256_of(teacher)
+    key = LogitsKey(teacher_sha256, data_fingerprint(all_sentences, all_labels), config.max_length)
+    known, meta = np.zeros((0, 2), dtype=np.float32), logits_meta(teacher, key, len(all_sentences))
+    if config.teacher_logits:
+        known, meta = given_logits(config.teacher_logits, teacher, teacher_sha256, sentences, labels)
+    rest = all_sentences[len(known) :]
+    scorer = make_scorer(teacher, config.max_length, config.scorer)
+    shards = shards_folder(Path(config.output))
+    score_in_shards(scorer, rest, shards, key)
+    logits = np.concatenate([known, assemble(shards, rest, key, scorer.name, SHARD_ROWS)])
+    record = {**meta, "key": asdict(key), "rows": len(all_sentences), "scorer": scorer.name}
+    record["augmented_from"] = data_fingerprint(sentences, labels)
+    save_logits(folder / LOGITS_FILE, logits, record, dtype=np.float16)
+    return {"teacher": str(teacher), "rows": len(all_sentences), "logits": LOGITS_FILE, "scorer": scorer.name}
 
-    model_dir = Path(config.teacher).expanduser()
-    accelerator = Accelerator(mixed_precision=default_mixed_precision(on_gpu=False))
-    original, meta = teacher_logits(
-        config.teacher_logits or config.teacher, sentences, labels, config.max_length, accelerator
-    )
-    # Logits from the model folder are keyed by its hash already; a logits file must prove it came from it.
-    teacher_sha256 = teacher_weights_sha256(model_dir) if config.teacher_logits else meta["key"]["teacher_sha256"]
+
+def given_logits(
+    name: str, teacher: Path, teacher_sha256: str, sentences: list[str], labels: list[int]
+) -> tuple[np.ndarray, dict]:
+    """`--teacher-logits` for the original rows, refused unless they came from `teacher` (same weights)."""
+    from sst2dist.distill.teacher import SHIPPED_LOGITS, data_fingerprint, logits_from_file
+
+    path = Path(SHIPPED_LOGITS.get(name, name)).expanduser()
+    logits, meta = logits_from_file(path, data_fingerprint(sentences, labels), len(sentences))
     if meta["key"]["teacher_sha256"] != teacher_sha256:
         raise AugmentError(
-            f"--teacher-logits {config.teacher_logits} came from another teacher than {model_dir} "
+            f"--teacher-logits {name} came from another teacher than {teacher} "
             "(weights sha256 differ): pass the logits of this teacher, or leave --teacher-logits out"
         )
-    new = score(model_dir, all_sentences[len(sentences) :], config.max_length, accelerator)
-    key = LogitsKey(teacher_sha256, data_fingerprint(all_sentences, all_labels), config.max_length)
-    record = {**meta, "key": asdict(key), "rows": len(all_sentences), "augmented_from": meta["key"]["data_sha256"]}
-    save_logits(folder / LOGITS_FILE, np.concatenate([original, new]), record)
-    return {"teacher": str(model_dir), "rows": len(all_sentences), "logits": LOGITS_FILE}
+    return logits, meta
 
 
 def describe(summary: dict) -> str:

@@ -20,9 +20,16 @@ class AugmentOptions(Options):
 
     data: str  # the command's --data and --output are required, so written there by hand
     output: str
-    teacher: str | None = option(None, "Fine-tuned teacher folder that labels the new sentences.")
+    teacher: str | None = option(
+        None, "Fine-tuned teacher that labels the new sentences: its model folder, or its bundle (export-onnx)."
+    )
     teacher_logits: str | None = option(
         None, "The teacher's logits for the original rows (.npz or packaged:…), if any."
+    )
+    scorer: str | None = option(
+        None,
+        "Engine that scores: torch (a model folder) or onnx (a bundle); default: what --teacher is.",
+        choices=("torch", "onnx"),
     )
     embeddings: str = option(DEFAULT_EMBEDDINGS, "Model whose word embeddings pick swaps.")
     variants: int = option(2, "New sentences made from each original sentence.", checks=[positive])
@@ -39,3 +46,5 @@ class AugmentOptions(Options):
             raise AugmentError("--replace-prob must be in (0, 1], got 0.0: at 0 no word is ever swapped")
         if self.teacher_logits and not self.teacher:
             raise AugmentError("--teacher-logits covers the original rows only: also pass --teacher MODEL_DIR")
+        if self.scorer and not self.teacher:
+            raise AugmentError(f"--scorer {self.scorer} scores with a teacher: also pass --teacher")

@@ -1,6 +1,6 @@
 """Knowledge distillation: a teacher's logits over the training split, computed once and cached, and the loss.
 
-The logits live in one `.npz` file (float32 `logits` of shape rows × 2, and a JSON `meta` record) keyed by the
+The logits live in one `.npz` file (`logits` of shape rows × 2, fp16 or fp32, and a JSON `meta` record) keyed by the
 teacher's weights sha256, the training data and the max length. A file is only trusted for the training split
 it was computed on (`meta["data_sha256"]`), so a run never distils from logits of other sentences.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,14 +70,15 @@ def teacher_weights_sha256(model_dir: Path) -> str:
 def load_logits(path: Path) -> tuple[np.ndarray, dict]:
     try:
         with np.load(path, allow_pickle=False) as stored:
-            return stored["logits"], json.loads(str(stored["meta"]))
+            # Shipped and sharded logits are fp16 (half the bytes); everything downstream computes in fp32.
+            return stored["logits"].astype(np.float32), json.loads(str(stored["meta"]))
     except (OSError, KeyError, ValueError) as err:
         raise TeacherError(f"{path} is not a teacher-logits file ({err}); delete it to recompute") from err
 
 
-def save_logits(path: Path, logits: np.ndarray, meta: dict) -> None:
+def save_logits(path: Path, logits: np.ndarray, meta: dict, dtype: type = np.float32) -> None:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, logits=logits.astype(np.float32), meta=np.array(json.dumps(meta, sort_keys=True)))
+    np.savez_compressed(buffer, logits=logits.astype(dtype), meta=np.array(json.dumps(meta, sort_keys=True)))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, "the teacher logits") as temporary:
         temporary.write_bytes(buffer.getvalue())
@@ -129,23 +129,26 @@ def logits_from_file(path: Path, data_sha256: str, rows: int) -> tuple[np.ndarra
 def compute_and_cache(
     model_dir: Path, sentences: Sequence[str], key: LogitsKey, path: Path, accelerator: Accelerator
 ) -> None:
-    """Each process scores rows rank, rank + N, ...; the main process joins the shards and writes the file."""
-    parts = path.with_name(f".parts-{path.stem}")
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if accelerator.is_main_process:
-        parts.mkdir(parents=True, exist_ok=True)
+    """Each process scores shards rank, rank + N, ... into `.shards-NAME/` beside `path` (kept across a kill, so a
+    rerun scores only the missing ones); the main process joins them into the file (`distill.scoring`)."""
+    from sst2dist.distill.scoring import SHARD_ROWS, TorchScorer, finish, score_in_shards, shards_folder
+
+    folder = shards_folder(path)
+    bf16 = accelerator.mixed_precision == "bf16"
+    scorer = TorchScorer(model_dir, key.max_length, device=accelerator.device, bf16=bf16)
+    show = accelerator.is_local_main_process
+    score_in_shards(
+        scorer,
+        sentences,
+        folder,
+        key,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+        show_progress=show,
+    )
     accelerator.wait_for_everyone()
-    mine = list(range(rank, len(sentences), world))
-    shard = score(model_dir, [sentences[i] for i in mine], key.max_length, accelerator)
-    with atomic_path(parts / f"rank-{rank}.npy") as temporary, temporary.open("wb") as handle:
-        np.save(handle, shard)
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        logits = np.zeros((len(sentences), 2), dtype=np.float32)
-        for other in range(world):
-            logits[other::world] = np.load(parts / f"rank-{other}.npy")
-        save_logits(path, logits, logits_meta(model_dir, key, len(sentences)))
-        shutil.rmtree(parts, ignore_errors=True)
+        finish(folder, path, sentences, key, scorer.name, logits_meta(model_dir, key, len(sentences)), SHARD_ROWS)
     accelerator.wait_for_everyone()
 
 
@@ -157,27 +160,3 @@ def logits_meta(model_dir: Path, key: LogitsKey, rows: int) -> dict:
         metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
         meta["teacher_dev_accuracy"] = metrics.get("best_accuracy")
     return meta
-
-
-def score(model_dir: Path, sentences: Sequence[str], max_length: int, accelerator: Accelerator) -> np.ndarray:
-    """The model's logits for `sentences`, in their order; batches of similar length, under the run's precision."""
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(accelerator.device).eval()
-    encoded = tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    logits = np.zeros((len(sentences), 2), dtype=np.float32)
-    batch_size = 128
-    progress = tqdm(total=len(order), desc="teacher logits", disable=not accelerator.is_local_main_process)
-    with torch.inference_mode(), accelerator.autocast():
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
-            output = model(**{k: v.to(accelerator.device) for k, v in batch.items()}).logits
-            logits[rows] = output.float().cpu().numpy()
-            progress.update(len(rows))
-    progress.close()
-    return logits
