@@ -14,7 +14,15 @@ import pytest
 from click.testing import CliRunner
 from test_bench import TORCH_BLOCKER, write_small_sst2
 
-from sst2dist.bench.anchors import PUBLISHED_NOTE, STOCK_ANCHORS, VOCAB_SIZE, Anchor, anchor_folder, cache_root
+from sst2dist.bench.anchors import (
+    PUBLISHED_NOTE,
+    STOCK_ANCHORS,
+    VOCAB_SIZE,
+    Anchor,
+    anchor_config,
+    anchor_folder,
+    cache_root,
+)
 from sst2dist.bench.menu import add_classes, class_table, frontier_keys, pareto_frontier
 from sst2dist.bench.report import menu_figure, place_labels, pyplot, render_menu_markdown, text_box
 from sst2dist.cli import main
@@ -73,6 +81,31 @@ def test_published_numbers_and_shapes_are_the_issues() -> None:
     sources = {a.name: a.source for a in STOCK_ANCHORS}
     assert sources["BERT-base"].startswith("Devlin et al. 2019") and "test" in sources["BERT-small"]
     assert all(a.hidden % a.heads == 0 for a in STOCK_ANCHORS)
+
+
+def test_stock_configs_have_the_published_models_sizes() -> None:
+    """Encoder parameters of the configs (built on the meta device: no memory, no weights) against the published
+    models' counts (bert-base-uncased 109.48M, distilbert-base-uncased 66.36M, MiniLM-L12-H384 33.36M, ...)."""
+    import torch
+    from transformers import AutoModel
+
+    from sst2dist.modeling import DEFAULT_MODEL, resolve_model
+
+    counts = {}
+    for anchor in STOCK_ANCHORS:
+        with torch.device("meta"):
+            counts[anchor.name] = sum(p.numel() for p in AutoModel.from_config(anchor_config(anchor)).parameters())
+    assert counts == {
+        "BERT-base": 109_482_240,
+        "DistilBERT": 66_362_880,
+        "MiniLM-L12-H384": 33_360_000,
+        "MiniLM-L6-H384": 22_713_216,
+        "BERT-small": 28_763_648,
+    }
+    packaged = json.loads((Path(resolve_model(DEFAULT_MODEL)) / "config.json").read_text())  # MiniLM-L6-H384 itself
+    l6 = anchor_config(next(a for a in STOCK_ANCHORS if a.name == "MiniLM-L6-H384")).to_dict()
+    fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+    assert {f: l6[f] for f in fields} == {f: packaged[f] for f in fields}
 
 
 # --- frontier and classes on hand-made points -------------------------------------------------------------------
