@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from sst2dist.atomic import atomic_path
-from sst2dist.distill.teacher import LogitsKey, TeacherError, load_logits, save_logits, teacher_weights_sha256
+from sst2dist.distill.logits import LogitsKey, TeacherError, load_logits, save_logits, teacher_weights_sha256
 from sst2dist.runtime import MANIFEST_FILE
 
 SHARD_ROWS = 4096

@@ -46,7 +46,7 @@ WORKER = """
 import json, sys, time
 from pathlib import Path
 from sst2dist.distill.scoring import TorchScorer, score_in_shards
-from sst2dist.distill.teacher import LogitsKey
+from sst2dist.distill.logits import LogitsKey
 
 model, folder, sentences_file, key_json = sys.argv[1:]
 
