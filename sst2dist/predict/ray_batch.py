@@ -35,11 +35,10 @@ except ImportError as err:  # the base install has no Ray
 
 from sst2dist.atomic import atomic_open, atomic_path
 from sst2dist.predict.ray_options import RayPredictOptions
-from sst2dist.predict.run import WINDOW, BadLine, check_line_text, guess_format, read_texts
+from sst2dist.predict.run import TEXT_FIELDS, WINDOW, BadLine, check_line_text, guess_format, read_texts
 from sst2dist.runtime import Classifier, load_classifier, softmax
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
-TEXT_FIELDS = ("text", "sentence")
 READ_CHUNK = 1 << 20  # bytes read from a file at a time
 # What a read task emits per input line; `error` and `fatal` are dropped before the output is written.
 ROW_SCHEMA = pa.schema(
@@ -55,7 +54,6 @@ class BadRow(ValueError):
 class RaySummary:
     written: int = 0
     skipped: list[str] = field(default_factory=list)
-    actors: str = ""
 
 
 # --- reading: a Ray Data datasource over predict's readers ---------------------------------------------------

@@ -95,6 +95,31 @@ def test_missing_bundle_fails_before_ray_starts(tmp_path: Path) -> None:
     assert not (tmp_path / "out.jsonl").exists()
 
 
+BLOCK_RAY = """
+import importlib.abc, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "ray":
+            raise ImportError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_without_ray_the_command_says_which_extra_to_install(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    """The base install has no Ray: the command line still loads, and predict-ray names the extra."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_RAY, encoding="utf-8")
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "fine"}\n', encoding="utf-8")
+    command = [sys.executable, "-m", "sst2dist.cli", "predict-ray", str(tiny_bundle_dir), "--input", str(source)]
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, "-o", str(tmp_path / "o.jsonl")], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "pip install 'sst2dist[ray]'" in result.stderr, result.stderr
+
+
 # --- on a local Ray ------------------------------------------------------------------------------------------
 
 
