@@ -11,10 +11,10 @@ event loop, sharing the session. A free worker takes its share of the queue at o
 batches run make up the next ones.
 Every error answers `{"error": "...", "error_type": "..."}`. Imports no torch, transformers or optimum.
 
-Modules, in the order a request meets them: `body` (size, UTF-8, JSON), `protocol` (request models, answers,
-errors), `app` (routes and shared state), `batcher` (queue and worker threads), `metrics` (Prometheus),
-`server` (uvicorn, draining shutdown); `limits` holds the flags' dataclasses. The names below load on first use,
-so the command line reads `limits` without importing FastAPI.
+Modules, in the order a request meets them: `auth` (the API key), `body` (size, UTF-8, JSON), `protocol` (request
+models, answers, errors), `app` (routes and shared state), `batcher` (queue and worker threads), `metrics`
+(Prometheus), `server` (uvicorn, draining shutdown); `limits` holds the flags' dataclasses. The names below load on
+first use, so the command line reads `limits` without importing FastAPI.
 """
 
 from __future__ import annotations
