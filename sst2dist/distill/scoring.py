@@ -115,10 +115,17 @@ class TorchScorer:
 class OnnxScorer:
     """A bundle's variant through onnxruntime (`sst2dist.runtime.Classifier`), truncating at `max_length`."""
 
-    def __init__(self, bundle_dir: Path, max_length: int, variant: str | None = None, batch_size: int = 64):
+    def __init__(
+        self,
+        bundle_dir: Path,
+        max_length: int,
+        variant: str | None = None,
+        batch_size: int = 64,
+        threads: int | None = None,
+    ):
         from sst2dist.runtime import Classifier
 
-        self.classifier = Classifier(bundle_dir, variant=variant)
+        self.classifier = Classifier(bundle_dir, variant=variant, threads=threads)
         # The logits' key names the max length: truncate there, not at the bundle's own maximum.
         self.classifier._tokenizer.enable_truncation(max_length=max_length)
         self.name = f"onnx-{self.classifier.variant}"
