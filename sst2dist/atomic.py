@@ -15,6 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
 
 class WriteError(OSError, ValueError):
     """An output could not be written (disk full, file too large, no permission); the message names what and
@@ -30,13 +35,26 @@ def writing(what: str, path: str | Path, errors: tuple[type[BaseException], ...]
     except WriteError:
         raise
     except errors as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[0]
         failure = WriteError(
-            f"could not write {what} {path} ({reason[:200]}): free some disk space (or raise the file-size "
-            "limit) and run again; what was there before is unchanged"
+            f"could not write {what} {path} ({failure_reason(err, Path(path))}): free some disk space (or raise "
+            "the file-size limit) and run again; what was there before is unchanged"
         )
         failure.errno = getattr(err, "errno", None) or errno.EIO
         raise failure from err
+
+
+def failure_reason(err: BaseException, path: Path) -> str:
+    """The OS's reason; for libraries that hide it (torch: "enforce fail ... unexpected pos"), the likely one
+    read from this process's file-size limit and the free space left, else their own first line."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource else None
+    if limit is not None and limit != resource.RLIM_INFINITY:
+        return f"File too large: the file-size limit is {limit} bytes"
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if shutil.disk_usage(folder).free < 1 << 20:
+        return os.strerror(errno.ENOSPC)
+    return str(err).strip().splitlines()[0][:200].replace(". ", "; ") if str(err).strip() else type(err).__name__
 
 
 @contextmanager

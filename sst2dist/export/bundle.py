@@ -188,6 +188,8 @@ def export_fp32(model_dir: Path, staging: Path, opset: int) -> None:
             local_files_only=True,
             library_name="transformers",
         )
+    except OSError:
+        raise  # a full disk or no permission, not the model: export_bundle's `writing` names it
     except Exception as err:  # Optimum raises ValueError, KeyError, RuntimeError... for unsupported models
         raise ExportError(
             f"Optimum could not export {model_dir} to ONNX ({err.__class__.__name__}: {err}); "
