@@ -206,3 +206,28 @@ def test_a_bundle_scores_through_onnxruntime_like_the_model_in_pytorch(
     long_sentences = [s + " " + s for s in SENTENCES]  # some past 8 tokens: cut where the key says
     torch_logits = score_sorted(TorchScorer(tiny_model_dir, 8, bf16=False), long_sentences)
     np.testing.assert_allclose(score_sorted(scorer, long_sentences), torch_logits, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_augment_scores_with_a_bundle_and_leaves_no_shards(
+    tiny_bundle_dir: Path, tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    from sst2dist.distill.augment import augment
+    from sst2dist.distill.augment_options import AugmentOptions
+    from sst2dist.distill.teacher import data_fingerprint
+
+    output = tmp_path / "aug"
+    settings = {"embeddings": str(tiny_model_dir), "teacher": str(tiny_bundle_dir), "scorer": "onnx", "min_words": 3}
+    summary = augment(AugmentOptions(data=str(sst2_sample_dir), output=str(output), **settings))
+    assert summary["teacher"]["scorer"].startswith("onnx-")
+    rows = [line.split("\t") for line in (output / "train.tsv").read_text().splitlines()[1:]]
+    sentences, labels = [s for s, _ in rows], [int(y) for _, y in rows]
+    with np.load(output / "teacher-logits.npz") as stored:
+        assert stored["logits"].dtype == np.float16 and stored["logits"].shape == (len(sentences), 2)
+    logits, meta = load_logits(output / "teacher-logits.npz")
+    assert meta["key"]["data_sha256"] == data_fingerprint(sentences, labels)
+    assert meta["key"]["teacher_sha256"] == teacher_weights_sha256(tiny_model_dir)
+    variant = summary["teacher"]["scorer"].removeprefix("onnx-")
+    expected = score_sorted(OnnxScorer(tiny_bundle_dir, 128, variant=variant), sentences)
+    np.testing.assert_allclose(logits, expected, **FP16)
+    assert not (tmp_path / ".aug.shards").exists()
