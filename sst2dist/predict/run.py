@@ -104,7 +104,9 @@ def read_table(binary: Iterable[bytes], delimiter: str, column: str | None) -> I
     """CSV/TSV with a header row; the text is `column`, else the first of "text", "sentence"."""
     # Line ends stay: the csv module reads \r\n itself, and a quoted field may hold \r or \n of its own.
     lines = decoded_lines(binary, keep_ends=True)
-    rows = csv.reader(_TrackedLines(lines), delimiter=delimiter)
+    # TSV as GLUE writes it: no quoting, so a sentence that opens with `"` is text, not the start of a quoted field.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    rows = csv.reader(_TrackedLines(lines), delimiter=delimiter, quoting=quoting)
     try:
         header = next(rows)
     except StopIteration:
