@@ -209,25 +209,23 @@ def test_a_bundle_scores_through_onnxruntime_like_the_model_in_pytorch(
 
 
 @pytest.mark.slow
-def test_augment_scores_with_a_bundle_and_leaves_no_shards(
-    tiny_bundle_dir: Path, tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path: Path
-) -> None:
-    from sst2dist.distill.augment import augment
+def test_augment_labels_with_a_bundle(tiny_bundle_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sst2dist.distill.augment import label_with_teacher
     from sst2dist.distill.augment_options import AugmentOptions
     from sst2dist.distill.teacher import data_fingerprint
 
     output = tmp_path / "aug"
-    settings = {"embeddings": str(tiny_model_dir), "teacher": str(tiny_bundle_dir), "scorer": "onnx", "min_words": 3}
-    summary = augment(AugmentOptions(data=str(sst2_sample_dir), output=str(output), **settings))
-    assert summary["teacher"]["scorer"].startswith("onnx-")
-    rows = [line.split("\t") for line in (output / "train.tsv").read_text().splitlines()[1:]]
-    sentences, labels = [s for s, _ in rows], [int(y) for _, y in rows]
+    output.mkdir()
+    config = AugmentOptions(data="unused", output=str(output), teacher=str(tiny_bundle_dir), scorer="onnx")
+    sentences, labels = SENTENCES[:10], [i % 2 for i in range(10)]
+    all_sentences, all_labels = SENTENCES, [i % 2 for i in range(48)]
+    summary = label_with_teacher(config, sentences, labels, all_sentences, all_labels, output)
+    assert summary["scorer"].startswith("onnx-")
     with np.load(output / "teacher-logits.npz") as stored:
-        assert stored["logits"].dtype == np.float16 and stored["logits"].shape == (len(sentences), 2)
+        assert stored["logits"].dtype == np.float16 and stored["logits"].shape == (48, 2)
     logits, meta = load_logits(output / "teacher-logits.npz")
-    assert meta["key"]["data_sha256"] == data_fingerprint(sentences, labels)
+    assert meta["key"]["data_sha256"] == data_fingerprint(all_sentences, all_labels)
     assert meta["key"]["teacher_sha256"] == teacher_weights_sha256(tiny_model_dir)
-    variant = summary["teacher"]["scorer"].removeprefix("onnx-")
-    expected = score_sorted(OnnxScorer(tiny_bundle_dir, 128, variant=variant), sentences)
+    variant = summary["scorer"].removeprefix("onnx-")
+    expected = score_sorted(OnnxScorer(tiny_bundle_dir, 128, variant=variant), all_sentences)
     np.testing.assert_allclose(logits, expected, **FP16)
-    assert not (tmp_path / ".aug.shards").exists()
