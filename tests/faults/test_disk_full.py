@@ -16,12 +16,17 @@ SST2DIST = BIN / "sst2dist"
 
 
 def assert_one_sentence(result, what: str, path: Path) -> None:
-    """Exit 1, and the last line of stderr is the error: one sentence with `what` and `path`, no traceback."""
+    """Exit 1 with one error line: one sentence with `what` and `path`, no traceback."""
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert f"could not write {what} {path}" in last and "File too large" in last, last
-    assert last.count(". ") == 0, last  # one sentence
+    [line] = error_lines(result)
+    assert f"could not write {what} {path}" in line and "File too large" in line, line
+    assert line.count(". ") == 0, line  # one sentence
+
+
+def error_lines(result) -> list[str]:
+    """The lines of stderr that report an error (a progress bar may still be redrawn after it)."""
+    return [line for line in result.stderr.splitlines() if "could not write" in line or "rror" in line]
 
 
 def train_command(*args: object) -> list[object]:
@@ -61,28 +66,28 @@ def test_a_full_disk_while_checkpointing_or_saving_the_model(tiny_model_dir: Pat
 
 @pytest.mark.slow
 def test_a_full_disk_while_caching_the_teacher_logits(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """3,000 rows of logits are ~22 KB; train_config.json (written first) is ~2 KB."""
+    """3,000 rows of logits are ~22 KB; train_config.json (written first) is ~2 KB. The scoring's shard folder
+    may stay, holding only complete shards: it is what a rerun continues from."""
     from conftest import make_tiny_model
     from test_kill import write_data
 
     data, cache = write_data(tmp_path / "data", rows=3000), tmp_path / "cache"
-    options = ["--max-steps", 1, "--max-train-samples", 8, "--teacher-cache", cache]
-    first = make_tiny_model(tmp_path / "teacher-a", seed=1)
-    run(
-        train_command(
-            "--data", data, "--model", tiny_model_dir, "--teacher", first, "--output-dir", tmp_path / "a", *options
-        )
-    )
-    before = snapshot(cache)
-    second = make_tiny_model(tmp_path / "teacher-b", seed=2)
-    command = train_command(
-        "--data", data, "--model", tiny_model_dir, "--teacher", second, "--output-dir", tmp_path / "b", *options
-    )
-    result = run_limited(command, 8_000)
+
+    def command(teacher: Path, out: Path) -> list[object]:
+        return train_command(
+            "--data", data, "--model", tiny_model_dir, "--teacher", teacher, "--output-dir", out,
+            "--max-steps", 1, "--max-train-samples", 8, "--teacher-cache", cache,
+        )  # fmt: skip
+
+    run(command(make_tiny_model(tmp_path / "teacher-a", seed=1), tmp_path / "a"))
+    [earlier] = list(cache.glob("*.npz"))
+    before = earlier.read_bytes()
+    result = run_limited(command(make_tiny_model(tmp_path / "teacher-b", seed=2), tmp_path / "b"), 8_000)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
+    [last] = error_lines(result)
     assert "could not write" in last and str(cache) in last and "File too large" in last, last
-    assert snapshot(cache) == before and not leftovers(cache)
+    assert list(cache.glob("*.npz")) == [earlier] and earlier.read_bytes() == before
+    assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
 
 
 @pytest.mark.slow
@@ -132,7 +137,22 @@ def test_a_full_disk_while_writing_the_bench_report(tiny_bundle_dir: Path, tmp_p
     command += ["--warmup", 0, "--no-progress"]
     result = run_limited(command, 2_000)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
+    [last] = error_lines(result)
     assert f"could not write the bench report {report}" in last and "File too large" in last, last
     assert (report / "results.json").read_text(encoding="utf-8") == '{"earlier": true}\n'
     assert not leftovers(report)
+
+
+def test_a_failed_write_is_one_sentence_naming_what_and_where(tmp_path: Path) -> None:
+    """In-process: the error is a ValueError too (every command reports those in one sentence) and nothing is
+    left beside the target."""
+    from sst2dist.atomic import WriteError, atomic_open, writing
+
+    target = tmp_path / "missing" / "out.json"
+    missing = rf"could not write the report {target} \(No such file or directory\)"
+    with pytest.raises(WriteError, match=missing), atomic_open(target, "the report") as handle:
+        handle.write("{}")
+    hidden = r"could not write the checkpoint .*step-1 \(enforce fail at inline_container.cc:672; unexpected pos"
+    with pytest.raises(ValueError, match=hidden), writing("the checkpoint", tmp_path / "step-1", (Exception,)):
+        raise RuntimeError("enforce fail at inline_container.cc:672. unexpected pos 704 vs 598")
+    assert not list(tmp_path.rglob("*"))
