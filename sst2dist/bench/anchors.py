@@ -197,9 +197,11 @@ def save_untrained(anchor: Anchor, folder: Path) -> Path:
     torch.manual_seed(SEED)
     model = AutoModelForSequenceClassification.from_config(anchor_config(anchor)).eval()
     model.save_pretrained(folder)
-    # DistilBERT's tokenizer class drops token_type_ids, which its model does not take
-    tokenizer_class = DistilBertTokenizerFast if anchor.architecture == "distilbert" else BertTokenizerFast
-    tokenizer = tokenizer_class.from_pretrained(resolve_model(DEFAULT_MODEL))
+    tokenizer = BertTokenizerFast.from_pretrained(resolve_model(DEFAULT_MODEL))
+    if anchor.architecture == "distilbert":  # the same vocabulary, in the class that drops token_type_ids
+        tokenizer = DistilBertTokenizerFast(
+            tokenizer_object=tokenizer.backend_tokenizer, model_max_length=tokenizer.model_max_length
+        )
     if tokenizer.vocab_size != VOCAB_SIZE:
         raise BenchError(f"the packaged tokenizer has {tokenizer.vocab_size} words, not {VOCAB_SIZE}: reinstall it")
     tokenizer.save_pretrained(folder)

@@ -447,7 +447,9 @@ def menu_figure(menu: dict):  # -> matplotlib.figure.Figure
     plot_frontier(axes, menu)
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    axes.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    latencies = [row["latency_ms"]["p50"] for row in menu["rows"]]
+    if max(latencies) < 20 * min(latencies):  # minor tick labels only where they do not crowd
+        axes.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     axes.set_xlabel(f"batch-1 p50 latency, ms (log scale), {menu['settings']['threads']} thread(s)")
     axes.set_ylabel("SST-2 dev accuracy, %")
     axes.set_title(
@@ -461,7 +463,9 @@ def menu_figure(menu: dict):  # -> matplotlib.figure.Figure
         axes.annotate(footnote, (0, 0), xycoords="axes fraction", xytext=(0, -34), textcoords="offset points",
                       va="top", fontsize=7)  # fmt: skip
     figure.tight_layout()
-    place_labels(figure, labels, [marker_box(axes, point, area) for point, area in markers])
+    figure.canvas.draw()  # settles the limits and layout that the display boxes below are measured in
+    boxes = [marker_box(axes, point, area) for point, area in markers]
+    place_labels(figure, labels, boxes, axes.get_window_extent(figure.canvas.get_renderer()))
     return figure
 
 
@@ -527,27 +531,30 @@ def text_box(label, renderer):  # -> matplotlib.transforms.Bbox
     return Text.get_window_extent(label, renderer)
 
 
-def place_labels(figure, labels: list, obstacles: Sequence = ()) -> None:
+def place_labels(figure, labels: list, obstacles: Sequence = (), bounds=None) -> None:
     """Left to right, move each label up or down from its point by whole label heights (0, +1, -1, +2, ...) to the
-    first place where its text overlaps no label placed before it and no obstacle (the markers): deterministic, and
-    labels never overlap. When no place is free of obstacles, the last tried is free of labels."""
+    first place where its text overlaps no label placed before it, stays within `bounds` vertically (the axes: clear
+    of the title) and overlaps no obstacle (the markers). Labels never overlap; where no place meets the other two
+    wishes, the one that meets most (bounds first) is taken. Deterministic: the same menu, the same chart."""
     renderer = figure.canvas.get_renderer()
     placed: list = []
     for label in sorted(labels, key=lambda a: (a.xy[0], a.xy[1], a.get_text())):
         dx, dy = label.xyann
         step = text_box(label, renderer).height * 72 / figure.dpi + 1  # points, with a 1-point gap
-        free_of_labels = None
+        best: tuple[int, tuple[float, float]] | None = None
         for shift in (0, *(sign * k for k in range(1, 2 * len(labels) + 2) for sign in (1, -1))):
             label.xyann = (dx, dy + shift * step)
             box = text_box(label, renderer)
-            if not any(box.overlaps(other) for other in placed):
-                free_of_labels = free_of_labels or (dx, dy + shift * step)
-                if not any(box.overlaps(other) for other in obstacles):
-                    break
-        else:
-            label.xyann = free_of_labels
-            box = text_box(label, renderer)
-        placed.append(box)
+            if any(box.overlaps(other) for other in placed):
+                continue
+            inside = bounds is None or (box.y0 >= bounds.y0 and box.y1 <= bounds.y1)
+            rank = 2 * inside + (not any(box.overlaps(other) for other in obstacles))
+            if best is None or rank > best[0]:
+                best = (rank, label.xyann)
+            if rank == 3:
+                break
+        label.xyann = best[1] if best else (dx, dy)
+        placed.append(text_box(label, renderer))
 
 
 def write_menu(menu: dict, output: Path) -> None:
