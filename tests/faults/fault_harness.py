@@ -112,6 +112,13 @@ def appears(folder: Path, pattern: str) -> Callable[[], bool]:
     return lambda: folder.is_dir() and any(folder.glob(pattern))
 
 
+def appears_new(folder: Path, pattern: str) -> Callable[[], bool]:
+    """True once something matching `pattern` exists in `folder` that did not when this was called (what an
+    earlier kill left behind does not count)."""
+    earlier = set(folder.glob(pattern)) if folder.is_dir() else set()
+    return lambda: folder.is_dir() and any(p not in earlier for p in folder.glob(pattern))
+
+
 def after(seconds: float) -> Callable[[], bool]:
     """True `seconds` after this call (a kill at a plain random time)."""
     due = time.monotonic() + seconds

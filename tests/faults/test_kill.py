@@ -8,11 +8,12 @@ import json
 import random
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fault_harness import BIN, ENV, Moment, after, appears, kill_at, leftovers, run, snapshot, start
+from fault_harness import BIN, ENV, Moment, after, appears, appears_new, kill_at, leftovers, run, snapshot, start
 
 from sst2dist.train.checkpoint import latest_checkpoint
 
@@ -208,22 +209,21 @@ def test_two_processes_killed_as_a_group_three_times_end_bit_identical(tiny_mode
 def test_a_killed_export_leaves_the_previous_bundle_or_none(
     tiny_model_dir: Path, tiny_bundle_dir: Path, tmp_path: Path
 ) -> None:
-    """export-onnx --force over a bundle, SIGKILLed while it stages the new one, while it writes its last file,
-    and at a random time: the folder is the previous bundle byte for byte, absent, or a complete new bundle,
-    never a half one; a last run completes."""
+    """export-onnx --force over a bundle, SIGKILLed at start-up, while it builds and verifies the new bundle and
+    between its last file and the rename: the folder is the previous bundle byte for byte, absent, or a complete
+    new bundle, never a half one; a last run completes."""
     from sst2dist.runtime import load_classifier
 
     bundle = tmp_path / "exports" / "bundle"
     shutil.copytree(tiny_bundle_dir, bundle)
     command = [BIN / "sst2dist", "export-onnx", tiny_model_dir, "--output", bundle, "--data", SAMPLE_TRAIN.parent]
     command += ["--force", "--max-verify-samples", 16, "--max-accuracy-drop", 100]
-    staged = appears(bundle.parent, ".bundle.*")
-    rng = random.Random(SEED)
+    rng, parent = random.Random(SEED), bundle.parent
     moments = [
-        lambda: Moment("building the variants", staged, rng.uniform(0.0, 3.0)),
-        lambda: Moment("writing the manifest, then renaming", appears(bundle.parent, ".bundle.*/manifest.json"), 0.0),
-        lambda: Moment("at a random time", after(rng.uniform(3.0, 20.0)), 0.0),
-        lambda: Moment("verifying", appears(bundle.parent, ".bundle.*/model_quantized.onnx"), rng.uniform(0, 1)),
+        lambda: Moment("building the variants", appears_new(parent, ".bundle.*"), rng.uniform(0.0, 3.0)),
+        lambda: Moment("writing the manifest, then renaming", appears_new(parent, ".bundle.*/manifest.json"), 0.0),
+        lambda: Moment("start-up or loading the model", after(rng.uniform(0.5, 3.0)), 0.0),
+        lambda: Moment("verifying", appears_new(parent, ".bundle.*/model_quantized.onnx"), rng.uniform(0, 1)),
     ]
     for make in moments:
         previous = snapshot(bundle) if bundle.exists() else None
@@ -251,21 +251,23 @@ def load_classifier_refuses(folder: Path) -> None:
 
 
 def test_a_killed_predict_never_leaves_an_output_that_looks_complete(tiny_bundle_dir: Path, tmp_path: Path) -> None:
-    """predict --output over an earlier file, SIGKILLed while it writes and at random times: the output is the
-    earlier file byte for byte (or absent); a last run writes every line, the same as a run never killed."""
+    """predict --output over an earlier file, SIGKILLed while it writes and at random times within a run's length:
+    the output is the earlier file byte for byte (or, when the kill came after the rename, the complete one);
+    a last run writes the same lines as a run never killed."""
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(f"a gripping, funny film, take {i}\n" for i in range(6000)), encoding="utf-8")
     output, reference = tmp_path / "predictions.jsonl", tmp_path / "reference.jsonl"
     command = [BIN / "sst2dist", "predict", tiny_bundle_dir, "--input", texts, "--variant", "fp32"]
+    started = time.monotonic()
     run([*command, "--output", reference])
-    output.write_text('{"label": "earlier", "score": 1.0}\n', encoding="utf-8")
+    seconds, earlier = time.monotonic() - started, b'{"label": "earlier", "score": 1.0}\n'
     rng = random.Random(SEED)
-    writing = appears(tmp_path, ".predictions.jsonl.*")
-    for moment in [Moment("writing", writing, rng.uniform(0.0, 0.5)) for _ in range(2)] + [
-        Moment("at a random time", after(rng.uniform(0.5, 4.0)), 0.0)
-    ]:
-        assert kill_at(start([*command, "--output", output]), moment)
-        assert output.read_text(encoding="utf-8") == '{"label": "earlier", "score": 1.0}\n'
+    writing = lambda: Moment("writing", appears_new(tmp_path, ".predictions.jsonl.*"), rng.uniform(0, seconds / 3))  # noqa: E731
+    at_random = lambda: Moment("at a random time", after(rng.uniform(0.1, 0.9) * seconds), 0.0)  # noqa: E731
+    for make in [writing, at_random, writing, at_random]:
+        output.write_bytes(earlier)
+        assert kill_at(start([*command, "--output", output]), make())
+        assert output.read_bytes() in (earlier, reference.read_bytes())  # never a part of the new one
     run([*command, "--output", output])
     assert output.read_bytes() == reference.read_bytes()
 
@@ -276,7 +278,7 @@ def test_a_killed_predict_never_leaves_an_output_that_looks_complete(tiny_bundle
 @pytest.mark.slow
 def test_a_killed_augment_with_teacher_scoring_reruns_to_the_same_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
     """sst2dist augment --teacher, SIGKILLed while the teacher scores, while the folder is staged and at a random
-    time, rerun each time: the same rows and the same logits as a run never killed."""
+    time within a run's length, rerun each time: the same rows and the same logits as a run never killed."""
     from sst2dist.distill.teacher import load_logits
 
     env = {**ENV, "SST2DIST_CACHE": str(tmp_path / "cache")}
@@ -289,15 +291,17 @@ def test_a_killed_augment_with_teacher_scoring_reruns_to_the_same_folder(tiny_mo
         ]  # fmt: skip
 
     reference, output = tmp_path / "reference", tmp_path / "aug"
+    started = time.monotonic()
     run(command(reference), env=env)
+    seconds = time.monotonic() - started
     rng = random.Random(SEED)
-    for moment in [
-        Moment("scoring", appears(tmp_path, ".aug.shards"), rng.uniform(0.0, 1.0)),
-        Moment("scoring, later", appears(tmp_path, ".aug.shards/*"), rng.uniform(0.0, 1.0)),
-        Moment("writing the folder", appears(tmp_path, ".aug.*/train.tsv"), rng.uniform(0.0, 0.05)),
-        Moment("at a random time", after(rng.uniform(1.0, 15.0)), 0.0),
+    for make in [
+        lambda: Moment("scoring", appears(tmp_path, ".aug.shards"), rng.uniform(0.0, 1.0)),
+        lambda: Moment("scoring, a shard later", appears_new(tmp_path, ".aug.shards/*"), rng.uniform(0.0, 1.0)),
+        lambda: Moment("writing the folder", appears_new(tmp_path, ".aug.*/train.tsv"), rng.uniform(0.0, 0.05)),
+        lambda: Moment("at a random time", after(rng.uniform(0.1, 0.9) * seconds), 0.0),
     ]:
-        assert kill_at(start(command(output), env=env, log=tmp_path / "augment.log"), moment)
+        assert kill_at(start(command(output), env=env, log=tmp_path / "augment.log"), make())
         assert not output.exists() or (output / "augment.json").is_file()  # the folder appears whole or not at all
     run(command(output), env=env)
     for name in ("train.tsv", "dev.tsv"):
