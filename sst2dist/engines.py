@@ -12,6 +12,7 @@ openvino-bf16, `unavailable_reason` says so and the variant is never chosen. Bot
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from functools import cache
@@ -53,7 +54,12 @@ def engine_of(variant: str) -> str:
 
 @cache
 def openvino() -> ModuleType | None:
-    """The openvino module, or None where it cannot be imported (not installed, or blocked)."""
+    """The openvino module, or None where it cannot be imported (not installed, or blocked).
+
+    `import openvino` loads its converter, which sends usage telemetry to Google Analytics unless the user opted out
+    (the send was seen here during an export). sst2dist never phones home: unless this process already loaded the
+    telemetry package, it is made unimportable, and OpenVINO falls back to its own no-op stub."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
     try:
         import openvino as ov
     except ImportError:

@@ -276,3 +276,27 @@ def wait_ready(client: httpx.Client, server: subprocess.Popen, timeout: float = 
             pass
         time.sleep(0.1)
     raise AssertionError("/ready never answered 200")
+
+
+PHONE_HOME_PROBE = """
+import socket, sys
+def getaddrinfo(host, *args, **kwargs):  # in this process and any it forks
+    with open(sys.argv[2], "a") as log:
+        log.write(f"{host}\\n")
+    raise OSError("no network in this test")
+socket.getaddrinfo = getaddrinfo
+from sst2dist.engines import openvino
+openvino().Core().compile_model(sys.argv[1], "CPU")
+"""
+
+
+def test_loading_openvino_sends_no_telemetry(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    """`import openvino` reports usage to Google Analytics unless opted out (seen during an export); sst2dist makes
+    it use OpenVINO's own no-op stub."""
+    env = {**os.environ, "CI": "", "HF_HUB_OFFLINE": "1"}  # OpenVINO skips telemetry itself under CI=true
+    lookups = tmp_path / "lookups.txt"
+    probe = [sys.executable, "-c", PHONE_HOME_PROBE, str(tiny_bundle_dir / "model.onnx"), str(lookups)]
+    result = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    time.sleep(3)  # a forked sender may outlive the probe
+    assert not lookups.exists(), lookups.read_text()
