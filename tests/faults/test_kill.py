@@ -296,8 +296,8 @@ def test_a_killed_augment_with_teacher_scoring_reruns_to_the_same_folder(tiny_mo
     seconds = time.monotonic() - started
     rng = random.Random(SEED)
     for make in [
+        # Each launch spends most of its time on the neighbour table (not cached): three kills, not more.
         lambda: Moment("scoring", appears(tmp_path, ".aug.shards"), rng.uniform(0.0, 1.0)),
-        lambda: Moment("scoring, a shard later", appears_new(tmp_path, ".aug.shards/*"), rng.uniform(0.0, 1.0)),
         lambda: Moment("writing the folder", appears_new(tmp_path, ".aug.*/train.tsv"), rng.uniform(0.0, 0.05)),
         lambda: Moment("at a random time", after(rng.uniform(0.1, 0.9) * seconds), 0.0),
     ]:
