@@ -62,25 +62,36 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle_dir(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle exported from `tiny_model_dir` with fp32, optimized and int8 variants (onnxruntime only: the
-    OpenVINO variants have their own bundle in tests/core/test_engines.py).
-
-    The tiny model is random, so its int8 accuracy gate means nothing: the drop limit is lifted here.
-    """
+def export_tiny_bundle(model_dir: Path, data_dir: Path, bundle: Path, **options: object) -> Path:
+    """A tiny random model exported like any bundle; its accuracy means nothing, so the int8 drop limit is lifted."""
     from sst2dist.export.bundle import export_bundle
 
-    bundle = tmp_path_factory.mktemp("tiny-bundle") / "bundle"
-    export_bundle(
-        tiny_model_dir,
-        bundle,
-        data=str(sst2_sample_dir),
-        max_verify_samples=64,
-        max_accuracy_drop=100.0,
-        openvino="off",
-    )
+    export_bundle(model_dir, bundle, data=str(data_dir), max_verify_samples=64, max_accuracy_drop=100.0, **options)
     return bundle
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle exported from `tiny_model_dir` with fp32, optimized and int8 variants (no OpenVINO ones)."""
+    return export_tiny_bundle(
+        tiny_model_dir, sst2_sample_dir, tmp_path_factory.mktemp("tiny-bundle") / "bundle", openvino="off"
+    )
+
+
+def import_blocker(*packages: str) -> str:
+    """Python source that makes importing any of `packages` fail in the process that runs it (written as a
+    sitecustomize.py on PYTHONPATH, or as the start of a `python -c` script): an install without them."""
+    return f"""
+import importlib.abc, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {packages!r}:
+            raise ImportError(f"No module named {{name!r}} (blocked in this test)")
+        return None
+
+sys.meta_path.insert(0, Block())
+"""
 
 
 def make_tiny_mpnet(path: Path, seed: int = 0) -> Path:

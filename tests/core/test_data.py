@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import import_blocker
 
 from sst2dist.data import DataError, count_empty_sentences, load_sst2, load_validation, read_rows, tokenize
 
@@ -183,15 +184,9 @@ def test_stdlib_reader_refuses_more_fields_than_the_header(tmp_path: Path) -> No
         read_rows(tmp_path / "dev.tsv")
 
 
-BLOCK_DATASETS = """
-import importlib.abc, sys
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("datasets", "torch", "transformers", "pandas"):
-            raise ImportError(f"{name} is blocked")
-
-sys.meta_path.insert(0, Block())
+BLOCK_DATASETS = (
+    import_blocker("datasets", "torch", "transformers", "pandas")
+    + """
 from sst2dist.data import DataError, load_validation
 sentences, labels = load_validation(sys.argv[1], 5)
 print(len(sentences), labels.tolist())
@@ -200,6 +195,7 @@ try:
 except DataError as err:
     print(err)
 """
+)
 
 
 def test_stdlib_reader_runs_without_datasets(sst2_sample_dir: Path, tmp_path: Path) -> None:

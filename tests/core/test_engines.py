@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import export_tiny_bundle, import_blocker
 
 from sst2dist.engines import OPENVINO_VARIANTS, engine_of, unavailable_reason
 from sst2dist.environment import cpu_fingerprint, supports_bf16
@@ -30,34 +31,15 @@ from sst2dist.variant_choice import LATENCY, THROUGHPUT, recorded_choice
 pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install -e '.[openvino]' (make setup does)")
 
 TEXTS = ["a gripping, funny film", "dull and lifeless", "the acting is superb but the plot goes nowhere"]
-BLOCK_OPENVINO = """
-import importlib.abc, sys
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "openvino":
-            raise ImportError(f"{name} is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, Block())
-"""
+BLOCK_OPENVINO = import_blocker("openvino")
 
 
 @pytest.fixture(scope="module")
 def ov_bundle(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model exported with its OpenVINO variants (the random model's accuracy means nothing: no limit)."""
-    from sst2dist.export.bundle import export_bundle
-
-    bundle = tmp_path_factory.mktemp("ov-bundle") / "bundle"
-    export_bundle(
-        tiny_model_dir,
-        bundle,
-        data=str(sst2_sample_dir),
-        max_verify_samples=64,
-        max_accuracy_drop=100.0,
-        openvino="on",
+    """The tiny model exported with its OpenVINO variants."""
+    return export_tiny_bundle(
+        tiny_model_dir, sst2_sample_dir, tmp_path_factory.mktemp("ov-bundle") / "bundle", openvino="on"
     )
-    return bundle
 
 
 @pytest.fixture

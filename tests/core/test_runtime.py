@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import import_blocker
 
 from sst2dist.runtime import (
     VARIANT_FILES,
@@ -142,17 +143,7 @@ def test_default_skips_a_variant_that_failed_the_gate(tiny_bundle_dir: Path, tmp
         Classifier(bundle)
 
 
-BLOCK_TORCH = """
-import importlib.abc, sys
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers", "optimum"):
-            raise ImportError(f"{name} is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, Block())
-"""
+BLOCK_TORCH = import_blocker("torch", "transformers", "optimum")
 
 
 def test_runtime_runs_without_torch(tiny_bundle_dir: Path, tmp_path: Path) -> None:

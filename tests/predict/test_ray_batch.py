@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import import_blocker
 
 from sst2dist.cli import main
 from sst2dist.predict.ray_batch import BadRow, _byte_lines, append_predictions, check_paths, run_predict_ray
@@ -95,17 +96,7 @@ def test_missing_bundle_fails_before_ray_starts(tmp_path: Path) -> None:
     assert not (tmp_path / "out.jsonl").exists()
 
 
-BLOCK_RAY = """
-import importlib.abc, sys
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "ray":
-            raise ImportError(f"No module named {name!r}")
-        return None
-
-sys.meta_path.insert(0, Block())
-"""
+BLOCK_RAY = import_blocker("ray")
 
 
 def test_without_ray_the_command_says_which_extra_to_install(tiny_bundle_dir: Path, tmp_path: Path) -> None:
