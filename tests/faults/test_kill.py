@@ -296,15 +296,16 @@ def test_a_killed_augment_with_teacher_scoring_reruns_to_the_same_folder(tiny_mo
     started = time.monotonic()
     run(command(reference), env=env)
     seconds = time.monotonic() - started
-    rng = random.Random(SEED)
+    rng, killed = random.Random(SEED), []
     for make in [
         # Each launch spends most of its time on the neighbour table (not cached): three kills, not more.
         lambda: Moment("scoring", appears(tmp_path, ".aug.shards"), rng.uniform(0.0, 1.0)),
         lambda: Moment("writing the folder", appears_new(tmp_path, ".aug.*/train.tsv"), rng.uniform(0.0, 0.05)),
         lambda: Moment("at a random time", after(rng.uniform(0.1, 0.9) * seconds), 0.0),
     ]:
-        assert kill_at(start(command(output), env=env, log=tmp_path / "augment.log"), make())
+        killed.append(kill_at(start(command(output), env=env, log=tmp_path / "augment.log"), make()))
         assert not output.exists() or (output / "augment.json").is_file()  # the folder appears whole or not at all
+    assert killed[:2] == [True, True]  # a random time may come after the end on a busy CPU; these two cannot
     run(command(output), env=env)
     for name in ("train.tsv", "dev.tsv"):
         assert (output / name).read_bytes() == (reference / name).read_bytes()
