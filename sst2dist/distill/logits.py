@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ def load_logits(path: Path) -> tuple[np.ndarray, dict]:
         with np.load(path, allow_pickle=False) as stored:
             # Shipped and sharded logits are fp16 (half the bytes); everything downstream computes in fp32.
             return stored["logits"].astype(np.float32), json.loads(str(stored["meta"]))
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:  # truncated: not a zip any more
         raise TeacherError(f"{path} is not a teacher-logits file ({err}); delete it to recompute") from err
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from sst2dist.atomic import WriteError, replace_dir, write_json_atomic, writing
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
+SIZES_FILE = "file_sizes.json"  # every file's size when written: a truncated copy is not resumed from
 PREFIX = "step-"
 
 
@@ -36,9 +38,26 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
 
 
+def truncated_file(checkpoint: Path) -> str | None:
+    """What in `checkpoint` is not the size it was written at (None: intact, or saved before sizes were kept)."""
+    sizes_file = checkpoint / SIZES_FILE
+    if not sizes_file.is_file():
+        return None
+    for name, size in json.loads(sizes_file.read_text(encoding="utf-8")).items():
+        actual = (checkpoint / name).stat().st_size if (checkpoint / name).is_file() else None
+        if actual != size:
+            return f"{name} is {'missing' if actual is None else f'{actual:,} bytes'}, {size:,} were written"
+    return None
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = complete_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
+    """The newest complete checkpoint whose files are whole; a truncated newer one is skipped, saying so."""
+    for checkpoint in reversed(complete_checkpoints(output_dir)):
+        damage = truncated_file(checkpoint)
+        if damage is None:
+            return checkpoint
+        print(f"skipping checkpoint {checkpoint}: {damage}; trying the one before it", file=sys.stderr)
+    return None
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, keep: int) -> Path:
@@ -53,6 +72,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict, kee
             accelerator.save_state(str(tmp))  # each process writes its own RNG state into tmp
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
+                sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+                write_json_atomic(tmp / SIZES_FILE, sizes)
                 write_json_atomic(tmp / STATE_FILE, state)  # written last: marks the checkpoint complete
                 replace_dir(tmp, final)
     except WriteError:

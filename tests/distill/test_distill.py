@@ -250,3 +250,14 @@ def test_make_students_augment_cuts_l3_from_the_distilled_l6(tmp_path: Path) -> 
     l3 = result.stdout.index(f"--output-dir {students}/l3 ")
     l3_line = result.stdout[l3:].splitlines()[0]
     assert l6 < l3 and f"--model {students}/l6/model --init-layers 0,2,4" in l3_line
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_a_truncated_logits_file_is_refused_in_one_sentence(tmp_path: Path, keep: float) -> None:
+    from sst2dist.distill.teacher import load_logits
+
+    path = tmp_path / "teacher-logits.npz"
+    save_logits(path, np.zeros((40, 2), dtype=np.float32), {"key": "x"})
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+    with pytest.raises(TeacherError, match="is not a teacher-logits file .* delete it to recompute"):
+        load_logits(path)

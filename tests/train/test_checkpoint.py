@@ -75,3 +75,19 @@ def test_folders_without_trainer_state_are_not_checkpoints(tmp_path: Path) -> No
     (tmp_path / "checkpoints" / "step-00000009" / "model.safetensors").write_bytes(b"half")
     assert latest_checkpoint(tmp_path) is None
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_a_truncated_checkpoint_is_skipped_for_the_one_before_it_saying_which(
+    tmp_path: Path, accelerated: tuple, capsys: pytest.CaptureFixture
+) -> None:
+    accelerator, model, optimizer = accelerated
+    for step in (1, 2):
+        take_step(model, optimizer)
+        save_checkpoint(accelerator, tmp_path, {"step": step}, keep=2)
+    newest = checkpoint.checkpoint_dir(tmp_path, 2)
+    weights = next(newest.glob("model*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # a copy or disk that lost the end of the file
+    assert latest_checkpoint(tmp_path) == checkpoint.checkpoint_dir(tmp_path, 1)
+    said = capsys.readouterr().err
+    assert str(newest) in said and weights.name in said and "100 bytes" in said
+    assert load_checkpoint(accelerator, latest_checkpoint(tmp_path)) == {"step": 1}
