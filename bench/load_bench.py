@@ -32,6 +32,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -83,21 +84,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(bundle: str, port: int, flags: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "sst2dist.cli", "serve", bundle, "--port", str(port), *flags]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start_server(bundle: str, port: int, log: Path, flags: list[str]) -> subprocess.Popen:
+    """The real `sst2dist serve` on 127.0.0.1, its output to `log` (a pipe nobody reads would fill up and stall
+    it over a long run); returns once /ready answers 200."""
+    command = [sys.executable, "-m", "sst2dist.cli", "serve", bundle, "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen([*command, *flags], stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited: {process.stderr.read()}")
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}: see {log}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as response:
                 if response.status == 200:
-                    return process
+                    return server
         except OSError:
             time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the server never became ready")
+    server.kill()
+    raise SystemExit(f"the server was not ready within 120 s: see {log}")
 
 
 def batch_stats(port: int) -> tuple[float, float]:
@@ -232,7 +235,7 @@ def run_level(
 
 def bench_server(args, flags: list[str], client_levels: list[int], sentences, reference, max_batch_size: int):
     port = free_port()
-    server = start_server(args.bundle, port, flags)
+    server = start_server(args.bundle, port, Path(tempfile.gettempdir()) / "sst2dist-load-bench-server.log", flags)
     try:
         return [run_level(server, port, sentences, reference, n, max_batch_size, args) for n in client_levels]
     finally:

@@ -22,15 +22,13 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from load_bench import free_port, post
+from load_bench import free_port, post, start_server
 
 from sst2dist.atomic import atomic_open
 from sst2dist.data import load_sst2
@@ -55,25 +53,6 @@ class Sample:
     req_per_s: float
     p50_ms: float
     p99_ms: float
-
-
-def start_server(bundle: str, port: int, log: Path, flags: list[str]) -> subprocess.Popen:
-    """The real `sst2dist serve` on 127.0.0.1, its output to `log` (a pipe nobody reads would fill up and stall
-    it over ten minutes); returns once /ready answers 200."""
-    command = [sys.executable, "-m", "sst2dist.cli", "serve", bundle, "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen([*command, *flags], stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with {server.returncode}: see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise SystemExit(f"the server was not ready within 120 s: see {log}")
 
 
 def process_stats(pid: int) -> tuple[float, int, int]:

@@ -196,7 +196,7 @@ def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
     """`sst2dist bench --menu ...`: every variant of several bundles, in one run, at the largest thread count and
     batch size asked for."""
     from sst2dist.bench.menu import MenuSettings, parse_menu_items, run_menu
-    from sst2dist.bench.report import render_menu_terminal
+    from sst2dist.bench.menu_report import render_menu_terminal
 
     if model is not None:
         raise click.UsageError("--menu measures bundles only (onnxruntime): drop --model")

@@ -142,7 +142,7 @@ def anchor_entries(settings: MenuSettings) -> list[Entry]:
 
 def run_menu(settings: MenuSettings) -> dict:
     """Measure every (model, variant), write menu.json, menu.md and menu.png to settings.output; return the menu."""
-    from sst2dist.bench.report import write_menu
+    from sst2dist.bench.menu_report import write_menu
 
     entries = check_menu(settings)
     sentences, labels = load_validation(settings.data, settings.max_samples)

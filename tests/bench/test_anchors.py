@@ -24,7 +24,8 @@ from sst2dist.bench.anchors import (
     cache_root,
 )
 from sst2dist.bench.menu import add_classes, class_table, frontier_keys, pareto_frontier
-from sst2dist.bench.report import menu_figure, place_labels, pyplot, render_menu_markdown, text_box
+from sst2dist.bench.menu_report import menu_figure, place_labels, render_menu_markdown, text_box
+from sst2dist.bench.report import pyplot
 from sst2dist.cli import main
 
 TINY_ANCHORS = [
