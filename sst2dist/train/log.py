@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sst2dist.atomic import writing
+
 if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
@@ -27,7 +29,7 @@ class RunLog:
         if not self.accelerator.is_main_process:
             return
         record = {"time": round(time.time(), 3), **record}
-        with self.path.open("a", encoding="utf-8") as handle:
+        with writing("the training log", self.path), self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and k not in ("step", "time")}
         self.accelerator.log(numbers, step=record.get("step"))

@@ -156,3 +156,14 @@ def test_a_failed_write_is_one_sentence_naming_what_and_where(tmp_path: Path) ->
     with pytest.raises(ValueError, match=hidden), writing("the checkpoint", tmp_path / "step-1", (Exception,)):
         raise RuntimeError("enforce fail at inline_container.cc:672. unexpected pos 704 vs 598")
     assert not list(tmp_path.rglob("*"))
+
+
+def test_a_full_disk_while_appending_to_the_training_log(tmp_path: Path, accelerator) -> None:
+    """log.jsonl on a device that is always full (/dev/full, ENOSPC on every write): the run stops with the one
+    sentence every writer gives, naming the log."""
+    from sst2dist.atomic import WriteError
+    from sst2dist.train.log import RunLog
+
+    (tmp_path / "log.jsonl").symlink_to("/dev/full")
+    with pytest.raises(WriteError, match=r"^could not write the training log .*log\.jsonl \(No space left on device\)"):
+        RunLog(accelerator, tmp_path).write({"step": 1, "loss": 0.5})
