@@ -111,7 +111,7 @@ menu: setup
 		--anchors --output $(STUDENTS)/menu-classes
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
