@@ -51,10 +51,21 @@ def neighbour_table(model: str, k: int) -> dict[str, list[str]]:
         similarity = vectors[start : start + 1024] @ vectors.T
         rows = np.arange(similarity.shape[0])
         similarity[rows, rows + start] = -np.inf
-        nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-        for row, candidates in enumerate(nearest):
-            table[words[start + row]] = [words[j] for j in candidates]
+        for row, nearest in enumerate(top_k_stable(similarity, k)):
+            table[words[start + row]] = [words[j] for j in nearest]
     return table
+
+
+def top_k_stable(scores: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per row, the first k columns of a stable descending sort (ties in column order), without sorting the row:
+    every column scoring at least the row's k-th best is kept (ties included), and only those are sorted."""
+    last = scores.shape[1] - k
+    kth_best = np.partition(scores, last, axis=1)[:, last : last + 1]
+    rows = []
+    for row, candidates in zip(scores, scores >= kth_best, strict=True):
+        columns = np.flatnonzero(candidates)
+        rows.append(columns[np.argsort(-row[columns], kind="stable")[:k]])
+    return rows
 
 
 def make_variants(

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import make_tiny_model
 
 from sst2dist.cli import main
-from sst2dist.distill.augment import KEEP_WORDS, augment, make_variants, neighbour_table
+from sst2dist.distill.augment import KEEP_WORDS, augment, make_variants, neighbour_table, top_k_stable
 from sst2dist.distill.augment_options import AugmentError, AugmentOptions
 from sst2dist.distill.teacher import data_fingerprint, load_logits
 
@@ -72,16 +72,22 @@ def test_the_neighbour_table_holds_the_nearest_words_by_cosine(tiny_model_dir: P
 
     table = neighbour_table(str(tiny_model_dir), 5)
     vocab = AutoTokenizer.from_pretrained(tiny_model_dir).get_vocab()
-    weights = AutoModel.from_pretrained(tiny_model_dir).get_input_embeddings().weight.detach().numpy()
+    weights = AutoModel.from_pretrained(tiny_model_dir).get_input_embeddings().weight.detach().double().numpy()
     words = sorted(table)
     vectors = weights[[vocab[w] for w in words]]
-    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / (np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12)
     assert "good" in table and "##s" not in table and "[CLS]" not in table
-    for word in ("good", "film", "boring"):
+    for word in ("good", "film", "boring", *words[::997]):
         similarity = vectors @ vectors[words.index(word)]
         similarity[words.index(word)] = -np.inf
-        expected = {words[i] for i in np.argsort(-similarity)[:5]}
-        assert set(table[word]) == expected
+        assert table[word] == [words[i] for i in np.argsort(-similarity, kind="stable")[:5]]
+
+
+def test_top_k_keeps_a_stable_sorts_order_through_ties() -> None:
+    scores = np.random.default_rng(0).integers(0, 4, size=(50, 40)).astype(np.float64)
+    scores[:, 7] = -np.inf
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :6]
+    assert [list(row) for row in top_k_stable(scores, 6)] == [list(row) for row in expected]
 
 
 @pytest.mark.parametrize(

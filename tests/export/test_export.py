@@ -313,12 +313,12 @@ def test_real_minilm_export_and_gate(sst2_dir: Path, tmp_path: Path) -> None:
     here is not the point (README, "int8 recipe", has the fine-tuned numbers); --keep-failed keeps it either way.
     """
     model_dir = probed_minilm(tmp_path / "model", sst2_dir)
-    # Half the validation set keeps this under a minute; the CLI's default is all 872 sentences.
+    # 256 of the 872 validation sentences (the CLI's default is all) keep six variants at three batch sizes short.
     manifest = export_bundle(
-        model_dir, tmp_path / "bundle", data=str(sst2_dir), max_verify_samples=436, keep_failed=True
+        model_dir, tmp_path / "bundle", data=str(sst2_dir), max_verify_samples=256, keep_failed=True
     )
     check = manifest["verification"]
-    assert check["samples"] == 436 and check["pytorch_accuracy"] > 0.6
+    assert check["samples"] == 256 and check["pytorch_accuracy"] > 0.6
     variants = manifest["variants"]
     for name in ("fp32", "optimized"):
         assert variants[name]["passed"], variants[name]["failure"]
