@@ -215,8 +215,8 @@ def test_a_killed_export_leaves_the_previous_bundle_or_none(
     tiny_model_dir: Path, tiny_bundle_dir: Path, tmp_path: Path
 ) -> None:
     """export-onnx --force over a bundle, SIGKILLed twice at each of: start-up, while it builds and verifies the new
-    bundle, and between its last file and the rename: the folder is the previous bundle byte for byte, absent, or a complete
-    new bundle, never a half one; a last run completes."""
+    bundle, and between its last file and the rename: the folder is the previous bundle byte for byte, absent, or
+    a complete new bundle, never a half one; a last run completes."""
     from sst2dist.runtime import load_classifier
 
     bundle = tmp_path / "exports" / "bundle"
