@@ -107,12 +107,15 @@ def read_table(binary: Iterable[bytes], delimiter: str, column: str | None) -> I
     # TSV as GLUE writes it: no quoting, so a sentence that opens with `"` is text, not the start of a quoted field.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     rows = csv.reader(_TrackedLines(lines), delimiter=delimiter, quoting=quoting)
+    kind = "TSV" if delimiter == "\t" else "CSV"
     try:
         header = next(rows)
     except StopIteration:
         return
     except BadLine as err:
         raise err from None
+    except csv.Error as err:  # e.g. a lone \r inside the header line
+        raise BadLine(1, f"unreadable {kind} header ({err})") from None
     names = (column,) if column else TEXT_FIELDS
     index = next((header.index(n) for n in names if n in header), None)
     if index is None:
@@ -127,7 +130,7 @@ def read_table(binary: Iterable[bytes], delimiter: str, column: str | None) -> I
             yield err.line, err
             continue
         except csv.Error as err:
-            yield rows.line_num, BadLine(rows.line_num, f"unreadable {'TSV' if delimiter == chr(9) else 'CSV'} ({err})")
+            yield rows.line_num, BadLine(rows.line_num, f"unreadable {kind} ({err})")
             continue
         number = rows.line_num
         if not row:
