@@ -101,7 +101,8 @@ endif
 # M6: six of the fine-tuned teacher's twelve layers (MPNet 6 x 768), distilled from the shipped logits and matching
 # the teacher's hidden states (--distill-hidden: +0.4 points at the end of the run over 3 seeds, docs/distill.md).
 M6_OPTS ?= --data $(DATA) --model $(TEACHER) --init-layers 0,2,4,6,8,10 --teacher packaged:all-mpnet-base-v2-sst2 \
-	--layer-teacher $(TEACHER) --distill-hidden 1 --distill-alpha 0.2 --distill-temperature 2 --lr 5e-5 --batch-size 32 --epochs 1 --eval-every 300 --seed $(SEED)
+	--layer-teacher $(TEACHER) --distill-hidden 1 \
+	--distill-alpha 0.2 --distill-temperature 2 --lr 5e-5 --batch-size 32 --epochs 1 --eval-every 300 --seed $(SEED)
 m6: teacher
 	$(call train_stage,$(STUDENTS)/m6,$(M6_OPTS))
 	$(call export_stage,$(STUDENTS)/m6/model,export/m6)

@@ -59,6 +59,7 @@ def neighbour_table(model: str, k: int) -> dict[str, list[str]]:
 def top_k_stable(scores: np.ndarray, k: int) -> list[np.ndarray]:
     """Per row, the first k columns of a stable descending sort (ties in column order), without sorting the row:
     every column scoring at least the row's k-th best is kept (ties included), and only those are sorted."""
+    k = min(k, scores.shape[1])  # as argsort(...)[:, :k] would: every column when k exceeds them
     last = scores.shape[1] - k
     kth_best = np.partition(scores, last, axis=1)[:, last : last + 1]
     rows = []

@@ -88,6 +88,8 @@ def test_top_k_keeps_a_stable_sorts_order_through_ties() -> None:
     scores[:, 7] = -np.inf
     expected = np.argsort(-scores, axis=1, kind="stable")[:, :6]
     assert [list(row) for row in top_k_stable(scores, 6)] == [list(row) for row in expected]
+    every_column = np.argsort(-scores, axis=1, kind="stable")
+    assert [list(row) for row in top_k_stable(scores, 99)] == [list(row) for row in every_column]
 
 
 @pytest.mark.parametrize(
