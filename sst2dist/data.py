@@ -315,8 +315,9 @@ def make_collator(pad_token_id: int, pad_to_multiple_of: int = 1) -> Callable[[l
         longest = max(len(row["input_ids"]) for row in rows)
         width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
         batch = {"labels": torch.tensor([row["labels"] for row in rows])}
-        if "teacher_logits" in rows[0]:
-            batch["teacher_logits"] = torch.tensor([row["teacher_logits"] for row in rows], dtype=torch.float32)
+        for carried in ("teacher_logits", "teacher_sentence"):  # what a teacher gave each row (distillation)
+            if carried in rows[0]:
+                batch[carried] = torch.tensor([row[carried] for row in rows], dtype=torch.float32)
         for key, pad in (("input_ids", pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
             if key in rows[0]:
                 batch[key] = torch.tensor([row[key] + [pad] * (width - len(row[key])) for row in rows])

@@ -75,8 +75,8 @@ def load_layer_teacher(
     if load_tokenizer(teacher_dir).get_vocab() != student_tokenizer.get_vocab():
         raise TeacherError(
             f"the teacher {teacher_dir} reads other tokens than the student, so its layers cannot be matched token "
-            "by token: use --distill-hidden 0 --distill-attention 0 (logit distillation works across tokenizers), "
-            "or cut the student from the teacher (--model TEACHER --init-layers ...)"
+            "by token: use --distill-hidden 0 --distill-attention 0 (logits and --distill-sentence work across "
+            "tokenizers), or cut the student from the teacher (--model TEACHER --init-layers ...)"
         )
     model = load_model(teacher_dir)
     if attention_weight > 0:

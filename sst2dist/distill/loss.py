@@ -75,3 +75,18 @@ def attention_loss(
         kl = (teacher * (teacher.log() - student.log())).sum(-1)  # (batch, heads, query)
         per_layer.append((kl * queries).sum() / (queries.sum() * kl.shape[1]))
     return torch.stack(per_layer).mean()
+
+
+def sentence_loss(
+    student_vectors: torch.Tensor, teacher_vectors: torch.Tensor, projection: torch.nn.Module | None = None
+) -> torch.Tensor:
+    """Patient-KD's representation loss at the sentence level: the mean over the batch of the squared distance
+    between the L2-normalised student vector (through `projection` when narrower than the teacher's) and the
+    L2-normalised teacher vector, i.e. 2 − 2·cos. Normalising lets a student of any width and scale match."""
+    import torch.nn.functional as F
+
+    student = student_vectors.float()
+    if projection is not None:
+        student = projection(student)
+    student, teacher = F.normalize(student, dim=-1), F.normalize(teacher_vectors.float(), dim=-1)
+    return (student - teacher).pow(2).sum(-1).mean()

@@ -1,14 +1,16 @@
 """Teacher scoring that is cheap and durable: sentences scored in shards that survive a kill.
 
 The rows are cut into shards of `SHARD_ROWS` consecutive rows; each shard is scored in batches of similar length
-and written atomically as `shard-START-STOP.npz` (fp16 `logits` and a JSON `meta`: its row range, the sha256 of
-its sentences, the teacher's weights sha256, the max length and the scorer). A rerun keeps every shard whose meta
+and written atomically as `shard-START-STOP.npz` (fp16 `logits` — rows × the scorer's width: 2 logits, or the
+teacher's sentence vectors for `--distill-sentence` — and a JSON `meta`: its row range, the sha256 of its
+sentences, the teacher's weights sha256, the max length, the scorer and the width). A rerun keeps every shard whose meta
 matches and scores only the others; a shard of other sentences, another teacher, max length or scorer is scored
 again (and says why). Process r of N scores shards r, r + N, ...; once every shard exists, one file in the
 `--teacher FILE.npz` format is assembled from them (`assemble`) and the shards are removed.
 
-Two scorers: `TorchScorer` (a model folder; bf16 autocast where the CPU has bf16) and `OnnxScorer` (a bundle from
-`sst2dist export-onnx`, its fastest gated variant unless named: int8 or fp32 through onnxruntime).
+Two scorers of logits: `TorchScorer` (a model folder; bf16 autocast where the CPU has bf16) and `OnnxScorer` (a
+bundle from `sst2dist export-onnx`, its fastest gated variant unless named: int8 or fp32 through onnxruntime); and
+`TorchSentenceScorer`, the teacher's final first-token state (its sentence vector) instead of its logits.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -28,16 +30,21 @@ from sst2dist.atomic import atomic_path
 from sst2dist.distill.logits import LogitsKey, TeacherError, load_logits, save_logits, teacher_weights_sha256
 from sst2dist.runtime import MANIFEST_FILE
 
+if TYPE_CHECKING:
+    import torch
+
 SHARD_ROWS = 4096
 SCORERS = ("torch", "onnx")
 log = logging.getLogger(__name__)
 
 
 class Scorer(Protocol):
-    """Logits of one teacher for batches of sentences; `name` says which engine and precision (recorded)."""
+    """Logits (or other per-sentence outputs, `width` wide) of one teacher for batches of sentences; `name` says
+    which engine, precision and output (recorded)."""
 
     name: str
     batch_size: int
+    width: int
 
     def token_counts(self, sentences: Sequence[str]) -> list[int]: ...
 
@@ -78,6 +85,8 @@ def make_scorer(teacher: Path, max_length: int, scorer: str | None = None) -> Sc
 class TorchScorer:
     """A model folder in PyTorch, under bf16 autocast where the device has bf16 (`bf16=None`) or as asked."""
 
+    wanted: dict = {}  # what the model's forward must also return for `outputs`
+
     def __init__(
         self, model_dir: Path, max_length: int, device: str = "cpu", bf16: bool | None = None, batch_size: int = 128
     ):
@@ -94,6 +103,7 @@ class TorchScorer:
         self.max_length, self.batch_size = max_length, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(self.device).eval()
+        self.width = self.model.config.num_labels
 
     def token_counts(self, sentences: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.encode(sentences)]
@@ -108,8 +118,26 @@ class TorchScorer:
             list(sentences), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
         )
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            output = self.model(**{k: v.to(self.device) for k, v in padded.items()}).logits
+            output = self.outputs(self.model(**{k: v.to(self.device) for k, v in padded.items()}, **self.wanted))
         return output.float().cpu().numpy()
+
+    def outputs(self, model_outputs) -> torch.Tensor:
+        return model_outputs.logits
+
+
+class TorchSentenceScorer(TorchScorer):
+    """The teacher's sentence vector: its last layer's state at the first token ([CLS]/<s>, what its classifier
+    reads), `hidden_size` wide; read with the teacher's own tokenizer, so any student can be matched to it."""
+
+    wanted = {"output_hidden_states": True}
+
+    def __init__(self, model_dir: Path, max_length: int, **options: object):
+        super().__init__(model_dir, max_length, **options)
+        self.name += "-sentence"
+        self.width = self.model.config.hidden_size
+
+    def outputs(self, model_outputs) -> torch.Tensor:
+        return model_outputs.hidden_states[-1][:, 0]
 
 
 class OnnxScorer:
@@ -129,7 +157,7 @@ class OnnxScorer:
         # The logits' key names the max length: truncate there, not at the bundle's own maximum.
         self.classifier._tokenizer.enable_truncation(max_length=max_length)
         self.name = f"onnx-{self.classifier.variant}"
-        self.batch_size = batch_size
+        self.batch_size, self.width = batch_size, 2
 
     def token_counts(self, sentences: Sequence[str]) -> list[int]:
         return self.classifier.token_counts(sentences)
@@ -142,7 +170,7 @@ def score_sorted(scorer: Scorer, sentences: Sequence[str], progress: object | No
     """Logits in the order of `sentences`, scored in batches of similar length (little padding)."""
     counts = scorer.token_counts(sentences)
     order = sorted(range(len(sentences)), key=counts.__getitem__)
-    logits = np.zeros((len(sentences), 2), dtype=np.float32)
+    logits = np.zeros((len(sentences), scorer.width), dtype=np.float32)
     for start in range(0, len(order), scorer.batch_size):
         rows = order[start : start + scorer.batch_size]
         logits[rows] = scorer.batch([sentences[i] for i in rows])
@@ -174,9 +202,10 @@ def shard_path(folder: Path, start: int, stop: int) -> Path:
     return folder / f"shard-{start:09d}-{stop:09d}.npz"
 
 
-def shard_meta(sentences: Sequence[str], start: int, stop: int, key: LogitsKey, scorer: str) -> dict:
+def shard_meta(sentences: Sequence[str], start: int, stop: int, key: LogitsKey, scorer: str, width: int = 2) -> dict:
     """What a shard's logits depend on; the whole data's sha256 is recorded too, but only its rows decide."""
     return {
+        "width": width,
         "start": start,
         "stop": stop,
         "rows_sha256": rows_sha256(sentences[start:stop]),
@@ -212,8 +241,9 @@ def read_shard(path: Path, expected: dict) -> tuple[np.ndarray | None, str]:
                 None,
                 f"scored for {what} ({field} {str(meta.get(field))[:16]}, this run {str(expected[field])[:16]})",
             )
-    if logits.shape != (expected["stop"] - expected["start"], 2) or not np.isfinite(logits).all():
-        return None, f"holds {logits.shape} logits, not ({expected['stop'] - expected['start']}, 2) finite ones"
+    shape = (expected["stop"] - expected["start"], expected["width"])
+    if logits.shape != shape or not np.isfinite(logits).all():
+        return None, f"holds {logits.shape} values, not {shape} finite ones"
     return logits, "ok"
 
 
@@ -241,7 +271,8 @@ def score_in_shards(
     with tqdm(total=total, initial=done_rows, desc=desc, unit="row", disable=not show_progress) as progress:
         for start, stop in todo:
             logits = score_sorted(scorer, sentences[start:stop], progress)
-            write_shard(shard_path(folder, start, stop), logits, shard_meta(sentences, start, stop, key, scorer.name))
+            meta = shard_meta(sentences, start, stop, key, scorer.name, scorer.width)
+            write_shard(shard_path(folder, start, stop), logits, meta)
     return total - done_rows
 
 
@@ -249,29 +280,38 @@ def shard_is_done(
     folder: Path, sentences: Sequence[str], start: int, stop: int, key: LogitsKey, scorer: Scorer
 ) -> bool:
     path = shard_path(folder, start, stop)
-    logits, why = read_shard(path, shard_meta(sentences, start, stop, key, scorer.name))
+    logits, why = read_shard(path, shard_meta(sentences, start, stop, key, scorer.name, scorer.width))
     if logits is None and why != "missing":
         log.warning("%s was %s: scoring it again", path, why)
     return logits is not None
 
 
-def assemble(folder: Path, sentences: Sequence[str], key: LogitsKey, scorer: str, shard_rows: int) -> np.ndarray:
+def assemble(
+    folder: Path, sentences: Sequence[str], key: LogitsKey, scorer: str, shard_rows: int, width: int = 2
+) -> np.ndarray:
     """Every shard's logits joined in row order (fp16), or a TeacherError naming the first shard missing."""
     parts = []
     for start, stop in shard_ranges(len(sentences), shard_rows):
         path = shard_path(folder, start, stop)
-        logits, why = read_shard(path, shard_meta(sentences, start, stop, key, scorer))
+        logits, why = read_shard(path, shard_meta(sentences, start, stop, key, scorer, width))
         if logits is None:
             raise TeacherError(f"{path} is {why}: score the missing shards first (rerun the same command)")
         parts.append(logits)
-    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.float16)
+    return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.float16)
 
 
 def finish(
-    folder: Path, path: Path, sentences: Sequence[str], key: LogitsKey, scorer: str, meta: dict, shard_rows: int
+    folder: Path,
+    path: Path,
+    sentences: Sequence[str],
+    key: LogitsKey,
+    scorer: str,
+    meta: dict,
+    shard_rows: int,
+    width: int = 2,
 ) -> None:
     """Write the logits file at `path` from the shards (fp16, keyed by `key`), then remove the shards."""
-    logits = assemble(folder, sentences, key, scorer, shard_rows)
+    logits = assemble(folder, sentences, key, scorer, shard_rows, width)
     record = {**meta, "key": asdict(key), "rows": len(sentences), "scorer": scorer, "shard_rows": shard_rows}
     save_logits(path, logits, record, dtype=np.float16)
     shutil.rmtree(folder, ignore_errors=True)
@@ -292,5 +332,5 @@ def score_to_file(
     logits file at `path` and return its logits."""
     folder = folder or shards_folder(path)
     score_in_shards(scorer, sentences, folder, key, shard_rows=shard_rows, show_progress=show_progress)
-    finish(folder, path, sentences, key, scorer.name, meta, shard_rows)
+    finish(folder, path, sentences, key, scorer.name, meta, shard_rows, scorer.width)
     return load_logits(path)[0]

@@ -1,5 +1,6 @@
 """The teacher's logits over the training split: from a file shipped in the package or given, from the cache, or
-computed once by the teacher model (`scoring`: shards that survive a kill) and cached.
+computed once by the teacher model (`scoring`: shards that survive a kill) and cached; and, for
+`--distill-sentence`, the teacher's sentence vectors, computed and cached the same way.
 
 The file format and its key (the teacher's weights sha256, the training data's sha256, the max length) are in
 `logits`. A file is only trusted for the training split it was computed on (`meta["key"]["data_sha256"]`), so a
@@ -69,6 +70,32 @@ def teacher_logits(
     return logits, meta
 
 
+def teacher_sentence_vectors(
+    teacher: str,
+    sentences: Sequence[str],
+    labels: Sequence[int],
+    max_length: int,
+    accelerator: Accelerator,
+    cache_dir: Path | None = None,
+) -> np.ndarray:
+    """The teacher model's sentence vector for every training row (`--distill-sentence`), computed once in shards
+    like its logits and cached beside them (`sentences-NAME.npz`), keyed the same way."""
+    model_dir = Path(teacher).expanduser()
+    if not (model_dir / "config.json").is_file():
+        raise TeacherError(
+            f"--distill-sentence matches the teacher model's sentence vectors, and {teacher} is not a model folder "
+            "(no config.json): pass --layer-teacher MODEL_DIR"
+        )
+    key = LogitsKey(teacher_weights_sha256(model_dir), data_fingerprint(sentences, labels), max_length)
+    path = (cache_dir or default_cache_dir() / "teacher-logits") / f"sentences-{key.filename}"
+    if not path.is_file():
+        compute_and_cache(model_dir, sentences, key, path, accelerator, sentence_vectors=True)
+    vectors, meta = load_logits(path)
+    if meta.get("key") != asdict(key) or len(vectors) != len(sentences):
+        raise TeacherError(f"{path} does not match its name (teacher, data or max length): delete it to recompute")
+    return vectors
+
+
 def logits_from_file(path: Path, data_sha256: str, rows: int) -> tuple[np.ndarray, dict]:
     if not path.is_file():
         raise TeacherError(f"teacher logits file {path} does not exist")
@@ -83,15 +110,29 @@ def logits_from_file(path: Path, data_sha256: str, rows: int) -> tuple[np.ndarra
 
 
 def compute_and_cache(
-    model_dir: Path, sentences: Sequence[str], key: LogitsKey, path: Path, accelerator: Accelerator
+    model_dir: Path,
+    sentences: Sequence[str],
+    key: LogitsKey,
+    path: Path,
+    accelerator: Accelerator,
+    sentence_vectors: bool = False,
 ) -> None:
     """Each process scores shards rank, rank + N, ... into `.shards-NAME/` beside `path` (kept across a kill, so a
-    rerun scores only the missing ones); the main process joins them into the file (`distill.scoring`)."""
-    from sst2dist.distill.scoring import SHARD_ROWS, TorchScorer, finish, score_in_shards, shards_folder
+    rerun scores only the missing ones); the main process joins them into the file (`distill.scoring`). The
+    teacher's logits, or with `sentence_vectors` its sentence vectors (`TorchSentenceScorer`)."""
+    from sst2dist.distill.scoring import (
+        SHARD_ROWS,
+        TorchScorer,
+        TorchSentenceScorer,
+        finish,
+        score_in_shards,
+        shards_folder,
+    )
 
     folder = shards_folder(path)
     bf16 = accelerator.mixed_precision == "bf16"
-    scorer = TorchScorer(model_dir, key.max_length, device=accelerator.device, bf16=bf16)
+    kind = TorchSentenceScorer if sentence_vectors else TorchScorer
+    scorer = kind(model_dir, key.max_length, device=accelerator.device, bf16=bf16)
     show = accelerator.is_local_main_process
     score_in_shards(
         scorer,
@@ -104,7 +145,8 @@ def compute_and_cache(
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        finish(folder, path, sentences, key, scorer.name, logits_meta(model_dir, key, len(sentences)), SHARD_ROWS)
+        meta = logits_meta(model_dir, key, len(sentences))
+        finish(folder, path, sentences, key, scorer.name, meta, SHARD_ROWS, scorer.width)
     accelerator.wait_for_everyone()
 
 

@@ -108,11 +108,21 @@ class TrainConfig(Options):
         "tokenizer and head count as the teacher",
         checks=[non_negative],
     )
+    distill_sentence: float = option(
+        0.0,
+        "weight of the sentence-level loss against --layer-teacher's sentence vectors (Patient-KD: final [CLS] "
+        "states, normalised, through a learned projection); works across tokenizers",
+        checks=[non_negative],
+    )
     layer_teacher: str | None = option(
-        None, "model folder for --distill-hidden/--distill-attention (default: --teacher when it is a model folder)"
+        None,
+        "model folder for --distill-hidden/--distill-attention/--distill-sentence (default: --teacher when it is a "
+        "model folder)",
     )
     teacher_cache: str | None = option(
-        None, "folder for computed teacher logits (default: $SST2DIST_CACHE or ~/.cache/sst2dist, teacher-logits/)"
+        None,
+        "folder for computed teacher logits and sentence vectors (default: $SST2DIST_CACHE or ~/.cache/sst2dist, "
+        "teacher-logits/)",
     )
 
     def __post_init__(self) -> None:
@@ -122,10 +132,10 @@ class TrainConfig(Options):
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
         if self.init_layers is not None:
             parse_layers(self.init_layers)
-        if (self.distill_hidden or self.distill_attention) and not (self.layer_teacher or self.teacher):
+        if (self.layer_distillation or self.distill_sentence) and not (self.layer_teacher or self.teacher):
             raise ConfigError(
-                "--distill-hidden/--distill-attention match a teacher's layers: pass --layer-teacher MODEL_DIR "
-                "(or --teacher MODEL_DIR)"
+                "--distill-hidden/--distill-attention/--distill-sentence match a teacher model's states: pass "
+                "--layer-teacher MODEL_DIR (or --teacher MODEL_DIR)"
             )
 
     @property

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 
-LOSS_TERMS = ("loss", "loss_ce", "loss_kd", "loss_hidden", "loss_attention")  # what forward_losses returns
+LOSS_TERMS = ("loss", "loss_ce", "loss_kd", "loss_hidden", "loss_attention", "loss_sentence")  # forward_losses
 
 
 class RunLog:

@@ -37,7 +37,7 @@ from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eva
 from sst2dist.train.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
 from sst2dist.train.log import LOSS_TERMS, RunLog, Window
 from sst2dist.train.run_folder import final_metrics, prepare_output_dir, write_final_files
-from sst2dist.train.state import Run, TrainState
+from sst2dist.train.state import Run, Teachers, TrainState
 
 if TYPE_CHECKING:
     import torch
@@ -77,24 +77,53 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
 def load_data(
     config: TrainConfig, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator
 ) -> tuple[Dataset, Dataset, dict | None]:
-    """Tokenized train and validation splits; with a teacher, each training row carries its `teacher_logits`
-    (computed over the whole split, so one cache serves every --max-train-samples)."""
+    """Tokenized train and validation splits; with a teacher, each training row carries its `teacher_logits`, and
+    with --distill-sentence its `teacher_sentence` vector (both computed over the whole split, so one cache serves
+    every --max-train-samples)."""
     from sst2dist.data import load_sst2, sort_by_length, take_first, tokenize
-    from sst2dist.distill.teacher import teacher_logits
+    from sst2dist.distill.teacher import teacher_logits, teacher_sentence_vectors
 
+    whole_split = bool(config.teacher or config.distill_sentence)
     with accelerator.main_process_first():  # the main process reads and converts, the others read its cache
-        raw = load_sst2(config.data, None if config.teacher else config.max_train_samples, config.max_eval_samples)
-    meta = None
+        raw = load_sst2(config.data, None if whole_split else config.max_train_samples, config.max_eval_samples)
+    rows, meta, vectors = raw["train"], None, None
+    cache = Path(config.teacher_cache) if config.teacher_cache else None
     if config.teacher:
-        rows = raw["train"]
-        cache = Path(config.teacher_cache) if config.teacher_cache else None
         logits, meta = teacher_logits(
             config.teacher, rows["sentence"], rows["label"], config.max_length, accelerator, cache
         )
-        raw["train"] = take_first(rows.add_column("teacher_logits", logits.tolist()), config.max_train_samples)
+        rows = rows.add_column("teacher_logits", logits.tolist())
+    if config.distill_sentence:
+        source = config.layer_teacher or config.teacher
+        sentences, labels = rows["sentence"], rows["label"]
+        vectors = teacher_sentence_vectors(source, sentences, labels, config.max_length, accelerator, cache)
+    raw["train"] = take_first(rows, config.max_train_samples)
     with accelerator.main_process_first():  # the main process tokenizes, the others read its cache
         tokenized = tokenize(raw, tokenizer, config.max_length)
-    return tokenized["train"], sort_by_length(tokenized["validation"]), meta
+    train_set = tokenized["train"]
+    if vectors is not None:  # after tokenizing: `map` would copy the 768 floats of every row through Python
+        train_set = with_row_vectors(train_set, "teacher_sentence", vectors[: len(train_set)])
+    return train_set, sort_by_length(tokenized["validation"]), meta
+
+
+def with_row_vectors(dataset: Dataset, name: str, vectors) -> Dataset:
+    """`dataset` with one more column, a fixed-size vector per row, straight from the array (no Python floats)."""
+    import pyarrow as pa
+    from datasets import Dataset, concatenate_datasets
+
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    return concatenate_datasets([dataset, Dataset(pa.table({name: column}))], axis=1)
+
+
+def make_sentence_projection(student: torch.nn.Module, train_set: Dataset):  # -> torch.nn.Linear | None
+    """--distill-sentence: the learned student -> teacher width map (Patient-KD); None when the widths agree or the
+    option is off. Trained with the student and kept in checkpoints, so --resume stays exact."""
+    import torch
+
+    if "teacher_sentence" not in train_set.column_names:
+        return None
+    widths = (student.config.hidden_size, len(train_set[0]["teacher_sentence"]))
+    return torch.nn.Linear(*widths) if widths[0] != widths[1] else None
 
 
 def load_layer_teacher(
@@ -177,22 +206,25 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     if config.init_layers:
         keep_layers(model, parse_layers(config.init_layers))
     layer_teacher = load_layer_teacher(config, model, tokenizer, accelerator)
+    sentence_projection = make_sentence_projection(model, train_set)
     if config.compile:
         model = torch.compile(model, dynamic=True)
-    trained = (
-        [model] if layer_teacher is None or layer_teacher.projection is None else [model, layer_teacher.projection]
-    )
-    optimizer = make_optimizer(trained, config)
+    projections = [p for p in (layer_teacher and layer_teacher.projection, sentence_projection) if p is not None]
+    optimizer = make_optimizer([model, *projections], config)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    if len(trained) > 1:  # prepared after the model, so checkpoints keep it as their second model
+    # Prepared after the model, in this order, so checkpoints keep them as their second and third models.
+    if layer_teacher is not None and layer_teacher.projection is not None:
         layer_teacher.projection = accelerator.prepare(layer_teacher.projection)
+    if sentence_projection is not None:
+        sentence_projection = accelerator.prepare(sentence_projection)
+    teachers = Teachers(layer_teacher, sentence_projection)
 
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     measured_on = (model, optimizer, train_set, sampler, eval_set, tokenizer.pad_token_id)
     plan = time_budget_plan(
         config, accelerator, resume_from, measured_on,
-        lambda batch: forward_losses(model, config, batch, layer_teacher)[0], total_steps, steps_per_epoch, started,
+        lambda batch: forward_losses(model, config, batch, teachers)[0], total_steps, steps_per_epoch, started,
     )  # fmt: skip
     if plan is not None:
         total_steps = plan["planned_steps"]
@@ -204,7 +236,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
         config, accelerator, model, tokenizer, optimizer, scheduler, train_loader, sampler, eval_loader,
         load_accuracy_metric(), log, total_steps, steps_per_epoch, resume_from, teacher_meta,
     )  # fmt: skip
-    run.layer_teacher = layer_teacher
+    run.teachers = teachers
     run.time_budget_plan = plan
     if plan is not None and resume_from is None:
         log.write({"step": 0, "event": "time_budget", **plan})
@@ -279,7 +311,7 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
     """One micro-batch: forward and backward; when the gradients sync, clip, step and advance the schedule."""
     accelerator, model = run.accelerator, run.model
     with accelerator.accumulate(model):
-        losses = forward_losses(run.model, run.config, batch, run.layer_teacher)
+        losses = forward_losses(run.model, run.config, batch, run.teachers)
         accelerator.backward(losses[0])
         if accelerator.sync_gradients and run.config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
@@ -290,20 +322,27 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
     return losses
 
 
-def forward_losses(model: torch.nn.Module, config: TrainConfig, batch: dict, layer_teacher=None) -> torch.Tensor:
-    """The `LOSS_TERMS`: [loss, cross-entropy, logit distillation, hidden states, attention]; without a teacher the
-    loss is the cross-entropy alone, and each layer term adds its --distill-hidden/--distill-attention weight."""
+def forward_losses(
+    model: torch.nn.Module, config: TrainConfig, batch: dict, teachers: Teachers | None = None
+) -> torch.Tensor:
+    """The `LOSS_TERMS`: [loss, cross-entropy, logit distillation, hidden states, attention, sentence]; without a
+    teacher the loss is the cross-entropy alone, and each state term adds its --distill-hidden/-attention/-sentence
+    weight."""
     import torch
     import torch.nn.functional as F
 
-    from sst2dist.distill.loss import distillation_loss
+    from sst2dist.distill.loss import distillation_loss, sentence_loss
 
+    layer_teacher = teachers.layer_teacher if teachers else None
     teacher_logits = batch.pop("teacher_logits", None)
-    if teacher_logits is None and layer_teacher is None:
+    teacher_sentence = batch.pop("teacher_sentence", None)
+    if teacher_logits is None and layer_teacher is None and teacher_sentence is None:
         loss = model(**batch).loss
         return torch.stack([loss, loss.detach(), *torch.zeros_like(loss).expand(len(LOSS_TERMS) - 2)])
     labels = batch.pop("labels")
     wanted = layer_teacher.outputs_wanted() if layer_teacher else {}
+    if teacher_sentence is not None:
+        wanted["output_hidden_states"] = True
     outputs = model(**batch, **wanted)
     if teacher_logits is None:
         loss = ce = F.cross_entropy(outputs.logits.float(), labels)
@@ -312,12 +351,15 @@ def forward_losses(model: torch.nn.Module, config: TrainConfig, batch: dict, lay
         loss, ce, kd = distillation_loss(
             outputs.logits, teacher_logits, labels, config.distill_alpha, config.distill_temperature
         )
-    hidden = attention = torch.zeros_like(ce)
+    hidden = attention = sentence = torch.zeros_like(ce)
     if layer_teacher is not None:
         with layer_teacher.autocast():
             hidden, attention = layer_teacher.losses(outputs, batch)
         loss = loss + config.distill_hidden * hidden + config.distill_attention * attention
-    return torch.stack([loss, ce, kd, hidden, attention])
+    if teacher_sentence is not None:
+        sentence = sentence_loss(outputs.hidden_states[-1][:, 0], teacher_sentence, teachers.sentence_projection)
+        loss = loss + config.distill_sentence * sentence
+    return torch.stack([loss, ce, kd, hidden, attention, sentence])
 
 
 def read_window(run: Run, state: TrainState, window: Window, log_it: bool) -> None:
@@ -335,12 +377,14 @@ def read_window(run: Run, state: TrainState, window: Window, log_it: bool) -> No
     if not log_it:
         return
     means = dict(zip(LOSS_TERMS, (losses / batches).tolist(), strict=True))
-    shown = ["loss"] + (["loss_ce", "loss_kd"] if run.config.teacher or run.layer_teacher else [])
-    shown += [
-        t
-        for t, on in (("loss_hidden", run.config.distill_hidden), ("loss_attention", run.config.distill_attention))
-        if on
-    ]
+    config = run.config
+    weights = {
+        "loss_hidden": config.distill_hidden,
+        "loss_attention": config.distill_attention,
+        "loss_sentence": config.distill_sentence,
+    }
+    shown = ["loss"] + (["loss_ce", "loss_kd"] if config.teacher or any(weights.values()) else [])
+    shown += [term for term, weight in weights.items() if weight]
     record = {"step": state.step} | {term: round(means[term], 5) for term in shown}
     loss = means["loss"]
     rate = (state.step - window.first_step + 1) / (time.perf_counter() - window.started)

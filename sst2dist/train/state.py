@@ -43,6 +43,16 @@ class TrainState:
 
 
 @dataclass
+class Teachers:
+    """What runs beside the student for state distillation (the teacher's logits and sentence vectors ride in the
+    batches): the layer teacher of --distill-hidden/--distill-attention (`distill.intermediate.LayerTeacher`) and
+    the learned student -> teacher projection of --distill-sentence (None when the widths agree)."""
+
+    layer_teacher: Any = None
+    sentence_projection: Any = None
+
+
+@dataclass
 class Run:
     """What `setup` builds and `fit` drives."""
 
@@ -67,7 +77,7 @@ class Run:
     eval_samples: int = 0
     last_eval_step: int = -1
     last_save_step: int = -1
-    layer_teacher: Any = None  # --distill-hidden/--distill-attention: sst2dist.distill.intermediate.LayerTeacher
+    teachers: Teachers | None = None  # what runs beside the student for state distillation
     time_budget_plan: dict | None = None  # --time-budget: the decision, as recorded in train_config.json
 
     @property
