@@ -4,6 +4,9 @@ built in the test session."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +136,20 @@ def accelerator():
     yield Accelerator(cpu=True)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def run_train(*args: object) -> subprocess.CompletedProcess:
+    """`python -m sst2dist.train ARGS` from the repository root, offline: the real script, as a user runs it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "sst2dist.train", *map(str, args)]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def resume_copy(straight: Path, resumed: Path, step: int, options: list[object]) -> subprocess.CompletedProcess:
+    """Start `resumed` from a copy of `straight`'s checkpoint at `step` and its train_config.json, then run the
+    same options with --resume."""
+    (resumed / "checkpoints").mkdir(parents=True)
+    name = f"step-{step:08d}"
+    shutil.copytree(straight / "checkpoints" / name, resumed / "checkpoints" / name)
+    shutil.copy(straight / "train_config.json", resumed / "train_config.json")
+    return run_train(*options, "--resume")

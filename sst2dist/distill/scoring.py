@@ -45,6 +45,7 @@ class Scorer(Protocol):
     name: str
     batch_size: int
     width: int
+    output: str  # what it scores, for the progress bar: "logits" or "sentence vectors"
 
     def token_counts(self, sentences: Sequence[str]) -> list[int]: ...
 
@@ -86,6 +87,7 @@ class TorchScorer:
     """A model folder in PyTorch, under bf16 autocast where the device has bf16 (`bf16=None`) or as asked."""
 
     wanted: dict = {}  # what the model's forward must also return for `outputs`
+    output = "logits"
 
     def __init__(
         self, model_dir: Path, max_length: int, device: str = "cpu", bf16: bool | None = None, batch_size: int = 128
@@ -130,6 +132,7 @@ class TorchSentenceScorer(TorchScorer):
     reads), `hidden_size` wide; read with the teacher's own tokenizer, so any student can be matched to it."""
 
     wanted = {"output_hidden_states": True}
+    output = "sentence vectors"
 
     def __init__(self, model_dir: Path, max_length: int, **options: object):
         super().__init__(model_dir, max_length, **options)
@@ -157,7 +160,7 @@ class OnnxScorer:
         # The logits' key names the max length: truncate there, not at the bundle's own maximum.
         self.classifier._tokenizer.enable_truncation(max_length=max_length)
         self.name = f"onnx-{self.classifier.variant}"
-        self.batch_size, self.width = batch_size, 2
+        self.batch_size, self.width, self.output = batch_size, 2, "logits"
 
     def token_counts(self, sentences: Sequence[str]) -> list[int]:
         return self.classifier.token_counts(sentences)
@@ -266,7 +269,7 @@ def score_in_shards(
     mine = shard_ranges(len(sentences), shard_rows)[rank::world]
     todo = [(start, stop) for start, stop in mine if not shard_is_done(folder, sentences, start, stop, key, scorer)]
     done_rows = sum(stop - start for start, stop in mine) - sum(stop - start for start, stop in todo)
-    desc = "teacher logits" + (f" (process {rank + 1}/{world})" if world > 1 else "")
+    desc = f"teacher {scorer.output}" + (f" (process {rank + 1}/{world})" if world > 1 else "")
     total = sum(stop - start for start, stop in mine)
     with tqdm(total=total, initial=done_rows, desc=desc, unit="row", disable=not show_progress) as progress:
         for start, stop in todo:

@@ -10,7 +10,7 @@ run never distils from logits of other sentences.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,38 +62,37 @@ def teacher_logits(
         )
     key = LogitsKey(teacher_weights_sha256(model_dir), data_sha256, max_length)
     path = (cache_dir or default_cache_dir() / "teacher-logits") / key.filename
-    if not path.is_file():
-        compute_and_cache(model_dir, sentences, key, path, accelerator)
-    logits, meta = load_logits(path)
-    if meta.get("key") != asdict(key) or logits.shape != (len(sentences), 2):
-        raise TeacherError(f"{path} does not match its name (teacher, data or max length): delete it to recompute")
-    return logits, meta
+    return cached_outputs(model_dir, sentences, key, path, accelerator)
 
 
 def teacher_sentence_vectors(
-    teacher: str,
-    sentences: Sequence[str],
-    labels: Sequence[int],
-    max_length: int,
-    accelerator: Accelerator,
-    cache_dir: Path | None = None,
+    teacher: str, rows: Mapping[str, Sequence], max_length: int, accelerator: Accelerator, cache_dir: Path | None = None
 ) -> np.ndarray:
-    """The teacher model's sentence vector for every training row (`--distill-sentence`), computed once in shards
-    like its logits and cached beside them (`sentences-NAME.npz`), keyed the same way."""
+    """The teacher model's sentence vector for every training row (`rows["sentence"]`, `rows["label"]`) for
+    `--distill-sentence`: computed once in shards like its logits, cached beside them (`sentences-NAME.npz`)."""
     model_dir = Path(teacher).expanduser()
     if not (model_dir / "config.json").is_file():
         raise TeacherError(
             f"--distill-sentence matches the teacher model's sentence vectors, and {teacher} is not a model folder "
             "(no config.json): pass --layer-teacher MODEL_DIR"
         )
-    key = LogitsKey(teacher_weights_sha256(model_dir), data_fingerprint(sentences, labels), max_length)
+    sentences = rows["sentence"]
+    key = LogitsKey(teacher_weights_sha256(model_dir), data_fingerprint(sentences, rows["label"]), max_length)
     path = (cache_dir or default_cache_dir() / "teacher-logits") / f"sentences-{key.filename}"
+    return cached_outputs(model_dir, sentences, key, path, accelerator, sentence_vectors=True)[0]
+
+
+def cached_outputs(
+    model_dir: Path, sentences: Sequence[str], key: LogitsKey, path: Path, accelerator: Accelerator, **kind: bool
+) -> tuple[np.ndarray, dict]:
+    """The teacher's outputs from `path`, computed there first when it is missing (`compute_and_cache`), and
+    refused when the file is not what its name says."""
     if not path.is_file():
-        compute_and_cache(model_dir, sentences, key, path, accelerator, sentence_vectors=True)
-    vectors, meta = load_logits(path)
-    if meta.get("key") != asdict(key) or len(vectors) != len(sentences):
+        compute_and_cache(model_dir, sentences, key, path, accelerator, **kind)
+    values, meta = load_logits(path)
+    if meta.get("key") != asdict(key) or len(values) != len(sentences) or (not kind and values.shape[1] != 2):
         raise TeacherError(f"{path} does not match its name (teacher, data or max length): delete it to recompute")
-    return vectors
+    return values, meta
 
 
 def logits_from_file(path: Path, data_sha256: str, rows: int) -> tuple[np.ndarray, dict]:

@@ -95,8 +95,7 @@ def load_data(
         rows = rows.add_column("teacher_logits", logits.tolist())
     if config.distill_sentence:
         source = config.layer_teacher or config.teacher
-        sentences, labels = rows["sentence"], rows["label"]
-        vectors = teacher_sentence_vectors(source, sentences, labels, config.max_length, accelerator, cache)
+        vectors = teacher_sentence_vectors(source, rows, config.max_length, accelerator, cache)
     raw["train"] = take_first(rows, config.max_train_samples)
     with accelerator.main_process_first():  # the main process tokenizes, the others read its cache
         tokenized = tokenize(raw, tokenizer, config.max_length)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_model
+from conftest import make_tiny_model, resume_copy
+from conftest import run_train as train
 
 from sst2dist.distill.loss import distillation_loss
 from sst2dist.distill.teacher import TeacherError, data_fingerprint, save_logits, teacher_logits
@@ -93,14 +93,6 @@ def test_a_logits_file_for_other_data_is_refused(tmp_path: Path, accelerator) ->
 # ------------------------------------------------------------------------------------------ real runs
 
 
-def train(*args: object) -> subprocess.CompletedProcess:
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "sst2dist.train", *map(str, args)]
-    return subprocess.run(
-        command, cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
-    )
-
-
 def student_options(sst2_dir: Path, student: Path, teacher: Path, out: Path, cache: Path) -> list[object]:
     return [
         "--data", sst2_dir, "--model", student, "--teacher", teacher, "--teacher-cache", cache,
@@ -129,10 +121,7 @@ def test_resume_with_a_teacher_gives_the_same_weights_as_a_straight_run(
     metrics = json.loads((straight / "metrics.json").read_text())
     assert metrics["teacher"]["key"]["teacher_sha256"] and metrics["train_samples_seen"] == 480
 
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(straight / "checkpoints" / "step-00000007", resumed / "checkpoints" / "step-00000007")
-    shutil.copy(straight / "train_config.json", resumed / "train_config.json")
-    result = train(*student_options(sst2_dir, tiny_model_dir, teacher, resumed, cache), "--resume")
+    result = resume_copy(straight, resumed, 7, student_options(sst2_dir, tiny_model_dir, teacher, resumed, cache))
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((resumed / "metrics.json").read_text())["train_samples_seen"] == 480
     final_a = load_file(straight / "checkpoints" / "step-00000015" / "model.safetensors")

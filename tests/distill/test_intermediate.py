@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model, make_tiny_mpnet
+from conftest import make_tiny_model, make_tiny_mpnet, resume_copy
+from conftest import run_train as train
 
 from sst2dist.distill.intermediate import load_layer_teacher
 from sst2dist.distill.loss import attention_loss, hidden_state_loss, uniform_layer_map
 from sst2dist.distill.teacher import TeacherError
 from sst2dist.modeling import load_model, load_tokenizer
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_uniform_map_pairs_every_kth_teacher_state() -> None:
@@ -73,12 +68,6 @@ def test_a_logits_file_or_other_head_counts_are_refused(tiny_model_dir: Path, tm
 # ------------------------------------------------------------------------------------------ a real run
 
 
-def train(*args: object) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "sst2dist.train", *map(str, args)]
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
 def options(data: Path, student: Path, teacher: Path, out: Path) -> list[object]:
     return [
         "--data", data, "--model", student, "--layer-teacher", teacher, "--output-dir", out,
@@ -107,10 +96,7 @@ def test_a_run_logs_each_term_and_resumes_its_projection_exactly(
     last = sorted((straight / "checkpoints").glob("step-*"))[-1]
     assert (last / "model_1.safetensors").is_file()  # the 32 -> 64 projection is trained and checkpointed
 
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(straight / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
-    shutil.copy(straight / "train_config.json", resumed / "train_config.json")
-    result = train(*options(sst2_sample_dir, tiny_model_dir, teacher, resumed), "--resume")
+    result = resume_copy(straight, resumed, 3, options(sst2_sample_dir, tiny_model_dir, teacher, resumed))
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("model.safetensors", "model_1.safetensors"):
         a, b = load_file(last / name), load_file(resumed / "checkpoints" / last.name / name)

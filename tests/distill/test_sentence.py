@@ -6,22 +6,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model, make_tiny_mpnet
+from conftest import make_tiny_model, make_tiny_mpnet, resume_copy
+from conftest import run_train as train
 
 from sst2dist.distill.loss import sentence_loss
 from sst2dist.distill.scoring import TorchSentenceScorer
 from sst2dist.distill.teacher import TeacherError, teacher_sentence_vectors
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = ["a gripping , funny film", "dull", "the plot goes nowhere , slowly and without charm"]
 
 
@@ -51,23 +47,18 @@ def test_the_vectors_are_the_teachers_last_first_token_states(tmp_path: Path) ->
 def test_the_vectors_are_cached_and_a_logits_file_is_refused(tmp_path: Path, accelerator) -> None:
     teacher = make_tiny_mpnet(tmp_path / "mpnet", hidden_size=48)
     cache = tmp_path / "cache"
-    vectors = teacher_sentence_vectors(str(teacher), SENTENCES, [1, 0, 0], 128, accelerator, cache)
+    rows = {"sentence": SENTENCES, "label": [1, 0, 0]}
+    vectors = teacher_sentence_vectors(str(teacher), rows, 128, accelerator, cache)
     assert vectors.shape == (3, 48) and vectors.dtype == np.float32
     (stored,) = cache.glob("sentences-*.npz")
     before = stored.stat().st_mtime_ns
-    again = teacher_sentence_vectors(str(teacher), SENTENCES, [1, 0, 0], 128, accelerator, cache)
+    again = teacher_sentence_vectors(str(teacher), rows, 128, accelerator, cache)
     assert stored.stat().st_mtime_ns == before and np.array_equal(vectors, again)  # read back, not recomputed
     with pytest.raises(TeacherError, match="is not a model folder"):
-        teacher_sentence_vectors(str(tmp_path / "logits.npz"), SENTENCES, [1, 0, 0], 128, accelerator, cache)
+        teacher_sentence_vectors(str(tmp_path / "logits.npz"), rows, 128, accelerator, cache)
 
 
 # ------------------------------------------------------------------------------------------ a real run
-
-
-def train(*args: object) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "sst2dist.train", *map(str, args)]
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def options(data: Path, student: Path, teacher: Path, out: Path, cache: Path) -> list[object]:
@@ -101,10 +92,7 @@ def test_a_student_of_another_tokenizer_matches_the_teachers_sentences_and_resum
     last = sorted((straight / "checkpoints").glob("step-*"))[-1]
     assert load_file(last / "model_1.safetensors")["weight"].shape == (48, 32)  # the 32 -> 48 projection
 
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(straight / "checkpoints" / "step-00000003", resumed / "checkpoints" / "step-00000003")
-    shutil.copy(straight / "train_config.json", resumed / "train_config.json")
-    result = train(*options(sst2_sample_dir, tiny_model_dir, teacher, resumed, cache), "--resume")
+    result = resume_copy(straight, resumed, 3, options(sst2_sample_dir, tiny_model_dir, teacher, resumed, cache))
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("model.safetensors", "model_1.safetensors"):
         a, b = load_file(last / name), load_file(resumed / "checkpoints" / last.name / name)
