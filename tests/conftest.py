@@ -138,6 +138,13 @@ def accelerator():
     GradientState._reset_state()
 
 
+# A short distillation run of the tiny models that checkpoints at step 3 (for the resume checks) and logs every step.
+SHORT_RUN: list[object] = [
+    "--batch-size", 16, "--epochs", 2, "--eval-every", 3, "--save-every", 3, "--keep-checkpoints", 5,
+    "--log-every", 1, "--lr", 1e-3,
+]  # fmt: skip
+
+
 def run_train(*args: object) -> subprocess.CompletedProcess:
     """`python -m sst2dist.train ARGS` from the repository root, offline: the real script, as a user runs it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model, make_tiny_mpnet, resume_copy
+from conftest import SHORT_RUN, make_tiny_model, make_tiny_mpnet, resume_copy
 from conftest import run_train as train
 
 from sst2dist.distill.intermediate import load_layer_teacher
@@ -69,11 +69,8 @@ def test_a_logits_file_or_other_head_counts_are_refused(tiny_model_dir: Path, tm
 
 
 def options(data: Path, student: Path, teacher: Path, out: Path) -> list[object]:
-    return [
-        "--data", data, "--model", student, "--layer-teacher", teacher, "--output-dir", out,
-        "--distill-hidden", 1.0, "--distill-attention", 0.5, "--batch-size", 16, "--epochs", 2,
-        "--eval-every", 3, "--save-every", 3, "--keep-checkpoints", 5, "--log-every", 1, "--lr", 1e-3,
-    ]  # fmt: skip
+    run = ["--data", data, "--model", student, "--layer-teacher", teacher, "--output-dir", out]
+    return [*run, "--distill-hidden", 1.0, "--distill-attention", 0.5, *SHORT_RUN]
 
 
 @pytest.mark.slow

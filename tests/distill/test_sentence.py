@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model, make_tiny_mpnet, resume_copy
+from conftest import SHORT_RUN, make_tiny_model, make_tiny_mpnet, resume_copy
 from conftest import run_train as train
 
 from sst2dist.distill.loss import sentence_loss
@@ -62,11 +62,8 @@ def test_the_vectors_are_cached_and_a_logits_file_is_refused(tmp_path: Path, acc
 
 
 def options(data: Path, student: Path, teacher: Path, out: Path, cache: Path) -> list[object]:
-    return [
-        "--data", data, "--model", student, "--teacher", teacher, "--teacher-cache", cache, "--output-dir", out,
-        "--distill-sentence", 2.0, "--distill-alpha", 0.5, "--batch-size", 16, "--epochs", 2,
-        "--eval-every", 3, "--save-every", 3, "--keep-checkpoints", 5, "--log-every", 1, "--lr", 1e-3,
-    ]  # fmt: skip
+    run = ["--data", data, "--model", student, "--teacher", teacher, "--teacher-cache", cache, "--output-dir", out]
+    return [*run, "--distill-sentence", 2.0, "--distill-alpha", 0.5, *SHORT_RUN]
 
 
 @pytest.mark.slow
