@@ -176,6 +176,15 @@ def take_first(dataset: Dataset, limit: int | None) -> Dataset:
     return dataset.select(range(limit))
 
 
+def with_row_vectors(dataset: Dataset, name: str, vectors: np.ndarray) -> Dataset:
+    """`dataset` with one more column, a fixed-size vector per row, straight from the array (no Python floats)."""
+    import pyarrow as pa
+    from datasets import Dataset, concatenate_datasets
+
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    return concatenate_datasets([dataset, Dataset(pa.table({name: column}))], axis=1)
+
+
 def count_empty_sentences(dataset: Dataset) -> int:
     return sum(1 for sentence in dataset["sentence"] if not sentence.strip())
 

@@ -83,14 +83,20 @@ def teacher_sentence_vectors(
 
 
 def cached_outputs(
-    model_dir: Path, sentences: Sequence[str], key: LogitsKey, path: Path, accelerator: Accelerator, **kind: bool
+    model_dir: Path,
+    sentences: Sequence[str],
+    key: LogitsKey,
+    path: Path,
+    accelerator: Accelerator,
+    sentence_vectors: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """The teacher's outputs from `path`, computed there first when it is missing (`compute_and_cache`), and
     refused when the file is not what its name says."""
     if not path.is_file():
-        compute_and_cache(model_dir, sentences, key, path, accelerator, **kind)
+        compute_and_cache(model_dir, sentences, key, path, accelerator, sentence_vectors)
     values, meta = load_logits(path)
-    if meta.get("key") != asdict(key) or len(values) != len(sentences) or (not kind and values.shape[1] != 2):
+    width_ok = sentence_vectors or values.shape[1] == 2  # logits: one per label
+    if meta.get("key") != asdict(key) or len(values) != len(sentences) or not width_ok:
         raise TeacherError(f"{path} does not match its name (teacher, data or max length): delete it to recompute")
     return values, meta
 

@@ -80,7 +80,7 @@ def load_data(
     """Tokenized train and validation splits; with a teacher, each training row carries its `teacher_logits`, and
     with --distill-sentence its `teacher_sentence` vector (both computed over the whole split, so one cache serves
     every --max-train-samples)."""
-    from sst2dist.data import load_sst2, sort_by_length, take_first, tokenize
+    from sst2dist.data import load_sst2, sort_by_length, take_first, tokenize, with_row_vectors
     from sst2dist.distill.teacher import teacher_logits, teacher_sentence_vectors
 
     whole_split = bool(config.teacher or config.distill_sentence)
@@ -103,15 +103,6 @@ def load_data(
     if vectors is not None:  # after tokenizing: `map` would copy the 768 floats of every row through Python
         train_set = with_row_vectors(train_set, "teacher_sentence", vectors[: len(train_set)])
     return train_set, sort_by_length(tokenized["validation"]), meta
-
-
-def with_row_vectors(dataset: Dataset, name: str, vectors) -> Dataset:
-    """`dataset` with one more column, a fixed-size vector per row, straight from the array (no Python floats)."""
-    import pyarrow as pa
-    from datasets import Dataset, concatenate_datasets
-
-    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-    return concatenate_datasets([dataset, Dataset(pa.table({name: column}))], axis=1)
 
 
 def make_sentence_projection(student: torch.nn.Module, train_set: Dataset):  # -> torch.nn.Linear | None
