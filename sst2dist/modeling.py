@@ -70,15 +70,25 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 def load_model(name: str) -> PreTrainedModel:
     """A 2-label sequence classifier with the SST-2 label names, from any BERT-family encoder."""
-    from transformers import AutoModelForSequenceClassification
-
-    source = resolve_model(name)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID
-        )
+        return load_classifier_model(resolve_model(name), num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID)
     except OSError as err:
         raise ModelNotFoundError(_unreachable(name, err)) from err
+
+
+def load_classifier_model(source: str | Path, **config_fields: object) -> PreTrainedModel:
+    """`AutoModelForSequenceClassification.from_pretrained(source)`, or for a folder `sst2dist prune` wrote, the
+    same model with its pruned shapes (`prune.shapes.load_pruned`): every stage loads models through here."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from sst2dist.prune.architecture import is_pruned
+
+    config = AutoConfig.from_pretrained(source, **config_fields)
+    if is_pruned(config):
+        from sst2dist.prune.shapes import load_pruned
+
+        return load_pruned(source, config)
+    return AutoModelForSequenceClassification.from_pretrained(source, config=config)
 
 
 def _unreachable(name: str, err: Exception) -> str:
@@ -92,9 +102,14 @@ def keep_layers(model: PreTrainedModel, layers: list[int]) -> None:
     """Keep only these encoder layers, in order (DistilBERT's initialisation of a smaller student)."""
     import torch
 
+    from sst2dist.prune.architecture import is_pruned
+    from sst2dist.prune.shapes import keep_pruned_layers
+
     encoder = model.base_model.encoder
     available = len(encoder.layer)
     if max(layers) >= available:
         raise ModelNotFoundError(f"--init-layers {layers}: the model has {available} layers (0 to {available - 1})")
+    if is_pruned(model.config):
+        keep_pruned_layers(model.config, layers)
     encoder.layer = torch.nn.ModuleList(encoder.layer[i] for i in layers)
     model.config.num_hidden_layers = len(layers)

@@ -249,16 +249,19 @@ def latency_percentiles(values_ms: Sequence[float]) -> dict[str, float]:
 def flops_counter(config: dict) -> FlopCounter:
     """Matmul FLOPs of a BERT-style encoder for a [rows, length] batch: 2 x weights x tokens, plus attention scores.
 
-    Embedding lookups, layer norms and softmax are left out (they are not matmuls)."""
+    Embedding lookups, layer norms and softmax are left out (they are not matmuls). A pruned model's config
+    (`sst2dist prune`) has fewer heads (`pruned_heads`) and a narrower FFN (`intermediate_sizes`) per layer."""
     hidden = config.get("hidden_size", 0)
     layers = config.get("num_hidden_layers", 0)
-    inner = config.get("intermediate_size", 4 * hidden)
-    weights_per_layer = 4 * hidden * hidden + 2 * hidden * inner
+    heads, pruned = config.get("num_attention_heads", 1), config.get("pruned_heads") or {}
+    attention_widths = [(heads - len(pruned.get(str(i), ()))) * (hidden // heads) for i in range(layers)]
+    inners = config.get("intermediate_sizes") or [config.get("intermediate_size", 4 * hidden)] * layers
+    weights = sum(4 * hidden * width + 2 * hidden * inner for width, inner in zip(attention_widths, inners))
 
     def flops(rows: int, length: int) -> float:
-        dense = 2 * weights_per_layer * rows * length
-        attention = 2 * 2 * rows * length * length * hidden  # QK^T and attention x V
-        return float(layers * (dense + attention) + 2 * rows * hidden * hidden)  # + pooler
+        dense = 2 * weights * rows * length
+        attention = 2 * 2 * rows * length * length * sum(attention_widths)  # QK^T and attention x V
+        return float(dense + attention + 2 * rows * hidden * hidden)  # + pooler
 
     return flops
 

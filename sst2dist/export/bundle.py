@@ -71,7 +71,7 @@ def export_bundle(
             manifest = new_manifest(
                 model_dir, weights, tokenizer, model, options.opset, options.optimize, options.quantize
             )
-            build_variants(staging, model_dir, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
+            build_variants(staging, model, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
             add_openvino_variants(manifest, staging, options.openvino)
             manifest["verification"] = verify_bundle(
                 staging, model, tokenizer, splits["validation"], manifest, options.max_accuracy_drop, data
@@ -132,10 +132,13 @@ def check_output_dir(output_dir: Path, force: bool) -> None:
 
 
 def load_source(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """The model as every stage loads it (a pruned folder with its pruned shapes), and its tokenizer."""
+    from transformers import AutoTokenizer
+
+    from sst2dist.modeling import load_classifier_model
 
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        model = load_classifier_model(model_dir).eval()
         tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=True)
     except Exception as err:  # safetensors/torch/transformers raise many types for damaged files
         raise ExportError(
@@ -150,14 +153,14 @@ def load_source(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
 
 def build_variants(
     staging: Path,
-    model_dir: Path,
+    model: PreTrainedModel,
     manifest: dict,
     optimize: str,
     quantize: str,
     train: Dataset,
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
-    export_fp32(model_dir, staging, manifest["opset"])
+    export_fp32(model, tokenizer, staging, manifest["opset"])
     add_variant(manifest, staging, "fp32")
     if optimize != "none":
         optimize_graph(staging, optimize)
@@ -173,30 +176,32 @@ def build_variants(
     add_support_files(manifest, staging)  # after with_labels: config.json is final
 
 
-def export_fp32(model_dir: Path, staging: Path, opset: int) -> None:
-    """model.onnx with dynamic batch and sequence axes, plus config.json and the tokenizer files."""
-    from optimum.exporters.onnx import main_export
+def export_fp32(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, staging: Path, opset: int) -> None:
+    """model.onnx with dynamic batch and sequence axes, plus config.json and the tokenizer files. Optimum exports
+    the model `load_source` loaded, so a pruned model keeps its pruned shapes."""
+    from optimum.exporters.onnx import onnx_export_from_model
 
+    if model.config.pad_token_id is None:  # Optimum's text-classification export needs one
+        model.config.pad_token_id = tokenizer.pad_token_id
     try:
-        main_export(
-            str(model_dir),
+        onnx_export_from_model(
+            model,
             staging,
-            task="text-classification",  # explicit: no hub look-up to infer it
             opset=opset,
+            task="text-classification",  # explicit: no hub look-up to infer it
             device="cpu",
             do_validation=False,  # verify_bundle does a stricter check on real sentences
-            local_files_only=True,
-            library_name="transformers",
+            preprocessors=[tokenizer],
         )
     except OSError:
         raise  # a full disk or no permission, not the model: export_bundle's `writing` names it
     except Exception as err:  # Optimum raises ValueError, KeyError, RuntimeError... for unsupported models
         raise ExportError(
-            f"Optimum could not export {model_dir} to ONNX ({err.__class__.__name__}: {err}); "
+            f"Optimum could not export {model.name_or_path} to ONNX ({err.__class__.__name__}: {err}); "
             "sst2dist supports BERT-family sequence classifiers"
         ) from err
     if not (staging / VARIANT_FILES["fp32"]).is_file():
-        raise ExportError(f"Optimum wrote no {VARIANT_FILES['fp32']} for {model_dir}")
+        raise ExportError(f"Optimum wrote no {VARIANT_FILES['fp32']} for {model.name_or_path}")
 
 
 def optimize_graph(staging: Path, level: str) -> None:

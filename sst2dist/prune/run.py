@@ -1,0 +1,122 @@
+"""`sst2dist prune`: measure the importance of every head and FFN neuron on training sentences, remove the least
+important per FLOP down to the target cost, and write the pruned model folder (with its tokenizer and prune.json)
+atomically."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sst2dist.atomic import replace_dir, write_json_atomic, writing
+from sst2dist.prune.architecture import PruneError, architecture_of, is_pruned
+from sst2dist.prune.flops import UnitCosts
+from sst2dist.prune.masks import fisher_importance
+from sst2dist.prune.options import PruneOptions
+from sst2dist.prune.selection import Selection, select_units
+from sst2dist.prune.shapes import prune_model
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+SUMMARY_FILE = "prune.json"
+
+
+def prune(model_dir: str, output: str | Path, options: PruneOptions) -> dict:
+    """Prune `model_dir` to `options.cost` of its encoder FLOPs into `output`; returns what prune.json says."""
+    from sst2dist.data import DEFAULT_DATA, load_sst2
+    from sst2dist.modeling import load_model, load_tokenizer
+
+    output = Path(output).expanduser()
+    check_output(output, Path(model_dir), options.force)
+    check_source(model_dir)
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    sentences, labels = sample(load_sst2(options.data or DEFAULT_DATA)["train"], options.samples, options.seed)
+    lengths = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=options.max_length)["input_ids"]]
+    logger.info("measuring the importance of heads and neurons on %d sentences", len(sentences))
+    head_scores, neuron_scores = fisher_importance(model, batches(tokenizer, sentences, labels, options))
+    length = round(sum(lengths) / len(lengths))
+    selection = select_units(head_scores, neuron_scores, UnitCosts.of(model.config, length), options.cost)
+    prune_model(model, selection.heads, selection.neurons)
+    summary = describe(model_dir, selection, options, length)
+    save(model, tokenizer, summary, output)
+    return summary
+
+
+def check_source(model_dir: str) -> None:
+    from transformers import AutoConfig
+
+    from sst2dist.modeling import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(model_dir))
+    architecture_of(config)
+    if is_pruned(config):
+        raise PruneError(f"{model_dir} is already pruned: prune its unpruned source to the lower --cost instead")
+
+
+def check_output(output: Path, source: Path, force: bool) -> None:
+    if output.is_file():
+        raise PruneError(f"--output {output} is a file: give a folder path for the pruned model")
+    if output.exists() and output.resolve() == source.expanduser().resolve():
+        raise PruneError(f"--output {output} is the source model folder: write the pruned model to a new folder")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise PruneError(f"{output} already exists and is not empty: pass --force to replace it")
+
+
+def sample(train, count: int, seed: int) -> tuple[list[str], list[int]]:
+    """`count` training rows, a seeded random sample (all of them when there are fewer)."""
+    rows = train.shuffle(seed=seed).select(range(min(count, len(train))))
+    return list(rows["sentence"]), list(rows["label"])
+
+
+def batches(
+    tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], labels: Sequence[int], options: PruneOptions
+) -> Iterator[dict[str, torch.Tensor]]:
+    import torch
+
+    for start in range(0, len(sentences), options.batch_size):
+        batch = tokenizer(
+            list(sentences[start : start + options.batch_size]),
+            truncation=True,
+            max_length=options.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        yield {**batch, "labels": torch.tensor(labels[start : start + options.batch_size])}
+
+
+def describe(model_dir: str, selection: Selection, options: PruneOptions, length: int) -> dict:
+    return {
+        "source": str(model_dir),
+        "cost_target": options.cost,
+        "cost": selection.cost,
+        "encoder_flops": selection.flops,
+        "source_encoder_flops": selection.source_flops,
+        "flops_length": length,
+        "heads_kept": [len(heads) for heads in selection.heads],
+        "neurons_kept": [len(neurons) for neurons in selection.neurons],
+        "samples": options.samples,
+        "data": options.data,
+        "seed": options.seed,
+    }
+
+
+def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, summary: dict, output: Path) -> None:
+    """Written to a hidden folder beside `output` and renamed into place: an interrupted run leaves nothing."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        with writing("the pruned model", output):
+            staging.chmod(0o755)
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            write_json_atomic(staging / SUMMARY_FILE, summary, "prune.json")
+            replace_dir(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
