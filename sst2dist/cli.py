@@ -17,6 +17,7 @@ from sst2dist.distill.augment_options import AugmentOptions
 from sst2dist.export.options import ExportOptions
 from sst2dist.predict.options import PredictOptions
 from sst2dist.predict.ray_options import RayPredictOptions
+from sst2dist.prune.options import PruneOptions
 from sst2dist.serve.limits import ServeLimits, ServeOptions
 
 
@@ -130,6 +131,39 @@ def export_onnx(model_dir: str, output: str, **flags) -> None:
             f"  {name:<12} {entry['size_bytes'] / 1e6:7.1f} MB  max|Δlogit| {result['max_abs_logit_diff']:.2e}  "
             f"agreement {100 * result['label_agreement']:6.2f}%  accuracy {100 * result['accuracy']:.2f}%  {status}"
         )
+
+
+# --- prune ---
+
+
+@main.command("prune")
+@click.argument("model_dir", type=click.Path(path_type=str))
+@click.option("--output", "-o", required=True, help="Folder to write the pruned model to (new or empty, or --force).")
+@click_options(PruneOptions)
+def prune_command(model_dir: str, output: str, **flags) -> None:
+    """Prune MODEL_DIR's attention heads and FFN neurons down to a fraction of its encoder FLOPs (BERT, MPNet).
+
+    Importance is the Fisher information of head and neuron masks on training sentences (Kwon et al. 2022); the
+    least important per FLOP go first. The pruned folder loads with `--model` in training and exports with
+    export-onnx; recover its accuracy by distilling from MODEL_DIR (docs/prune.md).
+
+    \b
+    Example:
+      sst2dist prune runs/teacher/model --output runs/pruned-50/model --cost 0.5 --data ../shared/data/sst2
+      sst2dist export-onnx runs/pruned-50/model --output export/pruned-50 --data ../shared/data/sst2
+    """
+    from sst2dist.prune.run import prune
+
+    if flags["cost"] is None:
+        raise click.UsageError("give --cost F, the fraction of the source's encoder FLOPs to keep (0 < F <= 1)")
+    try:
+        summary = prune(model_dir, output, PruneOptions.from_flags(**flags))
+    except ValueError as err:  # OptionError, PruneError, DataError, ModelNotFoundError
+        raise click.ClickException(str(err)) from err
+    click.echo(
+        f"wrote {output}: {summary['cost']:.3f} of the encoder FLOPs (target {summary['cost_target']}), "
+        f"{sum(summary['heads_kept'])} heads and {sum(summary['neurons_kept'])} FFN neurons kept"
+    )
 
 
 # --- bench ---

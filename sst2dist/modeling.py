@@ -71,7 +71,9 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def load_model(name: str) -> PreTrainedModel:
     """A 2-label sequence classifier with the SST-2 label names, from any BERT-family encoder."""
     try:
-        return load_classifier_model(resolve_model(name), num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID)
+        return load_classifier_model(
+            resolve_model(name), num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID
+        )
     except OSError as err:
         raise ModelNotFoundError(_unreachable(name, err)) from err
 

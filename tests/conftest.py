@@ -97,7 +97,7 @@ sys.meta_path.insert(0, Block())
 """
 
 
-def make_tiny_mpnet(path: Path, seed: int = 0, hidden_size: int = 32) -> Path:
+def make_tiny_mpnet(path: Path, seed: int = 0, hidden_size: int = 32, heads: int = 2) -> Path:
     """A random 2-layer MPNet classifier (no token type ids, pad id 1) with an MPNet tokenizer built from the
     packaged MiniLM's WordPiece vocabulary: the teacher's architecture, without its 440 MB."""
     import torch
@@ -115,7 +115,7 @@ def make_tiny_mpnet(path: Path, seed: int = 0, hidden_size: int = 32) -> Path:
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         intermediate_size=2 * hidden_size,
         pad_token_id=tokenizer.pad_token_id,
         num_labels=2,

@@ -256,7 +256,8 @@ def flops_counter(config: dict) -> FlopCounter:
     heads, pruned = config.get("num_attention_heads", 1), config.get("pruned_heads") or {}
     attention_widths = [(heads - len(pruned.get(str(i), ()))) * (hidden // heads) for i in range(layers)]
     inners = config.get("intermediate_sizes") or [config.get("intermediate_size", 4 * hidden)] * layers
-    weights = sum(4 * hidden * width + 2 * hidden * inner for width, inner in zip(attention_widths, inners))
+    pairs = zip(attention_widths, inners, strict=True)
+    weights = sum(4 * hidden * width + 2 * hidden * inner for width, inner in pairs)
 
     def flops(rows: int, length: int) -> float:
         dense = 2 * weights * rows * length

@@ -30,6 +30,7 @@ class LayerTeacher:
     hidden_weight: float
     attention_weight: float
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext  # the loop's mixed precision
+    teacher_heads: list[list[int]] | None = None  # a pruned student's heads, as the teacher's head indices
 
     def outputs_wanted(self) -> dict[str, bool]:
         """What the student's forward must also return for these losses."""
@@ -50,7 +51,9 @@ class LayerTeacher:
             )
         attention = zero
         if self.attention_weight > 0:
-            attention = attention_loss(student_outputs.attentions, teacher.attentions, self.layer_map, mask)
+            attention = attention_loss(
+                student_outputs.attentions, teacher.attentions, self.layer_map, mask, self.teacher_heads
+            )
         return hidden, attention
 
 
@@ -88,8 +91,26 @@ def load_layer_teacher(
             f"--distill-attention matches heads one to one: the student has {student_config.num_attention_heads} "
             f"heads, the teacher {teacher_config.num_attention_heads}; use --distill-attention 0"
         )
+    teacher_heads = pruned_head_map(student_config, teacher_config) if attention_weight > 0 else None
     model.eval().requires_grad_(False)
     widths = (student_config.hidden_size, teacher_config.hidden_size)
     projection = torch.nn.Linear(*widths) if widths[0] != widths[1] else None
     layer_map = uniform_layer_map(student_config.num_hidden_layers, teacher_config.num_hidden_layers)
-    return LayerTeacher(model, layer_map, projection, hidden_weight, attention_weight)
+    return LayerTeacher(model, layer_map, projection, hidden_weight, attention_weight, teacher_heads=teacher_heads)
+
+
+def pruned_head_map(student_config, teacher_config) -> list[list[int]] | None:
+    """For attention transfer from the unpruned source to a pruned student (`sst2dist prune`): each student
+    layer's heads as the teacher's head indices (None when nothing is pruned). Layer j must be teacher layer j."""
+    from sst2dist.prune.architecture import kept_heads
+
+    if teacher_config.pruned_heads:
+        raise TeacherError("--distill-attention needs a teacher with all its heads: pass the unpruned model")
+    if not student_config.pruned_heads:
+        return None
+    if student_config.num_hidden_layers != teacher_config.num_hidden_layers:
+        raise TeacherError(
+            "--distill-attention matches a pruned student's heads to its source's layer for layer: use the "
+            "unpruned source as --layer-teacher and no --init-layers, or --distill-attention 0"
+        )
+    return [kept_heads(student_config, layer) for layer in range(student_config.num_hidden_layers)]

@@ -61,20 +61,26 @@ def attention_loss(
     teacher_attentions: Sequence[torch.Tensor],
     layer_map: Sequence[int],
     attention_mask: torch.Tensor,
+    teacher_heads: Sequence[Sequence[int]] | None = None,
 ) -> torch.Tensor:
     """Mean over the mapped layers, heads and real query tokens of KL(teacher ‖ student) between attention
     distributions (MiniLM's self-attention transfer). `layer_map` is the hidden-state map: student layer j − 1
-    matches teacher layer map[j] − 1 (the layer whose output is that state)."""
+    matches teacher layer map[j] − 1 (the layer whose output is that state). A pruned student's head k of layer j
+    matches the teacher's head `teacher_heads[j][k]`; a layer with no heads left (attentions None) is skipped."""
     import torch
 
     queries = attention_mask[:, None, :].float()  # (batch, 1, query)
-    per_layer = []
+    per_layer = [attention_mask.new_zeros((), dtype=torch.float32)]  # a student with no heads at all: 0
     for student_index, teacher_index in enumerate(layer_map[1:]):
+        if student_attentions[student_index] is None:
+            continue
         student = student_attentions[student_index].float().clamp_min(1e-12)
         teacher = teacher_attentions[teacher_index - 1].float().clamp_min(1e-12)
+        if teacher_heads is not None:
+            teacher = teacher[:, list(teacher_heads[student_index])]
         kl = (teacher * (teacher.log() - student.log())).sum(-1)  # (batch, heads, query)
         per_layer.append((kl * queries).sum() / (queries.sum() * kl.shape[1]))
-    return torch.stack(per_layer).mean()
+    return torch.stack(per_layer[1:] or per_layer).mean()
 
 
 def sentence_loss(

@@ -70,7 +70,7 @@ def fisher_importance(
         with masked(model, heads, neurons):
             for batch in batches:
                 loss = model(**batch).loss
-                for total, grad in zip(totals, torch.autograd.grad(loss, masks)):
+                for total, grad in zip(totals, torch.autograd.grad(loss, masks), strict=True):
                     total += grad.detach() ** 2
     finally:
         for parameter in frozen:

@@ -19,7 +19,9 @@ class PruneOptions(Options):
         checks=[fraction],
     )
     data: str | None = option(None, "SST-2 hub id or local folder whose training sentences measure importance.")
-    samples: int = option(1536, "Training sentences that measure importance (a seeded random sample).", checks=[positive])
+    samples: int = option(
+        1536, "Training sentences that measure importance (a seeded random sample).", checks=[positive]
+    )
     batch_size: int = option(32, "Sentences per importance batch (one squared gradient each).", checks=[positive])
     max_length: int = option(128, "Truncate sentences to this many tokens.", checks=[positive])
     seed: int = option(0, "Seed of the sentence sample.")

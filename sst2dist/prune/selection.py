@@ -25,7 +25,9 @@ class Selection:
         return self.flops / self.source_flops
 
 
-def select_units(head_scores: torch.Tensor, neuron_scores: list[torch.Tensor], costs: UnitCosts, cost: float) -> Selection:
+def select_units(
+    head_scores: torch.Tensor, neuron_scores: list[torch.Tensor], costs: UnitCosts, cost: float
+) -> Selection:
     """Remove units in increasing importance per FLOP until FLOPs <= `cost` x the source's (ties: stable order)."""
     import torch
 

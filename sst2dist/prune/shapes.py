@@ -39,7 +39,7 @@ def prune_model(model: PreTrainedModel, heads: Sequence[Sequence[int]], neurons:
         if len(keep) < config.num_attention_heads
     }
     model.prune_heads(removed)
-    for layer, keep in zip(architecture.layers(model), neurons):
+    for layer, keep in zip(architecture.layers(model), neurons, strict=True):
         narrow_ffn(layer, keep)
     config.intermediate_sizes = [len(keep) for keep in neurons]
     install_forward_fixes(model, architecture)
@@ -63,8 +63,9 @@ def install_forward_fixes(model: PreTrainedModel, architecture: Architecture) ->
     for index, layer in enumerate(architecture.layers(model)):
         heads = kept_heads(config, index)
         if not heads:
-            output, norm = architecture.part(layer, architecture.attention_output), architecture.part(
-                layer, architecture.attention_norm
+            output, norm = (
+                architecture.part(layer, architecture.attention_output),
+                architecture.part(layer, architecture.attention_norm),
             )
             layer.attention.forward = functools.partial(attention_without_heads, output, norm)
         elif architecture.shared_position_bias and len(heads) < config.num_attention_heads:
@@ -112,7 +113,7 @@ def load_pruned(source: str | Path, config: PretrainedConfig) -> PreTrainedModel
     if not weights.is_file():
         raise PruneError(f"{source} is a pruned model without {WEIGHTS_FILE}: save it again with save_pretrained")
     model = AutoModelForSequenceClassification.from_config(config)  # applies config.pruned_heads
-    for layer, width in zip(architecture.layers(model), ffn_widths(config)):
+    for layer, width in zip(architecture.layers(model), ffn_widths(config), strict=True):
         narrow_ffn(layer, range(width))
     install_forward_fixes(model, architecture)
     try:

@@ -1,0 +1,281 @@
+"""The prune stage on tiny random BERT and MPNet models: Fisher importance against a finite-difference hand
+computation, pruning against masking, the saved folder reloaded and exported through the gate, the cost target
+counted by torch's FLOP counter, and the refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import SHORT_RUN, export_tiny_bundle, make_tiny_model, make_tiny_mpnet, run_train
+from torch.utils.flop_counter import FlopCounterMode
+
+from sst2dist.bench.measure import flops_counter
+from sst2dist.cli import main
+from sst2dist.distill.loss import attention_loss
+from sst2dist.modeling import load_model, load_tokenizer
+from sst2dist.prune.flops import UnitCosts
+from sst2dist.prune.masks import fisher_importance, masked, unit_masks
+from sst2dist.prune.shapes import prune_model
+
+SENTENCES = ["a gripping, funny film", "a dull mess that goes nowhere", "not bad at all", "tedious"]
+# Kept heads and FFN neurons of the 2-layer models below: layer 0 loses one head and most neurons, layer 1 loses
+# its whole attention block and its whole FFN.
+KEPT_HEADS = [[0, 2, 3], []]
+KEPT_NEURONS = [[1, 4, 5, 9, 30, 63], []]
+
+
+def with_large_weights(path: Path) -> Path:
+    """The random model's linear weights drawn 10x wider than BERT's initialisation: its logits then depend on
+    every head and neuron enough for the comparisons below to mean something."""
+    model = load_model(str(path))
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.weight.data.normal_(0, 0.2)
+            module.bias.data.normal_(0, 0.2)
+    model.save_pretrained(path)
+    return path
+
+
+def tiny_bert(path: Path) -> Path:
+    return with_large_weights(make_tiny_model(path, hidden_size=32, heads=4))  # 4 heads, 8 wide
+
+
+def tiny_mpnet(path: Path) -> Path:
+    return with_large_weights(make_tiny_mpnet(path, hidden_size=32, heads=4))
+
+
+MAKERS = {"bert": tiny_bert, "mpnet": tiny_mpnet}
+
+
+@pytest.fixture(params=sorted(MAKERS))
+def source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return MAKERS[request.param](tmp_path_factory.mktemp(request.param) / "model")
+
+
+def batch(source: Path, sentences: list[str] = SENTENCES, labels: list[int] | None = None) -> dict:
+    encoded = load_tokenizer(str(source))(sentences, padding=True, return_tensors="pt")
+    return {**encoded, "labels": torch.tensor(labels or [1, 0, 1, 0][: len(sentences)])}
+
+
+def logits(model, inputs: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+
+
+def masks_keeping(model, heads: list[list[int]], neurons: list[list[int]]):
+    head_masks, neuron_masks = unit_masks(model, fill=0.0)
+    for layer, kept in enumerate(heads):
+        head_masks[layer, kept] = 1.0
+    for layer, kept in enumerate(neurons):
+        neuron_masks[layer][kept] = 1.0
+    return head_masks, neuron_masks
+
+
+# ------------------------------------------------------------------------------------------ importance
+
+
+def scaled_loss(model, inputs: dict, weight: torch.nn.Parameter, columns: slice | int, scale: float) -> float:
+    """The loss with some input columns of one linear layer scaled: what a mask value of `scale` on that unit does."""
+    saved = weight.data[:, columns].clone()
+    weight.data[:, columns] *= scale
+    with torch.no_grad():
+        loss = model(**inputs).loss.item()
+    weight.data[:, columns] = saved
+    return loss
+
+
+def test_fisher_importance_equals_a_finite_difference_hand_computation(source: Path) -> None:
+    model = load_model(str(source)).double().eval()
+    batches = [batch(source, SENTENCES[:2], [1, 0]), batch(source, SENTENCES[2:], [1, 0])]
+    heads, neurons = fisher_importance(model, batches)
+
+    epsilon, layers = 1e-5, model.base_model.encoder.layer
+    width = model.config.hidden_size // model.config.num_attention_heads
+    output_of = {"bert": lambda layer: layer.attention.output.dense, "mpnet": lambda layer: layer.attention.attn.o}
+    attention_output = output_of[model.config.model_type]
+
+    def fisher(weight: torch.nn.Parameter, columns: slice | int) -> float:
+        gradients = [
+            (scaled_loss(model, b, weight, columns, 1 + epsilon) - scaled_loss(model, b, weight, columns, 1 - epsilon))
+            / (2 * epsilon)
+            for b in batches
+        ]
+        return sum(g**2 for g in gradients)
+
+    for layer_index, layer in enumerate(layers):
+        for head in range(model.config.num_attention_heads):
+            columns = slice(head * width, (head + 1) * width)
+            expected = fisher(attention_output(layer).weight, columns)
+            assert heads[layer_index, head].item() == pytest.approx(expected, rel=1e-6, abs=1e-14)
+        for neuron in (0, 7, 63):
+            expected = fisher(layer.output.dense.weight, neuron)
+            assert neurons[layer_index][neuron].item() == pytest.approx(expected, rel=1e-6, abs=1e-14)
+    assert heads.min() > 0 and all(n.max() > 0 for n in neurons)  # nothing trivially zero
+    assert all(p.requires_grad for p in model.parameters())  # the model is left trainable
+
+
+# ------------------------------------------------------------------------------------------ pruning = masking
+
+
+def test_the_pruned_model_computes_what_the_masked_model_does(source: Path) -> None:
+    model, inputs = load_model(str(source)), batch(source)
+    full = logits(model, inputs)
+    with masked(model, *masks_keeping(model, KEPT_HEADS, KEPT_NEURONS)):
+        expected = logits(model, inputs)
+    assert (full - expected).abs().max() > 0.05  # the masks change the outputs: the comparison means something
+
+    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
+    torch.testing.assert_close(logits(model, inputs), expected, atol=1e-5, rtol=0)
+    first = model.base_model.encoder.layer[0]
+    assert first.intermediate.dense.out_features == len(KEPT_NEURONS[0])
+    assert model.config.intermediate_sizes == [6, 0]
+    assert {layer: sorted(heads) for layer, heads in model.config.pruned_heads.items()} == {0: [1], 1: [0, 1, 2, 3]}
+
+
+def test_the_pruned_folder_reloads_to_the_same_logits(source: Path, tmp_path: Path) -> None:
+    model, inputs = load_model(str(source)), batch(source)
+    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
+    expected = logits(model, inputs)
+    model.save_pretrained(tmp_path / "pruned")
+    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
+
+    reloaded = load_model(str(tmp_path / "pruned"))
+    torch.testing.assert_close(logits(reloaded, inputs), expected, atol=1e-6, rtol=0)
+    # with output_attentions (attention distillation), the layer without heads reports None
+    with torch.no_grad():
+        attentions = reloaded(**inputs, output_attentions=True).attentions
+    assert attentions[1] is None and attentions[0].shape[1] == len(KEPT_HEADS[0])
+
+
+def test_a_bert_with_only_heads_pruned_reloads_with_plain_from_pretrained(tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    source = tiny_bert(tmp_path / "bert")
+    model, inputs = load_model(str(source)), batch(source)
+    prune_model(model, [[1, 3], [0, 1, 2]], [list(range(64))] * 2)
+    model.save_pretrained(tmp_path / "pruned")
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned")
+    torch.testing.assert_close(logits(plain, inputs), logits(model, inputs), atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def encoder_flops(model, length: int) -> int:
+    """FLOPs torch counts in the encoder for one sequence (output_attentions: BERT's SDPA kernel is not counted)."""
+    ids = torch.randint(5, 1000, (1, length))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, output_attentions=True)
+    name = f"{type(model).__name__}.{model.base_model_prefix}.encoder"
+    return sum(counter.get_flop_counts()[name].values())
+
+
+def test_prune_meets_the_cost_target_counted_by_torch_and_exports_through_the_gate(
+    source: Path, sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pruned"
+    args = ["prune", str(source), "--output", str(out), "--cost", "0.4", "--data", str(sst2_sample_dir)]
+    result = CliRunner().invoke(main, [*args, "--samples", "32", "--batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "prune.json").read_text())
+
+    pruned, unpruned = load_model(str(out)), load_model(str(source))
+    length = summary["flops_length"]
+    counted = encoder_flops(pruned, length) / encoder_flops(unpruned, length)
+    assert counted == pytest.approx(summary["cost"], rel=1e-9)
+    assert counted <= 0.4
+    head_share = UnitCosts.of(unpruned.config, length).head / summary["source_encoder_flops"]
+    assert summary["cost"] > 0.4 - head_share  # it stops once the target is met: within one head's cost of it
+    assert sum(summary["heads_kept"]) < 8 and sum(summary["neurons_kept"]) < 128
+
+    bundle = export_tiny_bundle(out, sst2_sample_dir, tmp_path / "bundle", openvino="off")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert all(entry["passed"] for entry in manifest["variants"].values())
+    assert manifest["variants"]["fp32"]["verification"]["max_abs_logit_diff"] < 1e-4
+
+
+def test_an_unsupported_architecture_is_refused_in_one_sentence(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    source = tmp_path / "distilbert"
+    config = DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    DistilBertForSequenceClassification(config).save_pretrained(source)
+    args = ["prune", str(source), "--output", str(tmp_path / "out"), "--cost", "0.5", "--data", str(sst2_sample_dir)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "handles BERT and MPNet encoders, not 'distilbert'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_costs_a_pruned_source_and_an_occupied_output_are_refused(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    source = tiny_bert(tmp_path / "bert")
+    runner = CliRunner()
+
+    def prune(*extra: str) -> str:
+        result = runner.invoke(main, ["prune", str(source), "--data", str(sst2_sample_dir), *extra])
+        assert result.exit_code != 0
+        return result.output
+
+    assert "--cost must be in (0, 1]" in prune("--output", str(tmp_path / "a"), "--cost", "0")
+    assert "give --cost F" in prune("--output", str(tmp_path / "a"))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    assert "pass --force" in prune("--output", str(tmp_path / "taken"), "--cost", "0.5")
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+    model = load_model(str(source))
+    prune_model(model, [[0], [0]], [list(range(64))] * 2)
+    model.save_pretrained(tmp_path / "pruned")
+    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
+    source = tmp_path / "pruned"
+    assert "already pruned" in prune("--output", str(tmp_path / "b"), "--cost", "0.5")
+
+
+# ------------------------------------------------------------------------------------------ recovery
+
+
+def test_attention_matching_pairs_a_pruned_students_heads_with_their_source_heads() -> None:
+    teacher = torch.tensor([[[0.5, 0.5]], [[0.9, 0.1]], [[0.2, 0.8]]])[None]  # (batch 1, 3 heads, 1 query, 2 keys)
+    student = torch.tensor([[[0.9, 0.1]], [[0.2, 0.8]]])[None]  # kept the teacher's heads 1 and 2, unchanged
+    mask = torch.tensor([[1]])
+    assert attention_loss([student, None], [teacher, teacher], [0, 1, 2], mask, [[1, 2], []]).item() == 0.0
+    swapped = attention_loss([student, None], [teacher, teacher], [0, 1, 2], mask, [[2, 1], []]).item()
+    assert swapped > 0.1  # the pairing decides the loss
+
+
+def test_the_bench_flop_count_follows_the_pruned_shapes(source: Path) -> None:
+    model = load_model(str(source))
+    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
+    config = json.loads(model.config.to_json_string())
+    pooler = 2 * 32 * 32
+    counted = encoder_flops(model, 12)
+    assert flops_counter(config)(1, 12) - pooler == counted == UnitCosts.of(model.config, 12).encoder([3, 0], [6, 0])
+
+
+@pytest.mark.slow
+def test_a_pruned_student_recovers_by_matching_its_sources_hidden_states_and_attentions(
+    sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    source = tiny_bert(tmp_path / "source")
+    model = load_model(str(source))
+    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
+    model.save_pretrained(tmp_path / "pruned")
+    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
+
+    run = tmp_path / "run"
+    options = ["--data", sst2_sample_dir, "--model", tmp_path / "pruned", "--layer-teacher", source]
+    result = run_train(*options, "--output-dir", run, "--distill-hidden", 1, "--distill-attention", 1, *SHORT_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    terms = [r for r in logged if "loss_hidden" in r]
+    assert terms and all(r["loss_hidden"] > 0 and r["loss_attention"] > 0 for r in terms)
+    trained = load_model(str(run / "model"))
+    assert (
+        trained.config.intermediate_sizes == [6, 0]
+        and trained.base_model.encoder.layer[0].attention.self.query.out_features == 24
+    )
