@@ -1,6 +1,7 @@
 # make demo DATA=../shared/data/sst2   set up .venv, train -> export-onnx -> bench on the defaults
 # make distill DATA=../shared/data/sst2  teacher fine-tune -> teacher logits -> L6 + L3 students -> export -> bench menu
 # make students DATA=../shared/data/sst2 the students alone, from the teacher logits shipped in the package
+# make prune DATA=../shared/data/sst2    the teacher pruned to 0.50 and 0.25 of its encoder FLOPs, recovered, exported
 #   (AUGMENT=1: on teacher-labelled augmented data, with the logits shipped for it)
 # make test                           set up .venv if needed, run the whole suite (slow tests included)
 PY      ?= python3
@@ -37,7 +38,7 @@ L3_OPTS        := --init-layers 0,2,4 --lr 1e-4 --epochs 3
 TEACHER_LOGITS ?= packaged:all-mpnet-base-v2-sst2
 endif
 
-.PHONY: setup setup-teacher demo train export bench distill teacher students m6 menu test test-fast lint clean
+.PHONY: setup setup-teacher demo train export bench distill teacher students m6 prune menu test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -107,9 +108,26 @@ m6: teacher
 	$(call train_stage,$(STUDENTS)/m6,$(M6_OPTS))
 	$(call export_stage,$(STUDENTS)/m6/model,export/m6)
 
+# Pruned teachers (docs/prune.md): the teacher's heads and FFN neurons, least important per FLOP first (Fisher
+# importance on training sentences), down to 0.50 / 0.25 of its encoder FLOPs; then recovered by distillation from the
+# unpruned teacher (shipped logits + every hidden state, no projection: same tokenizer, width and depth); exported.
+PRUNED       ?= runs/pruned
+PRUNE_OPTS   ?= --data $(DATA) --samples 1536 --batch-size 32
+RECOVER_OPTS ?= --data $(DATA) --teacher packaged:all-mpnet-base-v2-sst2 --distill-alpha 0.2 --distill-temperature 2 \
+	--layer-teacher $(TEACHER) --distill-hidden 1 --lr 3e-5 --batch-size 32 --epochs 1 --eval-every 100 --seed $(SEED)
+define prune_entry
+	@if [ -f $(PRUNED)/$(1)/model/prune.json ]; then echo "$(PRUNED)/$(1): pruned, skipped"; \
+	else $(BIN)/sst2dist prune $(TEACHER) --output $(PRUNED)/$(1)/model --cost $(2) $(PRUNE_OPTS); fi
+	$(call train_stage,$(PRUNED)/$(1)-recovered,--model $(PRUNED)/$(1)/model $(RECOVER_OPTS))
+	$(call export_stage,$(PRUNED)/$(1)-recovered/model,export/$(1))
+endef
+prune: teacher
+	$(call prune_entry,p50,0.5)
+	$(call prune_entry,p25,0.25)
+
 # The latency-class menu: every student bundle that exists, beside the untrained stock shapes (--anchors).
 menu: setup
-	$(BIN)/sst2dist bench --data $(DATA) $(foreach m,l6 l3 m6 teacher,$(if $(wildcard export/$(m)/manifest.json),--menu $(m)=export/$(m))) \
+	$(BIN)/sst2dist bench --data $(DATA) $(foreach m,l6 l3 m6 p50 p25 teacher,$(if $(wildcard export/$(m)/manifest.json),--menu $(m)=export/$(m))) \
 		--anchors --output $(STUDENTS)/menu-classes
 
 test: setup

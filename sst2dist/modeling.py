@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sst2dist.packaged import SPLIT_ZIP_MODELS, PackagedModelError, assembled_model_dir
+from sst2dist.pruned import is_pruned, keep_pruned_layers, load_pruned
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -80,15 +81,11 @@ def load_model(name: str) -> PreTrainedModel:
 
 def load_classifier_model(source: str | Path, **config_fields: object) -> PreTrainedModel:
     """`AutoModelForSequenceClassification.from_pretrained(source)`, or for a folder `sst2dist prune` wrote, the
-    same model with its pruned shapes (`prune.shapes.load_pruned`): every stage loads models through here."""
+    same model with its pruned shapes (`pruned.load_pruned`): every stage loads models through here."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from sst2dist.prune.architecture import is_pruned
 
     config = AutoConfig.from_pretrained(source, **config_fields)
     if is_pruned(config):
-        from sst2dist.prune.shapes import load_pruned
-
         return load_pruned(source, config)
     return AutoModelForSequenceClassification.from_pretrained(source, config=config)
 
@@ -103,9 +100,6 @@ def _unreachable(name: str, err: Exception) -> str:
 def keep_layers(model: PreTrainedModel, layers: list[int]) -> None:
     """Keep only these encoder layers, in order (DistilBERT's initialisation of a smaller student)."""
     import torch
-
-    from sst2dist.prune.architecture import is_pruned
-    from sst2dist.prune.shapes import keep_pruned_layers
 
     encoder = model.base_model.encoder
     available = len(encoder.layer)

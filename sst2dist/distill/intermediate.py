@@ -102,7 +102,7 @@ def load_layer_teacher(
 def pruned_head_map(student_config, teacher_config) -> list[list[int]] | None:
     """For attention transfer from the unpruned source to a pruned student (`sst2dist prune`): each student
     layer's heads as the teacher's head indices (None when nothing is pruned). Layer j must be teacher layer j."""
-    from sst2dist.prune.architecture import kept_heads
+    from sst2dist.pruned import kept_heads
 
     if teacher_config.pruned_heads:
         raise TeacherError("--distill-attention needs a teacher with all its heads: pass the unpruned model")

@@ -93,9 +93,10 @@ class TorchScorer:
         self, model_dir: Path, max_length: int, device: str = "cpu", bf16: bool | None = None, batch_size: int = 128
     ):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from sst2dist.environment import supports_bf16
+        from sst2dist.modeling import load_classifier_model
 
         self.device = torch.device(device)
         self.bf16 = (
@@ -104,7 +105,7 @@ class TorchScorer:
         self.name = f"torch-{'bf16' if self.bf16 else 'fp32'}"
         self.max_length, self.batch_size = max_length, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(self.device).eval()
+        self.model = load_classifier_model(model_dir).to(self.device).eval()
         self.width = self.model.config.num_labels
 
     def token_counts(self, sentences: Sequence[str]) -> list[int]:

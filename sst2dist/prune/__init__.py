@@ -2,7 +2,7 @@
 Fisher information of head and neuron masks (Michel et al. 2019; Kwon et al. 2022), down to a fraction of its
 encoder FLOPs.
 
-`architecture` says where the prunable parts of each handled model type live; `masks` measures their importance;
-`flops` counts what they cost; `shapes` removes them and rebuilds a pruned model's shapes when it is loaded again
-(`sst2dist.modeling.load_model` calls it); `run` is the stage itself (`sst2dist prune`).
+`masks` measures each unit's importance; `flops` counts what it costs; `selection` picks what stays; `run` is the
+stage itself (`sst2dist prune`), `options` its flags. Removing the units and loading a pruned folder again is the
+core's `sst2dist.pruned`, since every stage reads pruned models.
 """

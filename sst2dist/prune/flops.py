@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sst2dist.prune.architecture import head_size
+from sst2dist.pruned import head_size
 
 
 @dataclass(frozen=True)

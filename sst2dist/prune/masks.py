@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from sst2dist.prune.architecture import architecture_of, ffn_widths, head_size
+from sst2dist.pruned import architecture_of, ffn_widths, head_size
 
 if TYPE_CHECKING:
     import torch

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sst2dist.atomic import replace_dir, write_json_atomic, writing
-from sst2dist.prune.architecture import PruneError, architecture_of, is_pruned
 from sst2dist.prune.flops import UnitCosts
 from sst2dist.prune.masks import fisher_importance
 from sst2dist.prune.options import PruneOptions
 from sst2dist.prune.selection import Selection, select_units
-from sst2dist.prune.shapes import prune_model
+from sst2dist.pruned import PruneError, architecture_of, is_pruned, prune_model
 
 if TYPE_CHECKING:
     import torch

@@ -100,6 +100,17 @@ FLAGS = {
         ("--seed", "integer", "shown"),
         ("--force", "boolean", ""),
     ],
+    "prune": [
+        ("model_dir", "path", "required"),
+        ("--output -o", "text", "required"),
+        ("--cost", "float", ""),
+        ("--data", "text", ""),
+        ("--samples", "integer", "shown"),
+        ("--batch-size", "integer", "shown"),
+        ("--max-length", "integer", "shown"),
+        ("--seed", "integer", "shown"),
+        ("--force", "boolean", ""),
+    ],
     "train": [("--num-processes", "integer", "shown")],
 }
 
@@ -111,6 +122,7 @@ REQUIRED = {
     "predict": ["b"],
     "predict-ray": ["b", "--input", "i", "-o", "o"],
     "augment": ["--data", "d", "-o", "o"],
+    "prune": ["m", "-o", "o"],
     "train": [],
 }
 DEFAULTS = {
@@ -203,6 +215,17 @@ DEFAULTS = {
         "seed": 0,
         "force": False,
     },
+    "prune": {
+        "model_dir": "m",
+        "output": "o",
+        "cost": None,
+        "data": None,
+        "samples": 1536,
+        "batch_size": 32,
+        "max_length": 128,
+        "seed": 0,
+        "force": False,
+    },
     "train": {"num_processes": 1},
 }
 
@@ -240,7 +263,7 @@ def test_defaults_reach_the_command(name: str) -> None:
     assert [type(value) for value in context.params.values()] == [type(v) for v in DEFAULTS[name].values()]
 
 
-@pytest.mark.parametrize("name", ["export-onnx", "bench", "serve", "predict", "predict-ray"])
+@pytest.mark.parametrize("name", ["export-onnx", "bench", "serve", "predict", "predict-ray", "prune"])
 def test_help_shows_every_flag_and_its_help(name: str) -> None:
     result = CliRunner().invoke(main, [name, "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output

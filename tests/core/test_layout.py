@@ -8,7 +8,7 @@ from pathlib import Path
 import sst2dist
 
 PACKAGE = Path(sst2dist.__file__).parent
-STAGES = {"train", "distill", "export", "bench", "serve", "predict"}
+STAGES = {"train", "distill", "export", "bench", "serve", "predict", "prune"}
 FRONT_DOOR = {"cli"}  # the command line sits above every stage
 
 

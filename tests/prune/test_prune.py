@@ -19,7 +19,7 @@ from sst2dist.distill.loss import attention_loss
 from sst2dist.modeling import load_model, load_tokenizer
 from sst2dist.prune.flops import UnitCosts
 from sst2dist.prune.masks import fisher_importance, masked, unit_masks
-from sst2dist.prune.shapes import prune_model
+from sst2dist.pruned import prune_model
 
 SENTENCES = ["a gripping, funny film", "a dull mess that goes nowhere", "not bad at all", "tedious"]
 # Kept heads and FFN neurons of the 2-layer models below: layer 0 loses one head and most neurons, layer 1 loses
