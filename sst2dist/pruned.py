@@ -148,8 +148,8 @@ def slice_position_bias(attention: torch.nn.Module, args: tuple, kwargs: dict) -
 def attention_without_heads(
     output: torch.nn.Linear, norm: torch.nn.LayerNorm, hidden_states: torch.Tensor, *args, **kwargs
 ) -> tuple:
-    """An attention block with every head removed adds only its output projection's bias before the LayerNorm;
-    its attention probabilities are None."""
+    """An attention block with every head removed adds only its output projection's bias before the LayerNorm
+    (in training, without the dropout transformers would apply to that constant); its attentions are None."""
     result = norm(hidden_states + output.bias)
     return (result, None) if kwargs.get("output_attentions") else (result,)
 
@@ -189,4 +189,4 @@ def keep_pruned_layers(config: PretrainedConfig, layers: Sequence[int]) -> None:
     widths = ffn_widths(config)
     config.intermediate_sizes = [widths[i] for i in layers]
     pruned = config.pruned_heads or {}
-    config.pruned_heads = {new: list(pruned[old]) for new, old in enumerate(layers) if pruned.get(old)}
+    config.pruned_heads = {new: sorted(pruned[old]) for new, old in enumerate(layers) if pruned.get(old)}

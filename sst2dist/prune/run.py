@@ -52,7 +52,10 @@ def check_source(model_dir: str) -> None:
 
     from sst2dist.modeling import resolve_model
 
-    config = AutoConfig.from_pretrained(resolve_model(model_dir))
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(model_dir))
+    except OSError as err:
+        raise PruneError(f"could not read the model config in {model_dir} ({err}): pass a saved model folder") from err
     architecture_of(config)
     if is_pruned(config):
         raise PruneError(f"{model_dir} is already pruned: prune its unpruned source to the lower --cost instead")

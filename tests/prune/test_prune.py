@@ -163,6 +163,18 @@ def test_a_bert_with_only_heads_pruned_reloads_with_plain_from_pretrained(tmp_pa
     torch.testing.assert_close(logits(plain, inputs), logits(model, inputs), atol=1e-6, rtol=0)
 
 
+def test_cutting_layers_from_a_pruned_model_keeps_their_pruned_shapes(tmp_path: Path) -> None:
+    from sst2dist.modeling import keep_layers
+
+    source = tiny_bert(tmp_path / "bert")
+    model, inputs = load_model(str(source)), batch(source)
+    prune_model(model, [[0, 1, 2, 3], [2]], [list(range(64)), [3, 4]])
+    keep_layers(model, [1])
+    assert model.config.intermediate_sizes == [2] and model.config.pruned_heads == {0: [0, 1, 3]}
+    model.save_pretrained(tmp_path / "cut")
+    torch.testing.assert_close(logits(load_model(str(tmp_path / "cut")), inputs), logits(model, inputs))
+
+
 # ------------------------------------------------------------------------------------------ the command
 
 
