@@ -4,7 +4,6 @@ atomically."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-logger = logging.getLogger(__name__)
 SUMMARY_FILE = "prune.json"
 
 
@@ -37,7 +35,6 @@ def prune(model_dir: str, output: str | Path, options: PruneOptions) -> dict:
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
     sentences, labels = sample(load_sst2(options.data or DEFAULT_DATA)["train"], options.samples, options.seed)
     lengths = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=options.max_length)["input_ids"]]
-    logger.info("measuring the importance of heads and neurons on %d sentences", len(sentences))
     head_scores, neuron_scores = fisher_importance(model, batches(tokenizer, sentences, labels, options))
     length = round(sum(lengths) / len(lengths))
     selection = select_units(head_scores, neuron_scores, UnitCosts.of(model.config, length), options.cost)
@@ -80,8 +77,10 @@ def batches(
     tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], labels: Sequence[int], options: PruneOptions
 ) -> Iterator[dict[str, torch.Tensor]]:
     import torch
+    from tqdm.auto import tqdm
 
-    for start in range(0, len(sentences), options.batch_size):
+    starts = range(0, len(sentences), options.batch_size)
+    for start in tqdm(starts, desc="importance", unit="batch", leave=False):
         batch = tokenizer(
             list(sentences[start : start + options.batch_size]),
             truncation=True,
