@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 PLAN_KEY = "time_budget_plan"  # in train_config.json and metrics.json: the --time-budget plan
 VERSIONED_PACKAGES = ("sst2dist", "torch", "transformers", "accelerate", "datasets")
+COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper module
 RUN_FILES = ("model", CHECKPOINTS_DIR, "metrics.json", "train_config.json", "log.jsonl")
 # Options that may differ between a run and its --resume (they do not change what is computed).
 RESUME_MAY_CHANGE = {"resume", "report_to", "data", "output_dir", "log_every", "overwrite", "teacher_cache"}
@@ -102,12 +103,15 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any,
     """`save_pretrained` model + tokenizer into a temporary folder, then swap it in."""
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # every process calls it (it gathers under FSDP/DeepSpeed)
+    # --compile: the keys carry the compile wrapper's prefix, which from_pretrained would not match (random weights)
+    state_dict = {name.replace(COMPILED_PREFIX, ""): value for name, value in state_dict.items()}
     if accelerator.is_main_process:
         tmp = target.with_name(f".tmp-{target.name}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             with writing("the best model", target, errors=(Exception,)):  # only serializes what is in memory
-                accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+                bare = accelerator.unwrap_model(model, keep_torch_compile=False)
+                bare.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
                 replace_dir(tmp, target)
         except WriteError:

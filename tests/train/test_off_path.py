@@ -1,0 +1,58 @@
+"""One step off the tested path (issue 25): --compile, resume fingerprints, clipping, accumulation windows,
+--init-layers on DistilBERT, the fp16 overflow guard, bad option values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sst2dist.train.loop import main
+
+
+def in_process(*args: object) -> int:
+    """`python -m sst2dist.train ARGS` in this process (quicker than a launch), Accelerate's state reset after."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    try:
+        return main([*map(str, args), "--mixed-precision", "no"])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def tiny_run(data: Path, model: Path, out: Path, *extra: object) -> list[object]:
+    return [
+        "--data", data, "--model", model, "--output-dir", out, "--max-train-samples", 32, "--max-eval-samples", 16,
+        "--batch-size", 16, "--eval-every", 0, "--save-every", 0, "--lr", 1e-2, *extra,
+    ]  # fmt: skip
+
+
+def logits_of(model_dir: Path, state_dict: dict | None = None):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    ids = torch.tensor([[101, 2023, 3185, 2003, 2204, 102]])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.slow
+def test_compile_saves_a_model_that_reloads_to_the_trained_weights(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    assert in_process(*tiny_run(sst2_sample_dir, tiny_model_dir, out, "--max-steps", 2, "--compile")) == 0
+    saved = load_file(out / "model" / "model.safetensors")
+    assert not [k for k in saved if "_orig_mod" in k]
+    trained = load_file(out / "checkpoints" / "step-00000002" / "model.safetensors")
+    trained = {k.replace("_orig_mod.", ""): v for k, v in trained.items()}
+    reloaded = logits_of(out / "model")
+    assert not logits_of(tiny_model_dir).allclose(reloaded)  # it did train
+    assert logits_of(tiny_model_dir, trained).allclose(reloaded, atol=1e-6)
