@@ -14,6 +14,7 @@ from sst2dist.atomic import WriteError, replace_dir, write_json_atomic, writing
 from sst2dist.environment import package_versions
 from sst2dist.train.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
 from sst2dist.train.config import ConfigError, TrainConfig
+from sst2dist.train.fingerprint import FINGERPRINT_KEY
 
 if TYPE_CHECKING:
     import torch
@@ -26,7 +27,11 @@ VERSIONED_PACKAGES = ("sst2dist", "torch", "transformers", "accelerate", "datase
 COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper module
 RUN_FILES = ("model", CHECKPOINTS_DIR, "metrics.json", "train_config.json", "log.jsonl")
 # Options that may differ between a run and its --resume (they do not change what is computed).
-RESUME_MAY_CHANGE = {"resume", "report_to", "data", "output_dir", "log_every", "overwrite", "teacher_cache"}
+# Paths may change: what they point at is compared by `fingerprint` (rows read, weights, teacher logits).
+RESUME_MAY_CHANGE = {
+    "resume", "report_to", "data", "output_dir", "log_every", "overwrite", "teacher_cache",
+    "model", "teacher", "layer_teacher",
+}  # fmt: skip
 
 
 def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | None:
@@ -69,7 +74,7 @@ def killed_before_first_checkpoint(output_dir: Path) -> bool:
 def record_plan(config: TrainConfig, accelerator: Accelerator, plan: dict) -> None:
     """--time-budget: keep the plan in train_config.json before the first step, where --resume finds it."""
     if accelerator.is_main_process:
-        write_json_atomic(Path(config.output_dir) / "train_config.json", asdict(config) | {PLAN_KEY: plan})
+        write_train_config(config, {PLAN_KEY: plan})
 
 
 def recorded_plan(config: TrainConfig) -> dict:
@@ -156,4 +161,12 @@ def write_final_files(run: Run, metrics: dict) -> None:
     resolved["num_processes"] = accelerator.num_processes
     if run.time_budget_plan:
         resolved[PLAN_KEY] = run.time_budget_plan
-    write_json_atomic(run.output_dir / "train_config.json", asdict(run.config) | resolved)
+    write_train_config(run.config, resolved)
+
+
+def write_train_config(config: TrainConfig, extra: dict) -> None:
+    """train_config.json: the options and `extra`, keeping the run's recorded fingerprint (main process)."""
+    path = Path(config.output_dir) / "train_config.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    kept = {FINGERPRINT_KEY: saved[FINGERPRINT_KEY]} if FINGERPRINT_KEY in saved else {}
+    write_json_atomic(path, asdict(config) | kept | extra)

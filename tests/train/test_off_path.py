@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,49 @@ def test_compile_saves_a_model_that_reloads_to_the_trained_weights(
     reloaded = logits_of(out / "model")
     assert not logits_of(tiny_model_dir).allclose(reloaded)  # it did train
     assert logits_of(tiny_model_dir, trained).allclose(reloaded, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ resume fingerprint
+
+
+def copy_data(source: Path, target: Path, first_sentence: str | None = None) -> Path:
+    """The same data at another path, or with its first training sentence replaced."""
+    target.mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        lines = (source / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        if name == "train.tsv" and first_sentence is not None:
+            lines[1] = f"{first_sentence}\t{lines[1].split(chr(9))[1]}"
+        (target / name).write_text("".join(lines), encoding="utf-8")
+    return target
+
+
+def test_resume_refuses_other_rows_and_allows_the_same_rows_at_another_path(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert in_process(*tiny_run(sst2_sample_dir, tiny_model_dir, out, "--max-steps", 2)) == 0
+    changed = copy_data(sst2_sample_dir, tmp_path / "changed", first_sentence="an entirely different sentence .")
+    capsys.readouterr()
+    assert in_process(*tiny_run(changed, tiny_model_dir, out, "--max-steps", 2, "--resume")) == 1
+    error = capsys.readouterr().err
+    assert "error: --resume with other rows read (sha256) than the run (--data: the run had " in error
+    assert error.endswith("resume with the run's original --data\n")
+    moved = copy_data(sst2_sample_dir, tmp_path / "moved")
+    assert in_process(*tiny_run(moved, tiny_model_dir, out, "--max-steps", 2, "--resume")) == 0
+    assert json.loads((out / "metrics.json").read_text())["resumed_from"].endswith("step-00000002")
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_processes_is_refused(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    options = [*map(str, tiny_run(sst2_sample_dir, tiny_model_dir, out, "--max-steps", 2)), "--mixed-precision", "no"]
+    command = [str(Path(sys.executable).parent / "sst2dist"), "train", "--num-processes", "2", *options]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    capsys.readouterr()
+    assert in_process(*tiny_run(sst2_sample_dir, tiny_model_dir, out, "--max-steps", 2, "--resume")) == 1
+    error = capsys.readouterr().err
+    assert "--resume with other processes than the run (--num-processes: the run had 2, this launch has 1)" in error
