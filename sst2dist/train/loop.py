@@ -194,7 +194,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     if config.compile:
         model = torch.compile(model, dynamic=True)
     projections = [p for p in (layer_teacher and layer_teacher.projection, sentence_projection) if p is not None]
-    optimizer = make_optimizer([model, *projections], config)
+    optimizer = make_optimizer([model, *projections], config, grad_scaling=accelerator.scaler is not None)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     # Prepared after the model, in this order, so checkpoints keep them as their second and third models.
     if layer_teacher is not None and layer_teacher.projection is not None:

@@ -15,9 +15,12 @@ if TYPE_CHECKING:
     from sst2dist.train.state import Run, Teachers
 
 
-def make_optimizer(modules: list[torch.nn.Module], config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    modules: list[torch.nn.Module], config: TrainConfig, grad_scaling: bool = False
+) -> torch.optim.Optimizer:
     """AdamW over the model (and a layer-distillation projection); matrices decay, biases and LayerNorm weights
-    (all 1-D) do not."""
+    (all 1-D) do not. Fused, except under fp16's GradScaler (`grad_scaling`): a fused AdamW takes the scaler's
+    step itself, so Accelerate never sees a skipped step and the LR schedule would advance over it."""
     import torch
 
     params = [p for module in modules for p in module.parameters() if p.requires_grad]
@@ -25,7 +28,17 @@ def make_optimizer(modules: list[torch.nn.Module], config: TrainConfig) -> torch
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+    return torch.optim.AdamW(groups, lr=config.lr, fused=not grad_scaling)
+
+
+def stepped_parameters(run: Run) -> list[torch.nn.Parameter]:
+    """Everything the optimizer steps, the model's parameters first (so Accelerate still recognises the model's
+    own list under FSDP when there is no projection): --max-grad-norm bounds the global norm of all of them."""
+    teachers = run.teachers
+    projections = [] if teachers is None else [teachers.sentence_projection]
+    projections += [teachers.layer_teacher.projection] if teachers and teachers.layer_teacher else []
+    extra = [p for module in projections if module is not None for p in module.parameters() if p.requires_grad]
+    return [*run.model.parameters(), *extra]
 
 
 def train_step(run: Run, batch: dict) -> torch.Tensor:
@@ -35,7 +48,7 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
         losses = forward_losses(run.model, run.config, batch, run.teachers)
         accelerator.backward(losses[0])
         if accelerator.sync_gradients and run.config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
+            accelerator.clip_grad_norm_(stepped_parameters(run), run.config.max_grad_norm)
         run.optimizer.step()
         if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:  # fp16 overflow
             run.scheduler.step()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_model
 
 from sst2dist.train.loop import main
 
@@ -105,3 +106,60 @@ def test_resume_with_another_number_of_processes_is_refused(
     assert in_process(*tiny_run(sst2_sample_dir, tiny_model_dir, out, "--max-steps", 2, "--resume")) == 1
     error = capsys.readouterr().err
     assert "--resume with other processes than the run (--num-processes: the run had 2, this launch has 1)" in error
+
+
+# ------------------------------------------------------------------------------------------ the step
+
+
+def set_up_run(*args: object):
+    """`setup` of a real run in this process (Accelerate's state is reset by the `accelerator` fixture)."""
+    from sst2dist.train.config import parse_config
+    from sst2dist.train.loop import make_accelerator, setup
+
+    config = parse_config([*map(str, args), "--mixed-precision", "no"])
+    return setup(config, make_accelerator(config))
+
+
+def global_norm(parameters: list) -> float:
+    import torch
+
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None])))
+
+
+def test_clipping_bounds_the_global_norm_of_everything_the_optimizer_steps(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path, accelerator: object
+) -> None:
+    """--distill-hidden with a wider teacher adds a projection: its gradients count in --max-grad-norm too."""
+    from sst2dist.train.step import train_step
+
+    wide_teacher = make_tiny_model(tmp_path / "teacher", seed=1, hidden_size=48)
+    options = tiny_run(sst2_sample_dir, tiny_model_dir, tmp_path / "run", "--max-steps", 1, "--max-grad-norm", 1)
+    run, _ = set_up_run(*options, "--layer-teacher", wide_teacher, "--distill-hidden", 100)
+    stepped = [p for group in run.optimizer.param_groups for p in group["params"]]
+    assert len(stepped) > len(list(run.model.parameters()))  # the projection is stepped too
+    norms, original_step = [], run.optimizer.step
+
+    def recording_step(*args: object, **kwargs: object) -> object:
+        norms.append(global_norm(stepped))
+        return original_step(*args, **kwargs)
+
+    run.optimizer.step = recording_step
+    train_step(run, next(iter(run.train_loader)))
+    assert norms and norms[0] <= 1.0 + 1e-4
+
+
+def test_a_step_that_fp16_overflow_skips_is_seen_as_skipped(accelerator: object) -> None:
+    """Under a GradScaler (fp16) an overflowing step is skipped and Accelerate must see it, or the LR schedule
+    advances over it; a real scaler (on the CPU) and an infinite gradient."""
+    import torch
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from sst2dist.train.config import TrainConfig
+    from sst2dist.train.step import make_optimizer
+
+    model, scaler = torch.nn.Linear(4, 2), torch.amp.GradScaler("cpu")
+    optimizer = AcceleratedOptimizer(make_optimizer([model], TrainConfig(), grad_scaling=True), scaler=scaler)
+    before = model.weight.detach().clone()
+    scaler.scale(model(torch.ones(1, 4)).sum() * float("inf")).backward()
+    optimizer.step()
+    assert optimizer.step_was_skipped and torch.equal(model.weight, before)
