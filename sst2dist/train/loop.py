@@ -261,7 +261,7 @@ def fit(run: Run, state: TrainState) -> bool:
         tick = time.perf_counter()
         for batch in batches:
             mask = batch["attention_mask"]
-            losses = train_step(run, batch)
+            losses = train_step(run, batch, state.batches_in_epoch)
             state.batches_in_epoch += 1
             window.add(state.step + 1, losses.detach(), mask)
             if not accelerator.sync_gradients:

@@ -41,12 +41,21 @@ def stepped_parameters(run: Run) -> list[torch.nn.Parameter]:
     return [*run.model.parameters(), *extra]
 
 
-def train_step(run: Run, batch: dict) -> torch.Tensor:
+def window_size(index_in_epoch: int, batches_per_epoch: int, grad_accum: int) -> int:
+    """How many micro-batches the accumulation window of this one holds: --grad-accum, except the epoch's last
+    window, which Accelerate closes early at the end of the loader."""
+    start = index_in_epoch - index_in_epoch % grad_accum
+    return min(grad_accum, batches_per_epoch - start)
+
+
+def train_step(run: Run, batch: dict, index_in_epoch: int) -> torch.Tensor:
     """One micro-batch: forward and backward; when the gradients sync, clip, step and advance the schedule."""
-    accelerator, model = run.accelerator, run.model
+    accelerator, model, grad_accum = run.accelerator, run.model, run.config.grad_accum
     with accelerator.accumulate(model):
         losses = forward_losses(run.model, run.config, batch, run.teachers)
-        accelerator.backward(losses[0])
+        # Accelerate divides by --grad-accum; a short last window of r batches is the mean of r, not r/grad_accum.
+        window = window_size(index_in_epoch, len(run.train_loader), grad_accum)
+        accelerator.backward(losses[0] * (grad_accum / window) if window < grad_accum else losses[0])
         if accelerator.sync_gradients and run.config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(stepped_parameters(run), run.config.max_grad_norm)
         run.optimizer.step()

@@ -144,7 +144,7 @@ def test_clipping_bounds_the_global_norm_of_everything_the_optimizer_steps(
         return original_step(*args, **kwargs)
 
     run.optimizer.step = recording_step
-    train_step(run, next(iter(run.train_loader)))
+    train_step(run, next(iter(run.train_loader)), 0)
     assert norms and norms[0] <= 1.0 + 1e-4
 
 
@@ -163,3 +163,34 @@ def test_a_step_that_fp16_overflow_skips_is_seen_as_skipped(accelerator: object)
     scaler.scale(model(torch.ones(1, 4)).sum() * float("inf")).backward()
     optimizer.step()
     assert optimizer.step_was_skipped and torch.equal(model.weight, before)
+
+
+def test_the_short_last_accumulation_window_of_an_epoch_steps_on_its_mean_gradient(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path, accelerator: object
+) -> None:
+    """3 batches with --grad-accum 2: the epoch's last window holds one batch, and the step sees that batch's own
+    gradient, not half of it."""
+    import torch
+
+    from sst2dist.train.step import train_step
+
+    options = tiny_run(sst2_sample_dir, tiny_model_dir, tmp_path / "run", "--max-steps", 2)
+    run, _ = set_up_run(*options, "--max-train-samples", 48, "--grad-accum", 2, "--max-grad-norm", 0)
+    run.model.eval()  # no dropout: the same batch gives the same gradient twice
+    parameters = list(run.model.parameters())
+    stepped, original_step = [], run.optimizer.step
+
+    def recording_step(*args: object, **kwargs: object) -> object:
+        if run.accelerator.sync_gradients:
+            stepped.append(torch.cat([p.grad.flatten() for p in parameters]))
+        return original_step(*args, **kwargs)
+
+    run.optimizer.step = recording_step
+    for index, batch in enumerate(run.train_loader):
+        if index == 2:
+            run.model(**batch).loss.backward()
+            own_gradient = torch.cat([p.grad.flatten() for p in parameters])
+            run.optimizer.zero_grad(set_to_none=True)
+        train_step(run, batch, index)
+    assert index == 2 and len(stepped) == 2
+    assert torch.allclose(stepped[1], own_gradient, atol=1e-6)
