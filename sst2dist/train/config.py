@@ -60,7 +60,8 @@ class TrainConfig(Options):
     max_length: int = option(128, "truncate sentences to this many tokens", checks=[positive])
     mixed_precision: str = option(
         "auto",
-        "auto: bf16 on a GPU or a CPU with AMX/avx512_bf16, else no; fp16 needs a GPU",
+        "auto: bf16 on a GPU of compute capability >= 8.0 (fp16 on older ones) or on a CPU with AMX/avx512_bf16, "
+        "else no; fp16 needs a GPU",
         choices=MIXED_PRECISION_CHOICES,
     )
     eval_every: int = option(
@@ -177,10 +178,11 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
-def resolve_mixed_precision(requested: str, on_gpu: bool) -> str:
+def resolve_mixed_precision(requested: str, gpu_capability: tuple[int, int] | None) -> str:
+    """`gpu_capability`: the GPU's CUDA compute capability, None on a CPU."""
     if requested == "auto":
-        return default_mixed_precision(on_gpu)
-    if requested == "fp16" and not on_gpu:
+        return default_mixed_precision(gpu_capability)
+    if requested == "fp16" and gpu_capability is None:
         raise ConfigError(
             "--mixed-precision fp16 needs a GPU: on a CPU Accelerate would silently train in fp32; "
             f"use --mixed-precision {'bf16' if supports_bf16() else 'no'} (or auto)"

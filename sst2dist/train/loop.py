@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sst2dist.atomic import write_json_atomic
+from sst2dist.environment import gpu_capability
 from sst2dist.train.budget import time_budget_plan
 from sst2dist.train.checkpoint import load_checkpoint, save_checkpoint
 from sst2dist.train.config import (
@@ -57,10 +58,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
-    import torch
     from accelerate import Accelerator
 
-    precision = resolve_mixed_precision(config.mixed_precision, on_gpu=torch.cuda.is_available())
+    precision = resolve_mixed_precision(config.mixed_precision, gpu_capability())
     accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=config.grad_accum,
