@@ -34,7 +34,7 @@ class TrainConfig(Options):
     output_dir: str = option("runs/minilm", "run folder: model/, metrics.json, log.jsonl, checkpoints/")
     epochs: int = option(2, "passes over the training set", checks=[positive])
     max_steps: int | None = option(
-        None, "stop after this many optimizer steps (overrides --epochs)", checks=[non_negative]
+        None, "stop after this many optimizer steps (overrides --epochs)", checks=[positive]
     )
     time_budget: float | None = option(
         None,

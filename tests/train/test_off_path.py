@@ -194,3 +194,13 @@ def test_the_short_last_accumulation_window_of_an_epoch_steps_on_its_mean_gradie
         train_step(run, batch, index)
     assert index == 2 and len(stepped) == 2
     assert torch.allclose(stepped[1], own_gradient, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def test_max_steps_zero_is_refused() -> None:
+    from sst2dist.train.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="--max-steps must be >= 1, got 0"):
+        parse_config(["--max-steps", "0"])
