@@ -204,3 +204,48 @@ def test_max_steps_zero_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="--max-steps must be >= 1, got 0"):
         parse_config(["--max-steps", "0"])
+
+
+# ------------------------------------------------------------------------------------------ --init-layers
+
+
+def make_tiny_distilbert(path: Path, layers: int = 3) -> Path:
+    """A random DistilBERT classifier (32 wide) with a DistilBERT tokenizer over the packaged MiniLM's vocabulary."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast
+
+    from sst2dist.modeling import DEFAULT_MODEL, ID2LABEL, LABEL2ID, resolve_model
+
+    torch.manual_seed(0)
+    tokenizer = DistilBertTokenizerFast(vocab_file=str(Path(resolve_model(DEFAULT_MODEL)) / "vocab.txt"))
+    config = DistilBertConfig(
+        vocab_size=tokenizer.vocab_size, dim=32, n_layers=layers, n_heads=2, hidden_dim=64,
+        num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID,
+    )  # fmt: skip
+    DistilBertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_init_layers_cuts_a_distilbert_student(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    teacher = make_tiny_distilbert(tmp_path / "distilbert")
+    out = tmp_path / "run"
+    assert in_process(*tiny_run(sst2_sample_dir, teacher, out, "--max-steps", 1, "--init-layers", "0,2")) == 0
+    assert AutoConfig.from_pretrained(out / "model").num_hidden_layers == 2
+    kept, original = load_file(out / "model" / "model.safetensors"), load_file(teacher / "model.safetensors")
+    assert not [name for name in kept if name.startswith("distilbert.transformer.layer.2.")]
+    name = "distilbert.transformer.layer.1.attention.q_lin.weight"  # was layer 2; 1 step of training moves it
+    assert (kept[name] - original[name.replace("layer.1", "layer.2")]).abs().max() < 0.05
+
+
+def test_init_layers_refuses_an_architecture_without_a_layer_list() -> None:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from sst2dist.modeling import ModelNotFoundError, keep_layers
+
+    model = GPT2ForSequenceClassification(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64))
+    with pytest.raises(ModelNotFoundError, match="--init-layers keeps layers of BERT-style encoders"):
+        keep_layers(model, [0])
