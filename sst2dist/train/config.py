@@ -33,9 +33,7 @@ class TrainConfig(Options):
     model: str = option(DEFAULT_MODEL, "base model: hub id or local folder of a BERT-family encoder")
     output_dir: str = option("runs/minilm", "run folder: model/, metrics.json, log.jsonl, checkpoints/")
     epochs: int = option(2, "passes over the training set", checks=[positive])
-    max_steps: int | None = option(
-        None, "stop after this many optimizer steps (overrides --epochs)", checks=[positive]
-    )
+    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides --epochs)", checks=[positive])
     time_budget: float | None = option(
         None,
         "plan the run to fit this many minutes on this machine: its speed is measured on a few batches first, and "
