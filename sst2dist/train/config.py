@@ -54,7 +54,11 @@ class TrainConfig(Options):
         "fraction of the steps spent warming the learning rate up linearly",
         checks=[in_range(0, 1, high_open=True)],
     )
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", checks=[non_negative])
+    max_grad_norm: float = option(
+        1.0,
+        "clip the global gradient norm (model and distillation projections) to this (0: no clipping)",
+        checks=[non_negative],
+    )
     max_length: int = option(128, "truncate sentences to this many tokens", checks=[positive])
     mixed_precision: str = option(
         "auto",
