@@ -180,7 +180,10 @@ def require_shared_folder(folder: Path, accelerator: Accelerator) -> None:
         seen = probe.read_text(encoding="utf-8") == token[0]
     except FileNotFoundError:
         seen = False
-    if not on_every_process(accelerator, seen):
+    shared = on_every_process(accelerator, seen)  # every process has read the probe once this returns
+    if accelerator.is_main_process:
+        probe.unlink(missing_ok=True)
+    if not shared:
         raise TeacherError(
             f"teacher scoring with {accelerator.num_processes} processes needs a teacher cache that every process "
             f"shares, and some process does not see {folder} of the main process: pass --teacher-cache a folder "
