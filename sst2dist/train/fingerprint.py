@@ -1,6 +1,7 @@
-"""What a --resume must not change, by fingerprint: the processes and batch per process, the rows read (not the
-path they came from), the model's and teachers' weights, and the teacher's logits. Recorded in train_config.json
-when a run starts, compared when it resumes; paths and logging options may change."""
+"""What a --resume must not change, by fingerprint: the processes and batch per process, the mixed precision
+(`auto` as resolved on the machine), the rows read (not the path they came from), the model's and teachers'
+weights, and the teacher's logits. Recorded in train_config.json when a run starts, compared when it resumes;
+paths and logging options may change."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ FINGERPRINT_KEY = "fingerprint"  # in train_config.json
 # Each entry: the option a user changes to change it, and what it is.
 WHAT = {
     "num_processes": ("--num-processes", "processes"),
+    "mixed_precision": ("--mixed-precision", "mixed precision"),  # `auto` resolves by the machine
     "batch_size": ("--batch-size", "batch per process"),
     "data_sha256": ("--data", "rows read (sha256)"),
     "model": ("--model", "model weights"),
@@ -51,12 +53,13 @@ def model_identity(source: str | None) -> str | None:
 
 
 def run_fingerprint(
-    config: TrainConfig, num_processes: int, data_sha256: str, teacher_logits_sha256: str | None
+    config: TrainConfig, accelerator: Accelerator, data_sha256: str, teacher_logits_sha256: str | None
 ) -> dict:
     states = config.layer_distillation or config.distill_sentence
     layer_source = (config.layer_teacher or config.teacher) if states else None
     return {
-        "num_processes": num_processes,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
         "batch_size": config.batch_size,
         "data_sha256": data_sha256,
         "model": model_identity(config.model),

@@ -30,7 +30,7 @@ RUN_FILES = ("model", CHECKPOINTS_DIR, "metrics.json", "train_config.json", "log
 # Paths may change: what they point at is compared by `fingerprint` (rows read, weights, teacher logits).
 RESUME_MAY_CHANGE = {
     "resume", "report_to", "data", "output_dir", "log_every", "overwrite", "teacher_cache",
-    "model", "teacher", "layer_teacher",
+    "model", "teacher", "layer_teacher", "mixed_precision",
 }  # fmt: skip
 
 

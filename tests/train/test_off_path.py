@@ -249,3 +249,29 @@ def test_init_layers_refuses_an_architecture_without_a_layer_list() -> None:
     model = GPT2ForSequenceClassification(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(ModelNotFoundError, match="--init-layers keeps layers of BERT-style encoders"):
         keep_layers(model, [0])
+
+
+def test_resume_refuses_a_machine_where_auto_resolves_to_another_precision(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`--mixed-precision auto` started where the CPU has bf16, resumed where it has not: the option is the same,
+    the computation is not. Passing the run's precision explicitly continues it. (The other CPU is simulated by its
+    feature check: this machine has only one kind.)"""
+    from accelerate.state import AcceleratorState, GradientState
+
+    def launch(*extra: object) -> int:
+        try:
+            return main([*map(str, tiny_run(sst2_sample_dir, tiny_model_dir, out, "--max-steps", 2, *extra))])
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+
+    out = tmp_path / "run"
+    monkeypatch.setattr("sst2dist.environment.supports_bf16", lambda: True)
+    assert launch("--mixed-precision", "auto") == 0
+    monkeypatch.setattr("sst2dist.environment.supports_bf16", lambda: False)
+    capsys.readouterr()
+    assert launch("--mixed-precision", "auto", "--resume") == 1
+    error = capsys.readouterr().err
+    assert "(--mixed-precision: the run had bf16, this launch has no)" in error
+    assert launch("--mixed-precision", "bf16", "--resume") == 0
