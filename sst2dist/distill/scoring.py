@@ -28,6 +28,7 @@ import numpy as np
 
 from sst2dist.atomic import atomic_path
 from sst2dist.distill.logits import LogitsKey, TeacherError, load_logits, save_logits, teacher_weights_sha256
+from sst2dist.locking import locked
 from sst2dist.runtime import MANIFEST_FILE
 
 if TYPE_CHECKING:
@@ -221,6 +222,7 @@ def shard_meta(sentences: Sequence[str], start: int, stop: int, key: LogitsKey, 
 
 
 def write_shard(path: Path, logits: np.ndarray, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, "a shard of teacher logits") as temporary, temporary.open("wb") as handle:
         np.savez(handle, logits=logits.astype(np.float16), meta=np.array(json.dumps(meta, sort_keys=True)))
 
@@ -314,11 +316,36 @@ def finish(
     shard_rows: int,
     width: int = 2,
 ) -> None:
-    """Write the logits file at `path` from the shards (fp16, keyed by `key`), then remove the shards."""
-    logits = assemble(folder, sentences, key, scorer, shard_rows, width)
-    record = {**meta, "key": asdict(key), "rows": len(sentences), "scorer": scorer, "shard_rows": shard_rows}
-    save_logits(path, logits, record, dtype=np.float16)
-    shutil.rmtree(folder, ignore_errors=True)
+    """Write the logits file at `path` from the shards (fp16, keyed by `key`), then remove the shards; under the
+    cache's exclusive lock, which waits until no other run still scores into them (`scoring_lock`), and reusing
+    the file when another run wrote it meanwhile."""
+    with locked(lock_file(path)):
+        if not written_for(path, key, scorer, len(sentences)):
+            logits = assemble(folder, sentences, key, scorer, shard_rows, width)
+            record = {**meta, "key": asdict(key), "rows": len(sentences), "scorer": scorer, "shard_rows": shard_rows}
+            save_logits(path, logits, record, dtype=np.float16)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def lock_file(path: Path) -> Path:
+    """`NAME.npz.lock` beside the logits file (empty; kept, see `locking.locked`)."""
+    return path.with_name(f"{path.name}.lock")
+
+
+def scoring_lock(path: Path):  # -> context manager
+    """Held (shared) while a process scores shards of `path`: `finish` removes them only once none does."""
+    return locked(lock_file(path), shared=True)
+
+
+def written_for(path: Path, key: LogitsKey, scorer: str, rows: int) -> bool:
+    """`path` already holds these logits (another run on this cache finished them first)."""
+    if not path.is_file():
+        return False
+    try:
+        values, meta = load_logits(path)
+    except TeacherError:
+        return False
+    return meta.get("key") == asdict(key) and meta.get("scorer") == scorer and len(values) == rows
 
 
 def score_to_file(
@@ -335,6 +362,7 @@ def score_to_file(
     """One process: score every shard not yet in `folder` (default `.shards-NAME/` beside `path`), write the
     logits file at `path` and return its logits."""
     folder = folder or shards_folder(path)
-    score_in_shards(scorer, sentences, folder, key, shard_rows=shard_rows, show_progress=show_progress)
+    with scoring_lock(path):
+        score_in_shards(scorer, sentences, folder, key, shard_rows=shard_rows, show_progress=show_progress)
     finish(folder, path, sentences, key, scorer.name, meta, shard_rows, scorer.width)
     return load_logits(path)[0]

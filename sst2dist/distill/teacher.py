@@ -10,6 +10,7 @@ run never distils from logits of other sentences.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sst2dist.atomic import atomic_open
 from sst2dist.distill.logits import (
     LogitsKey,
     TeacherError,
@@ -92,7 +94,7 @@ def cached_outputs(
 ) -> tuple[np.ndarray, dict]:
     """The teacher's outputs from `path`, computed there first when it is missing (`compute_and_cache`), and
     refused when the file is not what its name says."""
-    if not path.is_file():
+    if not on_every_process(accelerator, path.is_file()):  # one decision: every process scores, or none does
         compute_and_cache(model_dir, sentences, key, path, accelerator, sentence_vectors)
     values, meta = load_logits(path)
     width_ok = sentence_vectors or values.shape[1] == 2  # logits: one per label
@@ -131,28 +133,62 @@ def compute_and_cache(
         TorchSentenceScorer,
         finish,
         score_in_shards,
+        scoring_lock,
         shards_folder,
     )
 
     folder = shards_folder(path)
+    require_shared_folder(path.parent, accelerator)
     bf16 = accelerator.mixed_precision == "bf16"
     kind = TorchSentenceScorer if sentence_vectors else TorchScorer
     scorer = kind(model_dir, key.max_length, device=accelerator.device, bf16=bf16)
-    show = accelerator.is_local_main_process
-    score_in_shards(
-        scorer,
-        sentences,
-        folder,
-        key,
-        rank=accelerator.process_index,
-        world=accelerator.num_processes,
-        show_progress=show,
-    )
+    rank, world, show = accelerator.process_index, accelerator.num_processes, accelerator.is_local_main_process
+    with scoring_lock(path):
+        score_in_shards(scorer, sentences, folder, key, rank=rank, world=world, show_progress=show)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         meta = logits_meta(model_dir, key, len(sentences))
         finish(folder, path, sentences, key, scorer.name, meta, SHARD_ROWS, scorer.width)
     accelerator.wait_for_everyone()
+
+
+def on_every_process(accelerator: Accelerator, fact: bool) -> bool:
+    """`fact` holds on every process (each may see its own file system)."""
+    if accelerator.num_processes == 1:
+        return fact
+    import torch
+
+    return bool(accelerator.gather(torch.tensor([fact], device=accelerator.device)).all())
+
+
+def require_shared_folder(folder: Path, accelerator: Accelerator) -> None:
+    """Processes score shards into `folder` and the main process joins them: refuse, before scoring, when a process
+    does not see what the main process writes there (machines each with their own cache folder)."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast_object_list
+
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".shared-by-every-process"
+    token = [uuid.uuid4().hex if accelerator.is_main_process else None]
+    if accelerator.is_main_process:
+        with atomic_open(probe, "the shared-folder probe") as handle:
+            handle.write(token[0])
+    broadcast_object_list(token)
+    accelerator.wait_for_everyone()
+    try:
+        seen = probe.read_text(encoding="utf-8") == token[0]
+    except FileNotFoundError:
+        seen = False
+    shared = on_every_process(accelerator, seen)  # every process has read the probe once this returns
+    if accelerator.is_main_process:
+        probe.unlink(missing_ok=True)
+    if not shared:
+        raise TeacherError(
+            f"teacher scoring with {accelerator.num_processes} processes needs a teacher cache that every process "
+            f"shares, and some process does not see {folder} of the main process: pass --teacher-cache a folder "
+            "on a file system every machine mounts (or score once on one machine and pass the .npz to --teacher)"
+        )
 
 
 def logits_meta(model_dir: Path, key: LogitsKey, rows: int) -> dict:

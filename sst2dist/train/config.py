@@ -33,9 +33,7 @@ class TrainConfig(Options):
     model: str = option(DEFAULT_MODEL, "base model: hub id or local folder of a BERT-family encoder")
     output_dir: str = option("runs/minilm", "run folder: model/, metrics.json, log.jsonl, checkpoints/")
     epochs: int = option(2, "passes over the training set", checks=[positive])
-    max_steps: int | None = option(
-        None, "stop after this many optimizer steps (overrides --epochs)", checks=[non_negative]
-    )
+    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides --epochs)", checks=[positive])
     time_budget: float | None = option(
         None,
         "plan the run to fit this many minutes on this machine: its speed is measured on a few batches first, and "
@@ -56,11 +54,16 @@ class TrainConfig(Options):
         "fraction of the steps spent warming the learning rate up linearly",
         checks=[in_range(0, 1, high_open=True)],
     )
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)", checks=[non_negative])
+    max_grad_norm: float = option(
+        1.0,
+        "clip the global gradient norm (model and distillation projections) to this (0: no clipping)",
+        checks=[non_negative],
+    )
     max_length: int = option(128, "truncate sentences to this many tokens", checks=[positive])
     mixed_precision: str = option(
         "auto",
-        "auto: bf16 on a GPU or a CPU with AMX/avx512_bf16, else no; fp16 needs a GPU",
+        "auto: bf16 on a GPU of compute capability >= 8.0 (fp16 on older ones) or on a CPU with AMX/avx512_bf16, "
+        "else no; fp16 needs a GPU",
         choices=MIXED_PRECISION_CHOICES,
     )
     eval_every: int = option(
@@ -177,10 +180,11 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
-def resolve_mixed_precision(requested: str, on_gpu: bool) -> str:
+def resolve_mixed_precision(requested: str, gpu_capability: tuple[int, int] | None) -> str:
+    """`gpu_capability`: the GPU's CUDA compute capability, None on a CPU."""
     if requested == "auto":
-        return default_mixed_precision(on_gpu)
-    if requested == "fp16" and not on_gpu:
+        return default_mixed_precision(gpu_capability)
+    if requested == "fp16" and gpu_capability is None:
         raise ConfigError(
             "--mixed-precision fp16 needs a GPU: on a CPU Accelerate would silently train in fp32; "
             f"use --mixed-precision {'bf16' if supports_bf16() else 'no'} (or auto)"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sst2dist.atomic import write_json_atomic
+from sst2dist.environment import gpu_capability
 from sst2dist.train.budget import time_budget_plan
 from sst2dist.train.checkpoint import load_checkpoint, save_checkpoint
 from sst2dist.train.config import (
@@ -34,10 +35,12 @@ from sst2dist.train.config import (
     resolve_mixed_precision,
 )
 from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eval_loader
+from sst2dist.train.fingerprint import array_sha256, keep_fingerprint, run_fingerprint, splits_sha256
 from sst2dist.train.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
 from sst2dist.train.log import LOSS_TERMS, RunLog, Window
 from sst2dist.train.run_folder import final_metrics, prepare_output_dir, write_final_files
 from sst2dist.train.state import Run, Teachers, TrainState
+from sst2dist.train.step import forward_losses, make_optimizer, train_step
 
 if TYPE_CHECKING:
     import torch
@@ -55,10 +58,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
-    import torch
     from accelerate import Accelerator
 
-    precision = resolve_mixed_precision(config.mixed_precision, on_gpu=torch.cuda.is_available())
+    precision = resolve_mixed_precision(config.mixed_precision, gpu_capability())
     accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=config.grad_accum,
@@ -76,10 +78,10 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
 
 def load_data(
     config: TrainConfig, tokenizer: PreTrainedTokenizerBase, accelerator: Accelerator
-) -> tuple[Dataset, Dataset, dict | None]:
+) -> tuple[Dataset, Dataset, dict | None, str]:
     """Tokenized train and validation splits; with a teacher, each training row carries its `teacher_logits`, and
     with --distill-sentence its `teacher_sentence` vector (both computed over the whole split, so one cache serves
-    every --max-train-samples)."""
+    every --max-train-samples); and the sha256 of the rows read (for --resume)."""
     from sst2dist.data import load_sst2, sort_by_length, take_first, tokenize, with_row_vectors
     from sst2dist.distill.teacher import teacher_logits, teacher_sentence_vectors
 
@@ -92,17 +94,19 @@ def load_data(
         logits, meta = teacher_logits(
             config.teacher, rows["sentence"], rows["label"], config.max_length, accelerator, cache
         )
+        meta = meta | {"logits_sha256": array_sha256(logits[: config.max_train_samples])}  # for --resume
         rows = rows.add_column("teacher_logits", logits.tolist())
     if config.distill_sentence:
         source = config.layer_teacher or config.teacher
         vectors = teacher_sentence_vectors(source, rows, config.max_length, accelerator, cache)
     raw["train"] = take_first(rows, config.max_train_samples)
+    rows_sha256 = splits_sha256([(raw[name]["sentence"], raw[name]["label"]) for name in ("train", "validation")])
     with accelerator.main_process_first():  # the main process tokenizes, the others read its cache
         tokenized = tokenize(raw, tokenizer, config.max_length)
     train_set = tokenized["train"]
     if vectors is not None:  # after tokenizing: `map` would copy the 768 floats of every row through Python
         train_set = with_row_vectors(train_set, "teacher_sentence", vectors[: len(train_set)])
-    return train_set, sort_by_length(tokenized["validation"]), meta
+    return train_set, sort_by_length(tokenized["validation"]), meta, rows_sha256
 
 
 def make_sentence_projection(student: torch.nn.Module, train_set: Dataset):  # -> torch.nn.Linear | None
@@ -146,19 +150,6 @@ def make_train_loader(config: TrainConfig, train_set: Dataset, pad_token_id: int
     return loader, sampler
 
 
-def make_optimizer(modules: list[torch.nn.Module], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the model (and a layer-distillation projection); matrices decay, biases and LayerNorm weights
-    (all 1-D) do not."""
-    import torch
-
-    params = [p for module in modules for p in module.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.lr, fused=True)
-
-
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -189,7 +180,10 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     resume_from = prepare_output_dir(config, accelerator)
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
-    train_set, eval_set, teacher_meta = load_data(config, tokenizer, accelerator)
+    train_set, eval_set, teacher_meta, rows_sha256 = load_data(config, tokenizer, accelerator)
+    logits_sha256 = teacher_meta and teacher_meta.get("logits_sha256")
+    fingerprint = run_fingerprint(config, accelerator, rows_sha256, logits_sha256)
+    keep_fingerprint(config, accelerator, fingerprint, resuming=resume_from is not None)
     train_loader, sampler = make_train_loader(config, train_set, tokenizer.pad_token_id)
     eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
     model = load_model(config.model)
@@ -200,7 +194,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     if config.compile:
         model = torch.compile(model, dynamic=True)
     projections = [p for p in (layer_teacher and layer_teacher.projection, sentence_projection) if p is not None]
-    optimizer = make_optimizer([model, *projections], config)
+    optimizer = make_optimizer([model, *projections], config, grad_scaling=accelerator.scaler is not None)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     # Prepared after the model, in this order, so checkpoints keep them as their second and third models.
     if layer_teacher is not None and layer_teacher.projection is not None:
@@ -267,7 +261,7 @@ def fit(run: Run, state: TrainState) -> bool:
         tick = time.perf_counter()
         for batch in batches:
             mask = batch["attention_mask"]
-            losses = train_step(run, batch)
+            losses = train_step(run, batch, state.batches_in_epoch)
             state.batches_in_epoch += 1
             window.add(state.step + 1, losses.detach(), mask)
             if not accelerator.sync_gradients:
@@ -295,61 +289,6 @@ def fit(run: Run, state: TrainState) -> bool:
             state.epoch, state.batches_in_epoch = state.epoch + 1, 0
     run.progress.close()
     return stop
-
-
-def train_step(run: Run, batch: dict) -> torch.Tensor:
-    """One micro-batch: forward and backward; when the gradients sync, clip, step and advance the schedule."""
-    accelerator, model = run.accelerator, run.model
-    with accelerator.accumulate(model):
-        losses = forward_losses(run.model, run.config, batch, run.teachers)
-        accelerator.backward(losses[0])
-        if accelerator.sync_gradients and run.config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
-        run.optimizer.step()
-        if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:  # fp16 overflow
-            run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
-    return losses
-
-
-def forward_losses(
-    model: torch.nn.Module, config: TrainConfig, batch: dict, teachers: Teachers | None = None
-) -> torch.Tensor:
-    """The `LOSS_TERMS`: [loss, cross-entropy, logit distillation, hidden states, attention, sentence]; without a
-    teacher the loss is the cross-entropy alone, and each state term adds its --distill-hidden/-attention/-sentence
-    weight."""
-    import torch
-    import torch.nn.functional as F
-
-    from sst2dist.distill.loss import distillation_loss, sentence_loss
-
-    layer_teacher = teachers.layer_teacher if teachers else None
-    teacher_logits = batch.pop("teacher_logits", None)
-    teacher_sentence = batch.pop("teacher_sentence", None)
-    if teacher_logits is None and layer_teacher is None and teacher_sentence is None:
-        loss = model(**batch).loss
-        return torch.stack([loss, loss.detach(), *torch.zeros_like(loss).expand(len(LOSS_TERMS) - 2)])
-    labels = batch.pop("labels")
-    wanted = layer_teacher.outputs_wanted() if layer_teacher else {}
-    if teacher_sentence is not None:
-        wanted["output_hidden_states"] = True
-    outputs = model(**batch, **wanted)
-    if teacher_logits is None:
-        loss = ce = F.cross_entropy(outputs.logits.float(), labels)
-        kd = torch.zeros_like(ce)
-    else:
-        loss, ce, kd = distillation_loss(
-            outputs.logits, teacher_logits, labels, config.distill_alpha, config.distill_temperature
-        )
-    hidden = attention = sentence = torch.zeros_like(ce)
-    if layer_teacher is not None:
-        with layer_teacher.autocast():
-            hidden, attention = layer_teacher.losses(outputs, batch)
-        loss = loss + config.distill_hidden * hidden + config.distill_attention * attention
-    if teacher_sentence is not None:
-        sentence = sentence_loss(outputs.hidden_states[-1][:, 0], teacher_sentence, teachers.sentence_projection)
-        loss = loss + config.distill_sentence * sentence
-    return torch.stack([loss, ce, kd, hidden, attention, sentence])
 
 
 def read_window(run: Run, state: TrainState, window: Window, log_it: bool) -> None:
@@ -418,7 +357,7 @@ def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
 
     tokenizer = load_tokenizer(config.model)
     eval_config = dataclasses.replace(config, max_train_samples=1, teacher=None)
-    _, eval_set, _ = load_data(eval_config, tokenizer, accelerator)
+    _, eval_set, *_ = load_data(eval_config, tokenizer, accelerator)
     eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
     model, eval_loader = accelerator.prepare(load_model(config.model), eval_loader)
     accuracy, counted = evaluate(model, eval_loader, accelerator, load_accuracy_metric())

@@ -14,6 +14,7 @@ from sst2dist.atomic import WriteError, replace_dir, write_json_atomic, writing
 from sst2dist.environment import package_versions
 from sst2dist.train.checkpoint import CHECKPOINTS_DIR, latest_checkpoint
 from sst2dist.train.config import ConfigError, TrainConfig
+from sst2dist.train.fingerprint import FINGERPRINT_KEY
 
 if TYPE_CHECKING:
     import torch
@@ -23,9 +24,14 @@ if TYPE_CHECKING:
 
 PLAN_KEY = "time_budget_plan"  # in train_config.json and metrics.json: the --time-budget plan
 VERSIONED_PACKAGES = ("sst2dist", "torch", "transformers", "accelerate", "datasets")
+COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper module
 RUN_FILES = ("model", CHECKPOINTS_DIR, "metrics.json", "train_config.json", "log.jsonl")
 # Options that may differ between a run and its --resume (they do not change what is computed).
-RESUME_MAY_CHANGE = {"resume", "report_to", "data", "output_dir", "log_every", "overwrite", "teacher_cache"}
+# Paths may change: what they point at is compared by `fingerprint` (rows read, weights, teacher logits).
+RESUME_MAY_CHANGE = {
+    "resume", "report_to", "data", "output_dir", "log_every", "overwrite", "teacher_cache",
+    "model", "teacher", "layer_teacher", "mixed_precision",
+}  # fmt: skip
 
 
 def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | None:
@@ -68,7 +74,7 @@ def killed_before_first_checkpoint(output_dir: Path) -> bool:
 def record_plan(config: TrainConfig, accelerator: Accelerator, plan: dict) -> None:
     """--time-budget: keep the plan in train_config.json before the first step, where --resume finds it."""
     if accelerator.is_main_process:
-        write_json_atomic(Path(config.output_dir) / "train_config.json", asdict(config) | {PLAN_KEY: plan})
+        write_train_config(config, {PLAN_KEY: plan})
 
 
 def recorded_plan(config: TrainConfig) -> dict:
@@ -102,12 +108,15 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any,
     """`save_pretrained` model + tokenizer into a temporary folder, then swap it in."""
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # every process calls it (it gathers under FSDP/DeepSpeed)
+    # --compile: the keys carry the compile wrapper's prefix, which from_pretrained would not match (random weights)
+    state_dict = {name.replace(COMPILED_PREFIX, ""): value for name, value in state_dict.items()}
     if accelerator.is_main_process:
         tmp = target.with_name(f".tmp-{target.name}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             with writing("the best model", target, errors=(Exception,)):  # only serializes what is in memory
-                accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+                bare = accelerator.unwrap_model(model, keep_torch_compile=False)
+                bare.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
                 tokenizer.save_pretrained(tmp)
                 replace_dir(tmp, target)
         except WriteError:
@@ -152,4 +161,12 @@ def write_final_files(run: Run, metrics: dict) -> None:
     resolved["num_processes"] = accelerator.num_processes
     if run.time_budget_plan:
         resolved[PLAN_KEY] = run.time_budget_plan
-    write_json_atomic(run.output_dir / "train_config.json", asdict(run.config) | resolved)
+    write_train_config(run.config, resolved)
+
+
+def write_train_config(config: TrainConfig, extra: dict) -> None:
+    """train_config.json: the options and `extra`, keeping the run's recorded fingerprint (main process)."""
+    path = Path(config.output_dir) / "train_config.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    kept = {FINGERPRINT_KEY: saved[FINGERPRINT_KEY]} if FINGERPRINT_KEY in saved else {}
+    write_json_atomic(path, asdict(config) | kept | extra)

@@ -55,7 +55,7 @@ def test_parts_assemble_once_into_a_verified_folder(spec: SplitZipModel, tmp_pat
     assert folder == cache / "fake-teacher"
     assert (folder / "model.safetensors").read_bytes() == WEIGHTS
     assert (folder / "config.json").is_file() and not (cache / "unrelated").exists()
-    assert sorted(p.name for p in cache.iterdir()) == ["fake-teacher"]  # no temporary left, no zip
+    assert sorted(p.name for p in cache.iterdir()) == [".fake-teacher.lock", "fake-teacher"]  # no temporary, no zip
 
     for site_file in (tmp_path / "site-packages").rglob("model.zip.*"):
         site_file.unlink()  # the parts are gone: the cached folder is reused, not reassembled
@@ -67,7 +67,7 @@ def test_a_wrong_hash_is_refused_and_leaves_no_cache(spec: SplitZipModel, tmp_pa
     wrong = SplitZipModel(spec.name, spec.packages, spec.folder, "0" * 64, spec.extra)
     with pytest.raises(PackagedModelError, match="sha256 .* expected 0000"):
         assembled_model_dir(wrong, cache)
-    assert list(cache.iterdir()) == []
+    assert [p.name for p in cache.iterdir()] == [".fake-teacher.lock"]  # the (empty) lock file only
 
 
 def test_a_missing_part_names_the_package_to_install(spec: SplitZipModel, tmp_path: Path) -> None:
@@ -82,9 +82,56 @@ def test_parts_that_are_not_a_zip_are_a_clear_error(spec: SplitZipModel, tmp_pat
     first_piece.write_bytes(b"garbage")
     with pytest.raises(PackagedModelError, match="do not form a zip"):
         assembled_model_dir(spec, tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".fake-teacher.lock"]  # the (empty) lock file only
 
 
 def test_an_unknown_packaged_name_lists_the_known_ones() -> None:
     with pytest.raises(ModelNotFoundError, match="packaged:all-mpnet-base-v2"):
         resolve_model("packaged:bert-huge")
+
+
+ASSEMBLE_IN_A_PROCESS = """
+import json, sys, time
+from pathlib import Path
+
+site, cache, spec_fields = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+sys.path.insert(0, site)
+import sst2dist.packaged as packaged
+
+real_assemble = packaged.assemble
+
+
+def slow_assemble(*args):  # long enough that both processes look for the folder before either is done
+    time.sleep(2)
+    print("assembling", flush=True)
+    return real_assemble(*args)
+
+
+packaged.assemble = slow_assemble
+spec = packaged.SplitZipModel(**{**spec_fields, "packages": tuple(spec_fields["packages"])})
+folder = packaged.assembled_model_dir(spec, cache)
+print("missing reads", sum(not (folder / "config.json").is_file() for _ in range(3000)), flush=True)
+"""
+
+
+def test_two_processes_assemble_the_folder_once_and_both_use_it(spec: SplitZipModel, tmp_path: Path) -> None:
+    import dataclasses
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    argv = [str(tmp_path / "site-packages"), str(cache), json.dumps(dataclasses.asdict(spec))]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, "-c", ASSEMBLE_IN_A_PROCESS, *argv]
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0]
+    assert sum(output.count("assembling") for output in outputs) == 1, outputs
+    assert all("missing reads 0" in output for output in outputs), outputs
+    assert (cache / "fake-teacher" / "model.safetensors").read_bytes() == WEIGHTS
+    assert sorted(p.name for p in cache.iterdir()) == [".fake-teacher.lock", "fake-teacher"]

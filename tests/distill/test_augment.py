@@ -200,3 +200,16 @@ def test_the_shipped_augmented_logits_fit_what_augment_makes_without_a_teacher(
     assert logits.shape == (len(sentences), 2)
     assert (logits[:67349].argmax(axis=1) == np.array(labels[:67349])).mean() > 0.9
     assert meta["teacher_dev_accuracy"] >= 0.935
+
+
+def test_teacher_logits_of_another_max_length_are_refused(data_dir: Path, tmp_path: Path) -> None:
+    """Logits keyed at 128 tokens are not the teacher's logits at --max-length 8: the output would be keyed 8."""
+    from sst2dist.distill.teacher import LogitsKey, save_logits, teacher_weights_sha256
+
+    teacher = make_tiny_model(tmp_path / "teacher", seed=1)
+    key = LogitsKey(teacher_weights_sha256(teacher), data_fingerprint(*zip(*TRAIN, strict=True)), 128)
+    save_logits(tmp_path / "at128.npz", np.zeros((len(TRAIN), 2)), {"key": key.__dict__, "rows": len(TRAIN)})
+    settings = {"embeddings": str(teacher), "teacher": str(teacher), "teacher_logits": str(tmp_path / "at128.npz")}
+    with pytest.raises(AugmentError, match=re.escape("were computed at --max-length 128, this run uses 8")):
+        augment(config(data=str(data_dir), output=str(tmp_path / "aug"), max_length=8, **settings))
+    assert not (tmp_path / "aug").exists()

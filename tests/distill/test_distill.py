@@ -52,7 +52,7 @@ def test_logits_are_cached_reused_and_invalidated(tmp_path: Path, tiny_model_dir
     logits, meta = teacher_logits(str(tiny_model_dir), SENTENCES, LABELS, 32, accelerator, cache)
     assert logits.shape == (5, 2) and np.isfinite(logits).all()
     assert meta["key"]["data_sha256"] == data_fingerprint(SENTENCES, LABELS)
-    [cached] = list(cache.iterdir())
+    [cached] = list(cache.glob("*.npz"))
     written = cached.stat().st_mtime_ns
 
     again, _ = teacher_logits(str(tiny_model_dir), SENTENCES, LABELS, 32, accelerator, cache)
@@ -250,3 +250,34 @@ def test_a_truncated_logits_file_is_refused_in_one_sentence(tmp_path: Path, keep
     path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
     with pytest.raises(TeacherError, match="is not a teacher-logits file .* delete it to recompute"):
         load_logits(path)
+
+
+# Each process's default cache folder is its own, as on machines that share no file system.
+CACHE_PER_PROCESS = """
+import os
+os.environ["SST2DIST_CACHE"] = os.environ["SST2DIST_TEST_CACHES"] + "/rank" + os.environ.get("RANK", "0")
+"""
+
+
+@pytest.mark.slow
+def test_teacher_scoring_on_caches_the_processes_do_not_share_is_refused_before_scoring(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CACHE_PER_PROCESS)
+    teacher = make_tiny_model(tmp_path / "teacher", seed=5)
+    options = ["--data", sst2_sample_dir, "--model", tiny_model_dir, "--teacher", teacher, "--mixed-precision", "no"]
+    options += ["--output-dir", tmp_path / "run", "--max-steps", 1, "--batch-size", 8]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env |= {"SST2DIST_TEST_CACHES": str(tmp_path / "caches")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    sst2dist = Path(sys.executable).parent / "sst2dist"
+    result = subprocess.run(
+        [str(sst2dist), "train", "--num-processes", "2", *map(str, options)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "teacher scoring with 2 processes needs a teacher cache that every process shares" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "caches").iterdir()) == ["rank0", "rank1"]  # one cache each
+    assert not list((tmp_path / "caches").rglob("shard-*.npz"))  # refused before scoring

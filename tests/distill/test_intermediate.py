@@ -103,3 +103,17 @@ def test_a_run_logs_each_term_and_resumes_its_projection_exactly(
 def test_the_command_line_needs_a_layer_teacher(tmp_path: Path) -> None:
     result = train("--distill-hidden", 1.0, "--output-dir", tmp_path / "run")
     assert result.returncode == 1 and "--layer-teacher MODEL_DIR" in result.stderr
+
+
+def test_the_layer_map_pairs_real_layers_whatever_the_depths() -> None:
+    """A student deeper than its teacher (12 over 6) shares teacher layers; no student layer is paired with
+    hidden state 0 (the embeddings), whose attention index would be -1, the teacher's last layer."""
+    from sst2dist.distill.loss import uniform_layer_map
+
+    for student in range(1, 13):
+        for teacher in range(1, 13):
+            layer_map = uniform_layer_map(student, teacher)
+            assert layer_map[0] == 0 and layer_map[-1] == teacher and len(layer_map) == student + 1
+            assert all(1 <= index <= teacher for index in layer_map[1:])
+            assert layer_map == sorted(layer_map)
+    assert uniform_layer_map(6, 12) == [0, 2, 4, 6, 8, 10, 12]  # TinyBERT's uniform map is unchanged

@@ -229,3 +229,49 @@ def test_augment_labels_with_a_bundle(tiny_bundle_dir: Path, tiny_model_dir: Pat
     variant = summary["scorer"].removeprefix("onnx-")
     expected = score_sorted(OnnxScorer(tiny_bundle_dir, 128, variant=variant), all_sentences)
     np.testing.assert_allclose(logits, expected, **FP16)
+
+
+# Two runs on one cold cache: "fast" waits until "slow" has started scoring, then finishes first.
+CONCURRENT_RUN = """
+import json, sys, time
+from pathlib import Path
+from sst2dist.distill.scoring import TorchScorer, score_to_file
+from sst2dist.distill.logits import LogitsKey
+
+role, model, path, sentences_file, key_json = sys.argv[1:]
+started = Path(path).with_name("slow-started")
+
+class Paced(TorchScorer):
+    def batch(self, sentences):
+        if role == "slow":
+            started.touch()
+            time.sleep(0.3)
+        while role == "fast" and not started.exists():
+            time.sleep(0.05)
+        return super().batch(sentences)
+
+sentences = json.loads(Path(sentences_file).read_text())
+score_to_file(Paced(Path(model), 32, bf16=False), sentences, LogitsKey(**json.loads(key_json)), Path(path), {},
+              shard_rows=8, show_progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_cold_cache_never_delete_each_others_shards(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    path = tmp_path / "cache" / "logits.npz"
+    sentences_file = tmp_path / "sentences.json"
+    sentences_file.write_text(json.dumps(SENTENCES))
+    argv = [str(tiny_model_dir), str(path), str(sentences_file), json.dumps(asdict(key_for(tiny_model_dir)))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_RUN, role, *argv], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for role in ("fast", "slow")
+    ]
+    errors = [run.communicate(timeout=180)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [error[-1500:] for error in errors]
+    np.testing.assert_allclose(load_logits(path)[0], one_pass(tiny_model_dir), **FP16)
+    assert not list(path.parent.glob(".shards-*"))

@@ -74,16 +74,18 @@ def test_options_become_a_typed_config() -> None:
 
 def test_fp16_on_cpu_is_refused_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
-        resolve_mixed_precision("fp16", on_gpu=False)
+        resolve_mixed_precision("fp16", None)
     assert main(["--mixed-precision", "fp16", "--output-dir", str(tmp_path / "run")]) == 1
     assert "fp16 needs a GPU" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
 def test_auto_mixed_precision_follows_the_hardware() -> None:
-    assert resolve_mixed_precision("auto", on_gpu=True) == "bf16"
-    assert resolve_mixed_precision("auto", on_gpu=False) == ("bf16" if supports_bf16() else "no")
-    assert resolve_mixed_precision("fp16", on_gpu=True) == "fp16"
+    """bf16 only on GPUs with bf16 tensor cores (A100 8.0, H100 9.0); T4 (7.5) and V100 (7.0) get fp16."""
+    assert resolve_mixed_precision("auto", (8, 0)) == resolve_mixed_precision("auto", (9, 0)) == "bf16"
+    assert resolve_mixed_precision("auto", (7, 5)) == resolve_mixed_precision("auto", (7, 0)) == "fp16"
+    assert resolve_mixed_precision("auto", None) == ("bf16" if supports_bf16() else "no")
+    assert resolve_mixed_precision("fp16", (8, 0)) == "fp16"
 
 
 @pytest.mark.parametrize(
