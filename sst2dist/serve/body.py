@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sst2dist.serve.protocol import ServeError, error_response
+
+logger = logging.getLogger("sst2dist.serve")
 
 
 class JsonBody:
@@ -24,7 +27,8 @@ class JsonBody:
             return await self.app(scope, receive, send)
         try:
             body = await read_body(Request(scope, receive), self.max_payload)
-        except ClientDisconnect:
+        except ClientDisconnect:  # counted as 499 by ObserveRequests: no answer was sent
+            logger.info("client closed the connection while sending its body")
             return None
         except ServeError as err:
             return await error_response(err.status, err.error_type, err.message, err.headers)(scope, receive, send)
