@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from servers import InProcess, Running, Server, assert_error, free_port
+from servers import InProcess, Server, assert_error, free_port, wait_for_metric
 
 from sst2dist.runtime import VARIANT_FILES, Classifier, load_classifier, recorded_sha256, softmax
 from sst2dist.serve import InferenceRequest, PredictRequest, ServeLimits, plan_chunks
@@ -49,9 +49,11 @@ class Gated(Classifier):
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
         self.gate.set()
+        self.runs = 0
 
     def run(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
         assert self.gate.wait(60), "the test never opened the gate"
+        self.runs += 1
         return super().run(encoded)
 
 
@@ -275,13 +277,6 @@ def test_a_failed_warm_up_keeps_ready_503(bundle: Path) -> None:
         assert_error(running.client.post("/predict", json={"inputs": "x"}), 503, "warm-up prediction failed")
     finally:
         running.stop()
-
-
-def wait_for_metric(server: Running, line: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while line not in server.client.get("/metrics").text:
-        assert time.monotonic() < deadline, f"/metrics never showed {line!r}"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("seed", range(5))
