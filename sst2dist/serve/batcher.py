@@ -167,6 +167,9 @@ class MicroBatcher:
                 continue
             await self._free_workers.acquire()
             await self._wait_for_more()
+            if not self.pending:  # its clients hung up (or the drain cut them off) while it waited
+                self._free_workers.release()
+                continue
             task = asyncio.create_task(self._run_batch(self._take_batch()))
             self.running.add(task)
             task.add_done_callback(self.running.discard)
@@ -189,10 +192,10 @@ class MicroBatcher:
         The default wait is 0: on a CPU a batch costs about as much per text as single texts do (see
         bench/results/load_bench.md), so a free worker gains nothing by idling; under load, the requests that
         arrive while a batch runs are batched anyway."""
-        if self.limits.max_wait_ms <= 0:
+        if self.limits.max_wait_ms <= 0 or not self.pending:
             return
         deadline = self.pending[0].enqueued + self.limits.max_wait_ms / 1000
-        while sum(len(job.texts) for job in self.pending) < self.limits.max_batch_size:
+        while self.pending and sum(len(job.texts) for job in self.pending) < self.limits.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return

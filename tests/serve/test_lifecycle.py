@@ -93,6 +93,30 @@ def test_clients_that_hang_up_are_dropped_from_the_queue_and_counted_499(gated: 
         running.stop()
 
 
+@pytest.mark.parametrize("max_wait_ms", [0, 300])
+def test_the_dispatcher_survives_a_queue_emptied_while_it_waits(gated: Gated, max_wait_ms: int) -> None:
+    """The only queued client hangs up while the dispatcher waits for a free worker (or for batch mates): the
+    dispatcher finds an empty queue, and must go on serving."""
+    running = start_gated(gated, workers=1, max_wait_ms=max_wait_ms)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_batch = pool.submit(running.client.post, "/predict", json={"inputs": SENTENCES[0]})
+            wait_for_metric(running, "sst2dist_batches_running 1.0")
+            hung_up = raw_post(running.url, json.dumps({"inputs": SENTENCES[1]}).encode())
+            wait_for_metric(running, "sst2dist_queue_depth 1.0")
+            hung_up.close()
+            wait_for_metric(running, "sst2dist_queue_depth 0.0")
+            gated.gate.set()
+            assert in_batch.result(timeout=10).status_code == 200
+        time.sleep(max_wait_ms / 1000 + 0.2)
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            assert client.post("/predict", json={"inputs": SENTENCES[2]}).status_code == 200
+        assert running.service.batcher.alive
+    finally:
+        gated.gate.set()
+        running.stop()
+
+
 def test_a_client_that_hangs_up_mid_body_is_499_not_500(tiny_bundle_dir: Path) -> None:
     running = InProcess(Classifier(tiny_bundle_dir, variant=VARIANT, threads=1), ServeLimits())
     try:
