@@ -52,7 +52,7 @@ class Service:
         self.metrics = Metrics(lambda: len(self.batcher.pending), lambda: len(self.batcher.running))
         self.batcher = MicroBatcher(classifier, limits, self.metrics.observe_batch)
         self.ready = False
-        self.not_ready_reason = "the model is warming up"
+        self.not_ready_reason = "the model is warming up: retry shortly"
         self.draining = False
         self.drain_deadline = math.inf
         self.in_flight = 0
@@ -63,7 +63,9 @@ class Service:
         try:
             await self.batcher.run_in_worker(self.classifier.predict, ["warm-up prediction", "a second one"])
         except Exception as err:
-            self.not_ready_reason = f"the warm-up prediction failed ({type(err).__name__}; see the server log)"
+            self.not_ready_reason = (
+                f"the warm-up prediction failed ({type(err).__name__}): the server log says why; fix it and restart"
+            )
             logger.exception("warm-up prediction failed; /ready stays 503")
             return
         if self.draining or not self.batcher.alive:  # a drain or a dead dispatcher has the last word
@@ -72,12 +74,12 @@ class Service:
         logger.info("model warmed up; ready")
 
     def stop_serving(self, reason: str) -> None:
-        """From now on /ready and every prediction answer 503 with `reason` (the dispatcher died)."""
+        """From now on /ready and every prediction answer 503 with `reason`, one sentence (the dispatcher died)."""
         self.ready, self.not_ready_reason = False, reason
 
     def begin_drain(self) -> None:
         self.draining, self.ready = True, False
-        self.not_ready_reason = "the server is shutting down"
+        self.not_ready_reason = "the server is shutting down: retry shortly"
         self.drain_deadline = time.monotonic() + self.limits.grace_period
 
     def drained(self) -> bool:
@@ -99,7 +101,7 @@ class Service:
 
     def check_admission(self) -> None:
         if not self.ready:
-            raise ServeError(503, "unavailable", f"{self.not_ready_reason}: retry shortly", {"Retry-After": "1"})
+            raise ServeError(503, "unavailable", self.not_ready_reason, {"Retry-After": "1"})
 
     async def classify(self, query: Query, request: Request) -> tuple[list[list[dict]], dict[str, str]]:
         """Scores for every text of a query, and the timing headers of the batch that ran it."""

@@ -72,6 +72,8 @@ def check_inputs(value: object, max_client_batch: int) -> str | list[str]:
 def check_item(item: object, where: str) -> str:
     if isinstance(item, list) and len(item) == 1:
         item = item[0]
+    elif isinstance(item, list) and not item:
+        raise ValueError(f'{where} is an empty list: send a text, or TEI\'s ["text"]')
     elif isinstance(item, list):
         raise ValueError(f"{where} is a list of {len(item)}: sentence pairs are not supported")
     if not isinstance(item, str):

@@ -51,7 +51,8 @@ def test_a_dead_dispatcher_turns_the_server_503_never_a_hang(gated: Gated) -> No
             queued = pool.submit(running.client.post, "/predict", json={"inputs": SENTENCES[1]})
             wait_for_metric(running, "sst2dist_queue_depth 1.0")
             batcher.dispatcher.get_loop().call_soon_threadsafe(batcher.dispatcher.cancel)  # it dies
-            assert_error(queued.result(timeout=10), 503, "dispatcher stopped")
+            body = assert_error(queued.result(timeout=10), 503, "dispatcher stopped", "restart")
+            assert "retry shortly" not in body["error"]  # this server will not recover
             assert_error(running.client.get("/ready"), 503, "dispatcher stopped")
             assert_error(running.client.post("/predict", json={"inputs": "after"}), 503, "dispatcher stopped")
             gated.gate.set()

@@ -305,6 +305,7 @@ def test_plan_chunks_covers_every_text_within_the_limits(seed: int) -> None:
         (b'{"inputs": "fine", "top_k": 0}', 422, ["top_k"]),
         (b'["just", "a", "list"]', 422, ["object"]),
         (b'{"inputs": []}', 422, ["empty list"]),
+        (b'{"inputs": ["a", []]}', 422, ["inputs[1] is an empty list"]),
         (b'{"inputs": ""}', 422, ["empty or whitespace-only"]),
         (b'{"inputs": ["ok", " \\t\\n "]}', 422, ["inputs[1]", "whitespace-only"]),
         (b'{"inputs": "\\u001d\\u3000\\u0085"}', 422, ["whitespace-only"]),  # Python's whitespace, as the schema says
