@@ -262,6 +262,9 @@ class MicroBatcher:
             job.logits = logits[offset : offset + len(job.texts)]
             offset += len(job.texts)
             job.started, job.tokenize_s, job.inference_s, job.batch_size = started, tokenize_s, inference_s, len(texts)
+            if not np.isfinite(job.logits).all():  # JSON has no NaN: a client would read it as a score, or choke
+                logger.error("the model returned non-finite logits for a request of %d texts", len(job.texts))
+                job.error = ServeError(500, "backend", "the model returned non-finite scores for this request")
 
     def _infer(self, texts: list[str], counts: list[int]) -> tuple[np.ndarray, float, float]:
         tokenize_s = inference_s = 0.0

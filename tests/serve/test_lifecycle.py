@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from servers import InProcess, Server, assert_error, wait_for_metric
 from test_serve import SENTENCES, VARIANT, Gated, start_gated
@@ -148,6 +149,34 @@ def test_a_warm_up_that_ends_during_a_drain_leaves_ready_503(tiny_bundle_dir: Pa
         assert_error(running.client.get("/ready"), 503, "shutting down")
     finally:
         classifier.gate.set()
+        running.stop()
+
+
+class NaNForOne(Classifier):
+    """The real classifier, except that the logits of a text holding "NaN" become NaN (as an overflowing reduced
+    precision engine would give)."""
+
+    poisoned_ids = -1
+
+    def run(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        logits = super().run(encoded)
+        logits[encoded["input_ids"].sum(axis=1) == self.poisoned_ids] = np.nan
+        return logits
+
+
+def test_non_finite_scores_are_a_500_not_nan_in_json(tiny_bundle_dir: Path) -> None:
+    classifier = Classifier(tiny_bundle_dir, variant=VARIANT, threads=1)
+    poisoned = "this one overflows"
+    ids_sum = int(classifier.encode([poisoned])["input_ids"].sum())
+    broken = NaNForOne(tiny_bundle_dir, variant=VARIANT, threads=1)
+    broken.poisoned_ids = ids_sum
+    running = InProcess(broken, ServeLimits())
+    try:
+        running.wait()
+        assert_error(running.client.post("/predict", json={"inputs": poisoned}), 500, "non-finite")
+        fine = running.client.post("/predict", json={"inputs": SENTENCES[0]})
+        assert fine.status_code == 200 and "NaN" not in fine.text
+    finally:
         running.stop()
 
 
