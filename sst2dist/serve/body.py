@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection
 
@@ -30,6 +31,10 @@ class JsonBody:
         except ClientDisconnect:  # counted as 499 by ObserveRequests: no answer was sent
             logger.info("client closed the connection while sending its body")
             return None
+        except asyncio.CancelledError:  # shutting down, uvicorn stopped waiting for the rest of the body
+            message = "the server shut down before the request body arrived: retry it"
+            await error_response(503, "unavailable", message, {"Retry-After": "1"})(scope, receive, send)
+            raise
         except ServeError as err:
             return await error_response(err.status, err.error_type, err.message, err.headers)(scope, receive, send)
         headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]

@@ -250,3 +250,23 @@ def test_a_second_signal_exits_at_once(tiny_bundle_dir: Path) -> None:
         assert_error(results["running"], 503, "shutting down")
     finally:
         server.stop()
+
+
+def test_a_body_still_uploading_at_shutdown_gets_json_503(tiny_bundle_dir: Path) -> None:
+    server = Server(tiny_bundle_dir, "--variant", VARIANT, "--workers", "1", "--grace-period", "0.2")
+    try:
+        server.wait()
+        stalled = raw_post(server.url, b'{"inputs": "half', declared=100)
+        wait_for_metric(server, "sst2dist_in_flight_requests 0.0")  # it never got past its body
+        time.sleep(0.2)
+        server.process.send_signal(signal.SIGTERM)
+        stalled.settimeout(10)
+        answer = b""
+        while chunk := stalled.recv(4096):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"content-type: application/json" in head.lower(), answer
+        assert json.loads(body)["error_type"] == "unavailable"
+        assert server.process.wait(30) == 0
+    finally:
+        server.stop()
