@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from sst2dist.runtime import clean_text, softmax
+from sst2dist.serve.limits import ServeLimits
 
 JSON = "application/json"
 FUNCTIONS = ("softmax", "sigmoid", "none")
@@ -142,8 +143,7 @@ def inputs_field(max_client_batch: int) -> Any:
     ]
 
 
-DEFAULT_MAX_CLIENT_BATCH = 64  # ServeLimits' default; create_app builds models for the server's own limit
-Inputs = inputs_field(DEFAULT_MAX_CLIENT_BATCH)
+Inputs = inputs_field(ServeLimits().max_client_batch)  # the default; create_app builds models for its own limit
 TopK = Annotated[int, Field(ge=1)] | None
 
 
