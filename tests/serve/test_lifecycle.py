@@ -228,7 +228,9 @@ def test_shutdown_ends_within_the_grace_period_plus_one_batch_and_answers_json_5
     assert answered_s < 0.5 + 1.5, f"the cut-off requests waited {answered_s:.1f}s"
     assert server.process.wait(30) == 0
     exit_s = time.monotonic() - signalled
-    assert exit_s < 0.5 + batch_s + 2.0, f"exit {exit_s:.1f}s after SIGTERM (grace 0.5s, one batch {batch_s:.1f}s)"
+    # One batch at most (it began before the signal); 1.5x and 2 s spare for a machine shared with other work.
+    bound = 0.5 + 1.5 * batch_s + 2.0
+    assert exit_s < bound, f"exit {exit_s:.1f}s after SIGTERM (grace 0.5s, one batch {batch_s:.1f}s)"
 
 
 def test_a_second_signal_exits_at_once(tiny_bundle_dir: Path) -> None:
