@@ -25,6 +25,7 @@ from sst2dist.serve.body import JsonBody
 from sst2dist.serve.limits import ServeLimits
 from sst2dist.serve.metrics import Metrics, ObserveRequests
 from sst2dist.serve.protocol import (
+    CLASSIFY_RESPONSES,
     ERROR_RESPONSES,
     InferenceAnswer,
     InferenceRequest,
@@ -269,7 +270,7 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
         summary="Classify text (text-embeddings-inference style)",
         response_model=PredictAnswer,
         response_description="one string: a list of {label, score}, best first; a list: one such list per text",
-        responses=ERROR_RESPONSES,
+        responses=CLASSIFY_RESPONSES,
         dependencies=admitted,
     )(predict)
     app.post(
@@ -277,7 +278,7 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
         summary="Classify text (Hugging Face Inference API text-classification)",
         response_model=InferenceAnswer,
         response_description="a list holding one list of {label, score} per text, best first",
-        responses=ERROR_RESPONSES,
+        responses=CLASSIFY_RESPONSES,
         dependencies=admitted,
     )(inference_api)
 

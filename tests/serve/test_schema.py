@@ -76,3 +76,12 @@ def test_the_token_limit_answer_names_the_routes_own_field(server: InProcess) ->
 def test_info_names_the_model(server: InProcess, tiny_bundle_dir: Path) -> None:
     manifest = json.loads((tiny_bundle_dir / "manifest.json").read_text())
     assert server.client.get("/info").json()["model"] == manifest["source"]["model_dir"]
+
+
+@pytest.mark.parametrize("path", ["/predict", "/"])
+def test_the_schema_documents_the_timing_headers_of_a_200(server: InProcess, path: str) -> None:
+    documented = server.client.get("/openapi.json").json()["paths"][path]["post"]["responses"]["200"]["headers"]
+    answer = server.client.post(path, json={"inputs": "a fine film"})
+    assert answer.status_code == 200 and documented
+    for name in documented:
+        assert float(answer.headers[name]) >= 0
