@@ -3,9 +3,13 @@
 # make students DATA=../shared/data/sst2 the students alone, from the teacher logits shipped in the package
 # make prune DATA=../shared/data/sst2    the teacher pruned to 0.50 and 0.25 of its encoder FLOPs, recovered, exported
 #   (AUGMENT=1: on teacher-labelled augmented data, with the logits shipped for it)
-# make test                           set up .venv if needed, run the whole suite (slow tests included)
+# make test                           set up .venv if needed, run the whole suite (slow tests included), and the
+#                                     serving tests on Python 3.10 too (test-py310: .venv310, the base install)
 PY      ?= python3
 VENV    ?= .venv
+# pyenv installs it without putting python3.10 on PATH; elsewhere python3.10 is.
+PY310   ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
+VENV310 ?= .venv310
 BIN     := $(VENV)/bin
 DATA    ?= stanfordnlp/sst2
 RUN     ?= runs/minilm
@@ -38,7 +42,7 @@ L3_OPTS        := --init-layers 0,2,4 --lr 1e-4 --epochs 3
 TEACHER_LOGITS ?= packaged:all-mpnet-base-v2-sst2
 endif
 
-.PHONY: setup setup-teacher demo train export bench distill teacher students m6 prune menu test test-fast lint clean
+.PHONY: setup setup-teacher demo train export bench distill teacher students m6 prune menu test test-py310 test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -130,8 +134,20 @@ menu: setup
 	$(BIN)/sst2dist bench --data $(DATA) $(foreach m,l6 l3 m6 p50 p25 teacher,$(if $(wildcard export/$(m)/manifest.json),--menu $(m)=export/$(m))) \
 		--anchors --output $(STUDENTS)/menu-classes
 
-test: setup
+test: setup test-py310
 	$(BIN)/python -m pytest -q --durations=15
+
+# The lowest Python pyproject declares, on the base install (no torch): the serving and runtime tests, against the
+# tiny bundle the main venv exports first (tests/conftest.py). schemathesis needs 3.11: its test runs above.
+$(VENV310)/.installed: pyproject.toml
+	test -x $(VENV310)/bin/python || $(PY310) -m venv $(VENV310)
+	$(VENV310)/bin/pip install --quiet -e . "pytest>=8" "httpx>=0.27" "huggingface_hub>=0.24"
+	touch $@
+
+test-py310: setup $(VENV310)/.installed
+	rm -rf .cache/py310 && $(BIN)/python tests/conftest.py .cache/py310
+	SST2DIST_TEST_BUNDLE=$(CURDIR)/.cache/py310/bundle $(VENV310)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/serve tests/core/test_runtime.py --ignore=tests/serve/test_fuzz_api.py
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -141,4 +157,4 @@ lint: setup
 	$(BIN)/ruff format --check sst2dist tests bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV310) runs .pytest_cache

@@ -18,6 +18,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SST2_DIR = REPO_ROOT.parent / "shared" / "data" / "sst2"
 SST2_SAMPLE_DIR = REPO_ROOT / "tests" / "data" / "sst2"
+# `make test-py310`: the base install on the lowest Python declared has no torch to export the tiny bundle, so the
+# main venv exports it first (python tests/conftest.py DIR) and this names it.
+PREBUILT_BUNDLE = os.environ.get("SST2DIST_TEST_BUNDLE")
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +65,8 @@ def make_tiny_model(path: Path, seed: int = 0, hidden_size: int = 32, layers: in
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if PREBUILT_BUNDLE:
+        pytest.skip("needs torch: not in the base install this run tests")
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
@@ -74,11 +79,15 @@ def export_tiny_bundle(model_dir: Path, data_dir: Path, bundle: Path, **options:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle_dir(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_bundle_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle exported from `tiny_model_dir` with fp32, optimized and int8 variants (no OpenVINO ones)."""
-    return export_tiny_bundle(
-        tiny_model_dir, sst2_sample_dir, tmp_path_factory.mktemp("tiny-bundle") / "bundle", openvino="off"
-    )
+    if PREBUILT_BUNDLE:
+        return Path(PREBUILT_BUNDLE)
+    return build_tiny_bundle(request.getfixturevalue("tiny_model_dir"), tmp_path_factory.mktemp("tiny-bundle"))
+
+
+def build_tiny_bundle(model_dir: Path, folder: Path) -> Path:
+    return export_tiny_bundle(model_dir, SST2_SAMPLE_DIR, folder / "bundle", openvino="off")
 
 
 def import_blocker(*packages: str) -> str:
@@ -160,3 +169,8 @@ def resume_copy(straight: Path, resumed: Path, step: int, options: list[object])
     shutil.copytree(straight / "checkpoints" / name, resumed / "checkpoints" / name)
     shutil.copy(straight / "train_config.json", resumed / "train_config.json")
     return run_train(*options, "--resume")
+
+
+if __name__ == "__main__":  # python tests/conftest.py DIR: the tiny bundle in DIR/bundle, for `make test-py310`
+    folder = Path(sys.argv[1])
+    print(build_tiny_bundle(make_tiny_model(folder / "model"), folder))

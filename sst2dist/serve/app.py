@@ -25,6 +25,7 @@ from sst2dist.serve.body import JsonBody
 from sst2dist.serve.limits import ServeLimits
 from sst2dist.serve.metrics import Metrics, ObserveRequests
 from sst2dist.serve.protocol import (
+    CLASSIFY_RESPONSES,
     ERROR_RESPONSES,
     InferenceAnswer,
     InferenceRequest,
@@ -36,6 +37,7 @@ from sst2dist.serve.protocol import (
     error_response,
     json_response,
     present,
+    request_models,
     validation_failure,
 )
 
@@ -51,63 +53,105 @@ class Service:
         self.metrics = Metrics(lambda: len(self.batcher.pending), lambda: len(self.batcher.running))
         self.batcher = MicroBatcher(classifier, limits, self.metrics.observe_batch)
         self.ready = False
-        self.not_ready_reason = "the model is warming up"
+        self.not_ready_reason = "the model is warming up: retry shortly"
         self.draining = False
         self.drain_deadline = math.inf
         self.in_flight = 0
+        self.waiting: set[Job] = set()
         self.api_key_required = False
 
     async def warm_up(self) -> None:
         try:
             await self.batcher.run_in_worker(self.classifier.predict, ["warm-up prediction", "a second one"])
         except Exception as err:
-            self.not_ready_reason = f"the warm-up prediction failed: {err}"
+            self.not_ready_reason = (
+                f"the warm-up prediction failed ({type(err).__name__}): the server log says why; fix it and restart"
+            )
             logger.exception("warm-up prediction failed; /ready stays 503")
+            return
+        if self.draining or not self.batcher.alive:  # a drain or a dead dispatcher has the last word
             return
         self.ready = True
         logger.info("model warmed up; ready")
 
+    def stop_serving(self, reason: str) -> None:
+        """From now on /ready and every prediction answer 503 with `reason`, one sentence (the dispatcher died)."""
+        self.ready, self.not_ready_reason = False, reason
+
     def begin_drain(self) -> None:
         self.draining, self.ready = True, False
-        self.not_ready_reason = "the server is shutting down"
+        self.not_ready_reason = "the server is shutting down: retry shortly"
         self.drain_deadline = time.monotonic() + self.limits.grace_period
 
     def drained(self) -> bool:
         return self.draining and (self.in_flight == 0 or time.monotonic() > self.drain_deadline)
 
+    def cut_off(self) -> None:
+        """The grace period is over: every request still waiting answers 503 now (a batch still running finishes
+        on its thread, its answers unsent)."""
+        error = ServeError(
+            503,
+            "unavailable",
+            "the server is shutting down and its grace period ran out before this request was answered: retry it",
+            {"Retry-After": "1"},
+        )
+        for job in list(self.waiting):
+            if not job.future.done():
+                job.future.set_exception(error)
+        self.batcher.pending.clear()
+
     def check_admission(self) -> None:
         if not self.ready:
-            raise ServeError(503, "unavailable", f"{self.not_ready_reason}: retry shortly", {"Retry-After": "1"})
+            raise ServeError(503, "unavailable", self.not_ready_reason, {"Retry-After": "1"})
 
-    async def classify(self, query: Query) -> tuple[list[list[dict]], dict[str, str]]:
+    async def classify(self, query: Query, request: Request) -> tuple[list[list[dict]], dict[str, str]]:
         """Scores for every text of a query, and the timing headers of the batch that ran it."""
         self.check_admission()
-        query.check_size(self.limits.max_client_batch)
+        future = asyncio.get_running_loop().create_future()
+        job = Job(query.texts, query.truncate, query.single, future, query.truncate_hint)
+        self.batcher.submit(job)
         self.in_flight += 1
         self.metrics.in_flight.inc()
+        self.waiting.add(job)
         try:
-            job = Job(query.texts, query.truncate, query.single, asyncio.get_running_loop().create_future())
-            self.batcher.submit(job)
-            try:
-                await job.future
-            except ServeError:
-                raise
-            except Exception as err:
-                raise ServeError(
-                    500, "backend", f"inference failed for this request ({type(err).__name__}: {err})"
-                ) from err
+            await self.outcome(job, request)
         finally:
+            self.waiting.discard(job)
             self.in_flight -= 1
             self.metrics.in_flight.dec()
         scores = apply_function(job.logits, query.function)
         answers = [present(row, self.classifier.labels, query.top_k) for row in scores]
         return answers, timing_headers(job)
 
+    async def outcome(self, job: Job, request: Request) -> None:
+        """Wait for the job's batch, or for the client to hang up: a job still queued then never runs."""
+        gone = asyncio.ensure_future(client_gone(request))
+        try:
+            await asyncio.wait({job.future, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self.batcher.drop(job)
+            raise
+        finally:
+            gone.cancel()
+        if not job.future.done():
+            queued = self.batcher.drop(job)
+            job.future.cancel()
+            logger.info("client closed the connection %s", "while queued: dropped" if queued else "while its batch ran")
+            raise ServeError(499, "client_closed", "the client closed the connection before its answer was ready")
+        try:
+            job.future.result()
+        except ServeError:
+            raise
+        except Exception as err:  # the engine's message stays in the server log (logged where it failed)
+            raise ServeError(
+                500, "backend", f"inference failed for this request ({type(err).__name__}): see the server log"
+            ) from err
+
     def info(self) -> dict:
         manifest = self.classifier.manifest
         return {
             "version": __version__,
-            "model": manifest.get("model_name") or manifest.get("source_model") or manifest.get("model"),
+            "model": (manifest.get("source") or {}).get("model_dir") or self.classifier.bundle_dir.name,
             "bundle": str(self.classifier.bundle_dir),
             "variant": self.classifier.variant,
             "variant_choice": self.classifier.choice.as_dict(),
@@ -117,6 +161,12 @@ class Service:
             "limits": asdict(self.limits),
             "api_key_required": self.api_key_required,
         }
+
+
+async def client_gone(request: Request) -> None:
+    """Returns once the client has hung up (the body was read already: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def timing_headers(job: Job) -> dict[str, str]:
@@ -149,7 +199,7 @@ def create_app(classifier: Classifier, limits: ServeLimits | None = None, api_ke
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.batcher.start()
+        service.batcher.start(service.stop_serving)
         warm_up = asyncio.get_running_loop().create_task(service.warm_up())
         yield
         warm_up.cancel()
@@ -201,32 +251,36 @@ def add_classify_routes(app: FastAPI, service: Service) -> None:
 
     # Dependencies run before the body is validated: a server that is not ready answers 503 whatever was sent.
     admitted = [Depends(admit)]
+    predict_model, inference_model = request_models(service.limits.max_client_batch)
 
-    async def answer(query: Query, nest_single: bool) -> Response:
-        answers, headers = await service.classify(query)
+    async def answer(query: Query, request: Request, nest_single: bool) -> Response:
+        answers, headers = await service.classify(query, request)
         return json_response(answers[0] if query.single and not nest_single else answers, headers=headers)
 
-    @app.post(
+    async def predict(body: PredictRequest, request: Request) -> Response:
+        return await answer(body.query(), request, nest_single=False)
+
+    async def inference_api(body: InferenceRequest, request: Request) -> Response:
+        return await answer(body.query(), request, nest_single=True)
+
+    # The body models carry this server's --max-client-batch (maxItems in the schema), so they are built here.
+    predict.__annotations__["body"], inference_api.__annotations__["body"] = predict_model, inference_model
+    app.post(
         "/predict",
         summary="Classify text (text-embeddings-inference style)",
         response_model=PredictAnswer,
         response_description="one string: a list of {label, score}, best first; a list: one such list per text",
-        responses=ERROR_RESPONSES,
+        responses=CLASSIFY_RESPONSES,
         dependencies=admitted,
-    )
-    async def predict(body: PredictRequest) -> Response:
-        return await answer(body.query(), nest_single=False)
-
-    @app.post(
+    )(predict)
+    app.post(
         "/",
         summary="Classify text (Hugging Face Inference API text-classification)",
         response_model=InferenceAnswer,
         response_description="a list holding one list of {label, score} per text, best first",
-        responses=ERROR_RESPONSES,
+        responses=CLASSIFY_RESPONSES,
         dependencies=admitted,
-    )
-    async def inference_api(body: InferenceRequest) -> Response:
-        return await answer(body.query(), nest_single=True)
+    )(inference_api)
 
 
 def add_operations_routes(app: FastAPI, service: Service) -> None:

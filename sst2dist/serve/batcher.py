@@ -21,7 +21,7 @@ from sst2dist.serve.protocol import ServeError, invalid
 logger = logging.getLogger("sst2dist.serve")
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: the queue and the service's set of waiting jobs
 class Job:
     """One request's texts on their way through the queue and a worker thread."""
 
@@ -29,6 +29,7 @@ class Job:
     truncate: bool
     single: bool  # for error messages: "inputs" or "inputs[i]"
     future: asyncio.Future
+    truncate_hint: str = 'send "truncate": true'  # the field of the request's dialect that allows truncation
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     tokenize_s: float = 0.0
@@ -48,7 +49,7 @@ class Job:
             if not self.truncate and count > limit:
                 where = "inputs" if self.single else f"inputs[{index}]"
                 raise invalid(
-                    f"{where} has {count} tokens, over the model's limit of {limit}: shorten it or send truncate=true"
+                    f"{where} has {count} tokens, over the model's limit of {limit}: shorten it or {self.truncate_hint}"
                 )
 
 
@@ -99,15 +100,50 @@ class MicroBatcher:
         self._free_workers = asyncio.Semaphore(limits.workers)
         self.running: set[asyncio.Task] = set()
         self._arrived = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self.dispatcher: asyncio.Task | None = None
+        self.stopping = False
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run_forever())
+    def start(self, on_death: Callable[[str], None]) -> None:
+        """Start the dispatcher; should it ever end before `stop`, the queued jobs fail with a 503 and `on_death`
+        hears why (the server then answers 503 instead of letting requests wait for ever)."""
+        self.dispatcher = asyncio.get_running_loop().create_task(self._run_forever())
+        self.dispatcher.add_done_callback(lambda task: self._supervise(task, on_death))
+
+    @property
+    def alive(self) -> bool:
+        return self.dispatcher is not None and not self.dispatcher.done()
+
+    def _supervise(self, task: asyncio.Task, on_death: Callable[[str], None]) -> None:
+        if self.stopping:
+            return
+        error = None if task.cancelled() else task.exception()
+        reason = f"{type(error).__name__}: {error}" if error else "it was cancelled"
+        logger.error("the batch dispatcher stopped (%s); the server answers 503 from now on", reason, exc_info=error)
+        message = "the batch dispatcher stopped: this server can no longer answer, restart it"
+        self.fail_pending(ServeError(503, "unavailable", message))
+        on_death(message)
+
+    def fail_pending(self, error: ServeError) -> None:
+        """Fail every queued job with `error` (they never run)."""
+        while self.pending:
+            job = self.pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def drop(self, job: Job) -> bool:
+        """Take `job` out of the queue; False when it was no longer queued (its batch is running or ran)."""
+        try:
+            self.pending.remove(job)
+        except ValueError:
+            return False
+        return True
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-        self.executor.shutdown(wait=True)
+        """Stop taking batches; a batch still running finishes on its thread (the process waits for it at exit)."""
+        self.stopping = True
+        if self.dispatcher:
+            self.dispatcher.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def submit(self, job: Job) -> None:
         if len(self.pending) >= self.limits.max_queue:
@@ -131,6 +167,9 @@ class MicroBatcher:
                 continue
             await self._free_workers.acquire()
             await self._wait_for_more()
+            if not self.pending:  # its clients hung up (or the drain cut them off) while it waited
+                self._free_workers.release()
+                continue
             task = asyncio.create_task(self._run_batch(self._take_batch()))
             self.running.add(task)
             task.add_done_callback(self.running.discard)
@@ -153,17 +192,17 @@ class MicroBatcher:
         The default wait is 0: on a CPU a batch costs about as much per text as single texts do (see
         bench/results/load_bench.md), so a free worker gains nothing by idling; under load, the requests that
         arrive while a batch runs are batched anyway."""
-        if self.limits.max_wait_ms <= 0:
+        if self.limits.max_wait_ms <= 0 or not self.pending:
             return
         deadline = self.pending[0].enqueued + self.limits.max_wait_ms / 1000
-        while sum(len(job.texts) for job in self.pending) < self.limits.max_batch_size:
+        while self.pending and sum(len(job.texts) for job in self.pending) < self.limits.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 return
 
     def _take_batch(self) -> list[Job]:
@@ -223,6 +262,9 @@ class MicroBatcher:
             job.logits = logits[offset : offset + len(job.texts)]
             offset += len(job.texts)
             job.started, job.tokenize_s, job.inference_s, job.batch_size = started, tokenize_s, inference_s, len(texts)
+            if not np.isfinite(job.logits).all():  # JSON has no NaN: a client would read it as a score, or choke
+                logger.error("the model returned non-finite logits for a request of %d texts", len(job.texts))
+                job.error = ServeError(500, "backend", "the model returned non-finite scores for this request")
 
     def _infer(self, texts: list[str], counts: list[int]) -> tuple[np.ndarray, float, float]:
         tokenize_s = inference_s = 0.0

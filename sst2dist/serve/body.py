@@ -4,12 +4,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Collection
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sst2dist.serve.protocol import ServeError, error_response
+
+logger = logging.getLogger("sst2dist.serve")
 
 
 class JsonBody:
@@ -24,8 +28,13 @@ class JsonBody:
             return await self.app(scope, receive, send)
         try:
             body = await read_body(Request(scope, receive), self.max_payload)
-        except ClientDisconnect:
+        except ClientDisconnect:  # counted as 499 by ObserveRequests: no answer was sent
+            logger.info("client closed the connection while sending its body")
             return None
+        except asyncio.CancelledError:  # shutting down, uvicorn stopped waiting for the rest of the body
+            message = "the server shut down before the request body arrived: retry it"
+            await error_response(503, "unavailable", message, {"Retry-After": "1"})(scope, receive, send)
+            raise
         except ServeError as err:
             return await error_response(err.status, err.error_type, err.message, err.headers)(scope, receive, send)
         headers = [(name, value) for name, value in scope["headers"] if name != b"content-type"]

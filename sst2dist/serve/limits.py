@@ -5,6 +5,7 @@ command line reads it without importing FastAPI."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -15,6 +16,10 @@ API_KEY_ENV = "SST2DIST_API_KEY"
 
 def api_key_from_env() -> str | None:
     return os.environ.get(API_KEY_ENV)
+
+
+def finite(value: float) -> str | None:
+    return None if math.isfinite(value) else "must be a finite number"
 
 
 def default_workers() -> int:
@@ -38,12 +43,16 @@ class ServeLimits(Options):
     max_wait_ms: float = option(
         0.0,
         "How long a free worker waits for a partial batch to fill (0: run what is queued at once).",
-        checks=[non_negative],
+        checks=[non_negative, finite],
     )
     max_client_batch: int = option(64, "Most texts in one request (else 422).", checks=[positive])
     max_payload: int = option(1_000_000, "Largest request body in bytes (else 413).", checks=[positive])
     max_queue: int = option(256, "Most requests waiting (else 429 + Retry-After).", checks=[positive])
-    grace_period: float = option(30.0, "Seconds to finish in-flight work on SIGTERM.", checks=[non_negative])
+    grace_period: float = option(
+        30.0,
+        "Seconds to finish in-flight work on SIGTERM; then waiting requests answer 503 (a second signal: at once).",
+        checks=[non_negative, finite],
+    )
     workers: int = option(
         1,
         "Batches that run at once, one thread each (default: one per core).",

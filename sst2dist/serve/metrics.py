@@ -51,6 +51,7 @@ class Metrics:
         self.batch_seconds.observe(seconds)
 
 
+CLIENT_CLOSED = 499
 KNOWN_PATHS = {"/", "/predict", "/health", "/ready", "/metrics", "/info", "/docs", "/openapi.json"}
 
 
@@ -63,7 +64,7 @@ class ObserveRequests:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
+        start, status = time.perf_counter(), None
         path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
 
         async def send_and_note(message: Message) -> None:
@@ -74,6 +75,10 @@ class ObserveRequests:
 
         try:
             await self.app(scope, receive, send_and_note)
+        except BaseException:
+            status = status or 500
+            raise
         finally:
-            self.metrics.requests.labels(path, str(status)).inc()
+            # No answer at all: the client hung up before there was one to send (nginx's 499).
+            self.metrics.requests.labels(path, str(status or CLIENT_CLOSED)).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - start)

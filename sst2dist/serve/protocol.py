@@ -11,9 +11,10 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi.responses import Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
 from sst2dist.runtime import clean_text, softmax
+from sst2dist.serve.limits import ServeLimits
 
 JSON = "application/json"
 FUNCTIONS = ("softmax", "sigmoid", "none")
@@ -52,20 +53,28 @@ def json_type(value: object) -> str:
 # --- field checks: each raises ValueError with the message the client reads -----------------------------
 
 
-def check_inputs(value: object) -> str | list[str]:
-    """One text, or a list of texts. TEI's batch form (a list of one-string lists) is flattened; pairs are refused."""
+def check_inputs(value: object, max_client_batch: int) -> str | list[str]:
+    """One text, or a list of texts. TEI's batch form (a list of one-string lists) is flattened; pairs are refused.
+    The count is checked before any text: an oversized list costs no per-text work."""
     if isinstance(value, str):
         return check_text(value, "inputs")
     if not isinstance(value, list):
         raise ValueError(f"inputs must be a string or a list of strings, got {json_type(value)}")
     if not value:
         raise ValueError("inputs is an empty list: send at least one text")
+    if len(value) > max_client_batch:
+        raise ValueError(
+            f"inputs has {len(value)} texts, over this server's limit of {max_client_batch} per request "
+            "(--max-client-batch): split it into smaller requests"
+        )
     return [check_item(item, f"inputs[{index}]") for index, item in enumerate(value)]
 
 
 def check_item(item: object, where: str) -> str:
     if isinstance(item, list) and len(item) == 1:
         item = item[0]
+    elif isinstance(item, list) and not item:
+        raise ValueError(f'{where} is an empty list: send a text, or TEI\'s ["text"]')
     elif isinstance(item, list):
         raise ValueError(f"{where} is a list of {len(item)}: sentence pairs are not supported")
     if not isinstance(item, str):
@@ -108,7 +117,7 @@ def positive(where: str) -> BeforeValidator:
 
 def one_of(where: str, choices: Sequence[str], default: str, hint: str = "") -> BeforeValidator:
     def check(value: object) -> object:
-        value = default if value in (None, "") else value
+        value = default if value is None else value
         if value not in choices:
             raise ValueError(hint or f"{where} must be one of {', '.join(choices)}, got {json.dumps(value)}")
         return value
@@ -119,14 +128,22 @@ def one_of(where: str, choices: Sequence[str], default: str, hint: str = "") -> 
 # --- requests -------------------------------------------------------------------------------------------
 
 Text = Annotated[str, Field(min_length=1, pattern=NOT_BLANK)]
-Inputs = Annotated[
-    Text | Annotated[list[Text], Field(min_length=1)],
-    BeforeValidator(check_inputs),
-    Field(
-        description="One text, or a list of texts: a batch (unlike TEI, a two-string list is NOT a sentence pair; "
-        'TEI\'s [["a"], ["b"]] batch form works too). Empty or whitespace-only texts are refused.'
-    ),
-]
+BatchItem = Text | Annotated[list[Text], Field(min_length=1, max_length=1)]  # "a" or TEI's ["a"]
+
+
+def inputs_field(max_client_batch: int) -> Any:
+    """The `inputs` type of a server that takes at most `max_client_batch` texts per request (schema: maxItems)."""
+    return Annotated[
+        Text | Annotated[list[BatchItem], Field(min_length=1, max_length=max_client_batch)],
+        BeforeValidator(lambda value: check_inputs(value, max_client_batch)),
+        Field(
+            description="One text, or a list of texts: a batch (unlike TEI, a two-string list is NOT a sentence "
+            'pair; TEI\'s [["a"], ["b"]] batch form works too). Empty or whitespace-only texts are refused.'
+        ),
+    ]
+
+
+Inputs = inputs_field(ServeLimits().max_client_batch)  # the default; create_app builds models for its own limit
 TopK = Annotated[int, Field(ge=1)] | None
 
 
@@ -139,13 +156,7 @@ class Query:
     truncate: bool = True
     top_k: int | None = None
     function: str = "softmax"
-
-    def check_size(self, max_client_batch: int) -> None:
-        if len(self.texts) > max_client_batch:
-            raise invalid(
-                f"inputs has {len(self.texts)} texts, over this server's limit of {max_client_batch} per request "
-                "(--max-client-batch): split it into smaller requests"
-            )
+    truncate_hint: str = 'send "truncate": true'  # how this dialect asks for truncation
 
 
 class ClassifyRequest(BaseModel):
@@ -244,7 +255,17 @@ class InferenceRequest(ClassifyRequest):
 
     def query(self) -> Query:
         given = self.parameters
-        return Query(self.texts, isinstance(self.inputs, str), given.truncation, given.top_k, given.function_to_apply)
+        single = isinstance(self.inputs, str)
+        hint = 'send "parameters": {"truncation": true}'
+        return Query(self.texts, single, given.truncation, given.top_k, given.function_to_apply, hint)
+
+
+def request_models(max_client_batch: int) -> tuple[type[PredictRequest], type[InferenceRequest]]:
+    """Both dialects' request models for a server's --max-client-batch, so that the schema states the limit."""
+    inputs = (inputs_field(max_client_batch), ...)
+    predict = create_model("PredictRequest", __base__=PredictRequest, __module__=__name__, inputs=inputs)
+    inference = create_model("InferenceRequest", __base__=InferenceRequest, __module__=__name__, inputs=inputs)
+    return predict, inference
 
 
 # --- answers ---------------------------------------------------------------------------------------------
@@ -273,6 +294,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (503, "warming up or shutting down"),
     ]
 }
+TIMING_HEADERS = {  # on every 200 of the classify routes (text-embeddings-inference's names)
+    name: {"description": description, "required": True, "schema": {"type": "string"}}
+    for name, description in [
+        ("x-queue-time", "ms the request waited for its batch"),
+        ("x-tokenization-time", "ms its batch spent tokenizing"),
+        ("x-inference-time", "ms its batch spent in the engine"),
+        ("x-batch-size", "texts in its batch"),
+    ]
+}
+CLASSIFY_RESPONSES = {200: {"headers": TIMING_HEADERS}, **ERROR_RESPONSES}
 
 
 def present(scores: np.ndarray, labels: Sequence[str], top_k: int | None) -> list[dict]:

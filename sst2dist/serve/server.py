@@ -4,7 +4,6 @@ drain."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import sys
@@ -28,27 +27,45 @@ SWITCH_INTERVAL_S = 0.0005
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+# After the drain, how long uvicorn may take to write the last answers (the 503s of requests cut off included).
+SHUTDOWN_WRITE_S = 1.0
+
+
 class DrainingServer(uvicorn.Server):
     """A uvicorn server whose first SIGTERM/SIGINT drains instead of stopping: /ready and new predictions answer
-    503 at once, in-flight requests finish (up to the grace period), then the listener closes and the process
-    exits 0 (uvicorn would re-raise the signal at exit instead). A second signal stops at once."""
+    503 at once, in-flight requests finish up to the grace period, then every request still waiting answers 503,
+    the listener closes and the process exits 0 once a batch still running ends (uvicorn would re-raise the signal
+    at exit instead). A second signal answers the waiting requests 503 and exits at once, with 128 + its number."""
 
     def __init__(self, config: uvicorn.Config, service: Service):
         super().__init__(config)
         self.service = service
+        self.forced_by: int | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.service.draining:
-            self.should_exit = self.force_exit = True
-            return
+        # A signal handler: it only sets flags; on_tick, on the event loop, acts on them.
         name = signal.Signals(sig).name
+        if self.service.draining:
+            logger.warning("%s again: answering the waiting requests 503 and exiting now", name)
+            self.forced_by = sig
+            return
         logger.info("%s: draining for up to %.1fs", name, self.service.limits.grace_period)
         self.service.begin_drain()
 
     async def on_tick(self, counter: int) -> bool:
-        if self.service.drained():
+        if self.forced_by is not None or self.service.drained():
+            self.service.cut_off()
             self.should_exit = True
+            self.force_exit = self.forced_by is not None
         return await super().on_tick(counter)
+
+
+def exit_now(code: int) -> None:
+    """Exit without waiting for a batch still running on a worker thread (the interpreter would join it)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def serve(bundle_dir: str | Path, options: ServeOptions | None = None, **fields: Any) -> None:
@@ -71,11 +88,14 @@ def serve(bundle_dir: str | Path, options: ServeOptions | None = None, **fields:
         log_level=options.log_level,
         access_log=options.access_log,
         lifespan="on",
-        timeout_graceful_shutdown=max(1, math.ceil(limits.grace_period)),
+        timeout_graceful_shutdown=SHUTDOWN_WRITE_S,  # the drain itself is DrainingServer's
     )
     logger.info("serving %s on http://%s:%d, %s", bundle_dir, options.host, options.port, classifier.choice.line())
     if options.api_key is not None:
         logger.info("API key required on every route but /health")
     elif options.host not in LOOPBACK:
         logger.warning("no API key and listening on %s: anyone who can reach the port can use it", options.host)
-    DrainingServer(config, app.state.service).run()
+    server = DrainingServer(config, app.state.service)
+    server.run()
+    if server.forced_by is not None:
+        exit_now(128 + server.forced_by)

@@ -82,7 +82,9 @@ class InProcess(Running):
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        config = uvicorn.Config(create_app(classifier, limits), log_level="warning", lifespan="on")
+        app = create_app(classifier, limits)
+        self.service = app.state.service
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()
@@ -106,3 +108,10 @@ def assert_error(response: httpx.Response, status: int, *words: str) -> dict:
     for word in words:
         assert word in body["error"], body
     return body
+
+
+def wait_for_metric(server: Running, line: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in server.client.get("/metrics").text:
+        assert time.monotonic() < deadline, f"/metrics never showed {line!r}"
+        time.sleep(0.01)

@@ -8,6 +8,7 @@ A failure prints schemathesis's report with a curl line per problem and the run'
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,4 +48,6 @@ def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
     assert "6 selected / 6 total" in report and "No issues found" in report, report
+    counts = re.search(r"(\d+) generated, (\d+) passed", report)
+    assert counts and counts[1] == counts[2] and int(counts[1]) >= 100, report  # 0 failures, every case run
     server.alive()
