@@ -102,9 +102,10 @@ def load_sst2(
     )
 
 
-def label_names(dataset: Dataset) -> tuple[str, ...]:
-    """The label names of a split `load_sst2` made (its ClassLabel), in id order."""
-    return tuple(dataset.features["label"].names)
+def split_labels(dataset: Dataset) -> LabelSet:
+    """The label set of a split `load_sst2` made (its ClassLabel, `labels` once tokenized): the model's
+    num_labels, id2label and label2id."""
+    return LabelSet.from_names(dataset.features["labels" if "labels" in dataset.features else "label"].names)
 
 
 def find_split_files(folder: Path) -> dict[str, Path]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,50 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 
+# Accelerate's trackers and the package each needs (pip name).
+TRACKER_PACKAGES = {
+    "tensorboard": "tensorboard",
+    "mlflow": "mlflow",
+    "wandb": "wandb",
+    "comet_ml": "comet-ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "trackio": "trackio",
+}
 LOSS_TERMS = ("loss", "loss_ce", "loss_kd", "loss_hidden", "loss_attention", "loss_sentence")  # forward_losses
+
+
+def trackers(report_to: str) -> list[str]:
+    """--report-to as tracker names: [] for none, ["all"] for every installed one, else a comma list."""
+    names = list(dict.fromkeys(name.strip() for name in report_to.split(",")))
+    if names in (["none"], ["all"]):
+        return [] if names == ["none"] else names
+    unknown = [name for name in names if name not in TRACKER_PACKAGES]
+    if unknown:
+        raise ValueError(
+            f"--report-to {unknown[0]!r} is not a tracker: pass none, all, or a comma list of "
+            f"{', '.join(TRACKER_PACKAGES)}"
+        )
+    return names
+
+
+def installed_trackers(report_to: str, output_dir: str) -> list[str]:
+    """The trackers to hand to Accelerate (which would silently skip an uninstalled one); MLflow writes to
+    $MLFLOW_TRACKING_URI, by default to OUTPUT_DIR/mlruns."""
+    from accelerate.tracking import get_available_trackers
+
+    names, available = trackers(report_to), [str(getattr(t, "value", t)) for t in get_available_trackers()]
+    if names == ["all"]:
+        names = [name for name in TRACKER_PACKAGES if name in available]
+    for name in names:
+        if name not in available:
+            package = TRACKER_PACKAGES[name]
+            raise ValueError(f"--report-to {name} needs the {package} package: pip install {package}")
+    if "mlflow" in names:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", (Path(output_dir) / "mlruns").resolve().as_uri())
+    return names
 
 
 class RunLog:
