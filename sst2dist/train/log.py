@@ -31,6 +31,10 @@ TRACKER_PACKAGES = {
 LOSS_TERMS = ("loss", "loss_ce", "loss_kd", "loss_hidden", "loss_attention", "loss_sentence")  # forward_losses
 
 
+class TrackerError(ValueError):
+    """A tracker asked for by --report-to is unknown, not installed, or could not start."""
+
+
 def trackers(report_to: str) -> list[str]:
     """--report-to as tracker names: [] for none, ["all"] for every installed one, else a comma list."""
     names = list(dict.fromkeys(name.strip() for name in report_to.split(",")))
@@ -38,7 +42,7 @@ def trackers(report_to: str) -> list[str]:
         return [] if names == ["none"] else names
     unknown = [name for name in names if name not in TRACKER_PACKAGES]
     if unknown:
-        raise ValueError(
+        raise TrackerError(
             f"--report-to {unknown[0]!r} is not a tracker: pass none, all, or a comma list of "
             f"{', '.join(TRACKER_PACKAGES)}"
         )
@@ -56,10 +60,21 @@ def installed_trackers(report_to: str, output_dir: str) -> list[str]:
     for name in names:
         if name not in available:
             package = TRACKER_PACKAGES[name]
-            raise ValueError(f"--report-to {name} needs the {package} package: pip install {package}")
-    if "mlflow" in names:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", (Path(output_dir) / "mlruns").resolve().as_uri())
+            raise TrackerError(f"--report-to {name} needs the {package} package: pip install {package}")
+    if "mlflow" in names and "MLFLOW_TRACKING_URI" not in os.environ:
+        os.environ["MLFLOW_TRACKING_URI"] = (Path(output_dir) / "mlruns").resolve().as_uri()
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants a database unless told
     return names
+
+
+def start_trackers(accelerator: Accelerator, options: dict) -> None:
+    """The run's options as the trackers' parameters, from the main process (Accelerate); a tracker that cannot
+    start (a server unreachable, a store refused) stops the run before training, in one sentence."""
+    try:
+        accelerator.init_trackers("sst2dist", config={key: str(value) for key, value in options.items()})
+    except Exception as err:  # each tracker raises its own types
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise TrackerError(f"--report-to: a tracker could not start ({err.__class__.__name__}: {first_line})") from err
 
 
 class RunLog:

@@ -36,7 +36,7 @@ from sst2dist.train.config import (
 )
 from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eval_loader
 from sst2dist.train.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
-from sst2dist.train.log import LOSS_TERMS, RunLog, Window, installed_trackers
+from sst2dist.train.log import LOSS_TERMS, RunLog, Window, installed_trackers, start_trackers
 from sst2dist.train.run_folder import final_metrics, prepare_output_dir, write_final_files
 from sst2dist.train.state import Run, Teachers, TrainState
 
@@ -226,7 +226,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimizer step
     log = RunLog(accelerator, Path(config.output_dir))
-    accelerator.init_trackers("sst2dist", config={k: str(v) for k, v in asdict(config).items()})
+    start_trackers(accelerator, asdict(config))
     run = Run(
         config, accelerator, model, tokenizer, optimizer, scheduler, train_loader, sampler, eval_loader,
         load_accuracy_metric(), log, total_steps, steps_per_epoch, resume_from, teacher_meta,
