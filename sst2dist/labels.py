@@ -95,7 +95,8 @@ def parse_labels_option(text: str | None) -> tuple[str, ...] | None:
 def check_model_labels(option: str, source: str, trained_on: LabelSet, data_labels: LabelSet) -> None:
     """Refuse a classifier trained on other labels than the data's (its head would map ids to the wrong classes)."""
     if trained_on.names != data_labels.names:
+        base = ", or a base encoder" if option == "--model" else ""
         raise DataError(
             f"{option} {source} was trained on the labels ({trained_on.describe()}) but the data's labels are "
-            f"({data_labels.describe()}): pass a model trained on these labels in this order, or a base encoder"
+            f"({data_labels.describe()}): pass a model trained on these labels in this order{base}"
         )

@@ -66,14 +66,20 @@ def teacher_logits(
             f"--teacher {teacher} is neither a model folder (no config.json) nor a .npz logits file "
             f"nor one of {', '.join(SHIPPED_LOGITS)}"
         )
-    from transformers import AutoConfig
-
-    check_trained_labels("--teacher", teacher, AutoConfig.from_pretrained(model_dir), label_set)
+    check_teacher_labels(teacher, model_dir, label_set)
     key = LogitsKey(teacher_weights_sha256(model_dir), data_sha256, max_length)
     path = (cache_dir or default_cache_dir() / "teacher-logits") / key.filename
     logits, meta = cached_outputs(model_dir, sentences, key, path, accelerator)
     check_logits_labels(teacher, logits, meta, label_set)
     return logits, meta
+
+
+def check_teacher_labels(teacher: str, folder: Path, label_set: LabelSet) -> None:
+    """A teacher model (or a bundle keeping its config.json) must have been trained on the data's labels."""
+    if (folder / "config.json").is_file():
+        from transformers import AutoConfig
+
+        check_trained_labels("--teacher", teacher, AutoConfig.from_pretrained(folder), label_set)
 
 
 def check_logits_labels(teacher: str, logits: np.ndarray, meta: dict, label_set: LabelSet) -> None:
