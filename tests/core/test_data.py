@@ -290,3 +290,60 @@ def test_train_and_bench_paths_agree_on_generated_files(tmp_path: Path, files: t
             outcomes.append(("read", list(texts), [int(label) for label in labels]))
     assert outcomes[0] == outcomes[1]
     event(outcomes[0][0])
+
+
+# --- labels from the data ---------------------------------------------------------------------------------------
+
+
+def write_labelled(folder: Path, labels: list[str], dev: list[str] | None = None) -> Path:
+    rows = [(f"sentence {i}", label) for i, label in enumerate(labels)]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tsv(folder / "train.tsv", rows)
+    write_tsv(folder / "dev.tsv", [(f"dev {i}", label) for i, label in enumerate(dev or labels)])
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("labels", "names", "ids"),
+    [
+        (["1", "0", "1"], ["negative", "positive"], [1, 0, 1]),  # SST-2's 0/1 keep their names
+        (["2", "10", "1"], ["1", "2", "10"], [1, 2, 0]),  # integers in numeric order
+        (["pos", "neg", "neutral"], ["neg", "neutral", "pos"], [2, 0, 1]),  # text in alphabetical order
+    ],
+)
+def test_the_label_set_is_read_from_the_training_split(
+    tmp_path: Path, labels: list[str], names: list[str], ids: list[int]
+) -> None:
+    data = load_sst2(str(write_labelled(tmp_path, labels)))
+    assert data["train"].features["label"].names == names
+    assert data["train"]["label"] == ids == data["validation"]["label"]
+
+
+def test_labels_option_fixes_the_order_and_a_models_names_read_its_data(tmp_path: Path) -> None:
+    from sst2dist.labels import LabelSet
+
+    folder = write_labelled(tmp_path, ["pos", "neg", "pos"])
+    assert load_sst2(str(folder), labels=("pos", "neg"))["train"]["label"] == [0, 1, 0]
+    with pytest.raises(DataError, match="train.tsv line 3: label 'neg' is not one of the training labels \\(pos, x\\)"):
+        load_sst2(str(folder), labels=("pos", "x"))
+    sst2_model = LabelSet.from_names(["negative", "positive"])  # what the bench passes: the model's id2label
+    assert load_validation(str(write_labelled(tmp_path / "b", ["1", "0"])), labels=sst2_model)[1].tolist() == [1, 0]
+
+
+def test_mixed_integer_and_text_labels_and_a_single_label_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="train.tsv line 4: label 'pos' mixes text labels into integer ones"):
+        load_sst2(str(write_labelled(tmp_path / "a", ["0", "1", "pos"])))
+    with pytest.raises(DataError, match="train.tsv has only the label 'pos': a classifier needs at least 2 labels"):
+        load_sst2(str(write_labelled(tmp_path / "b", ["pos", "pos"])))
+
+
+def test_a_class_label_gives_its_names_and_order(tmp_path: Path) -> None:
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos", "mixed"])})
+    for split in ("train", "validation"):
+        Dataset.from_dict({"text": ["a", "b", "c"], "label": [2, 0, 1]}, features).to_parquet(
+            tmp_path / f"{split}.parquet"
+        )
+    data = load_sst2(str(tmp_path))
+    assert data["train"].features["label"].names == ["neg", "pos", "mixed"] and data["train"]["label"] == [2, 0, 1]
