@@ -24,7 +24,7 @@ from sst2dist.atomic import replace_dir, write_json_atomic, writing
 from sst2dist.data import Columns, load_sst2, split_labels
 from sst2dist.distill.augment_options import AugmentError, AugmentOptions
 from sst2dist.labels import LabelSet, parse_labels_option
-from sst2dist.modeling import resolve_model
+from sst2dist.modeling import SST2_LABELS, resolve_model
 
 LOGITS_FILE = "teacher-logits.npz"
 # Swapping these mostly breaks grammar without teaching the student anything about sentiment.
@@ -157,7 +157,7 @@ def label_with_teacher(
     all_sentences: list[str],
     all_labels: list[int],
     folder: Path,
-    label_set: LabelSet,
+    label_set: LabelSet = SST2_LABELS,
 ) -> dict:
     """Teacher logits (fp16) for every row of the new training split, keyed by its fingerprint: the original
     rows' from `--teacher-logits` when given, every other row scored by `--scorer` in shards (`scoring`)."""
