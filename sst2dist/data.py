@@ -1,15 +1,20 @@
-"""The package's one SST-2 reader: `load_sst2` through `datasets` (a hub id or local files) for training and export,
-`load_validation` with the standard library (local TSV/CSV/JSONL) for the base install, the same checks on both;
-then tokenizing once, length-grouped batches and padding."""
+"""The package's one reader of labelled splits, `read_splits` (local TSV/CSV/JSONL with the standard library, JSON,
+Parquet and hub ids through `datasets`, one set of checks and messages): as `datasets` for training and export
+(`load_sst2`), as lists for the bench and the menu (`load_validation`); then tokenizing once, length-grouped batches
+and padding."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sst2dist.labels import INTEGER, DataError, LabelSet, label_key, sorted_keys
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,38 +26,86 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATA = "stanfordnlp/sst2"
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "dev", "valid", "val")}
 FORMATS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-STDLIB_FORMATS = (".tsv", ".csv", ".jsonl")  # what `read_rows` reads without `datasets`
-LABELS = (0, 1)
+STDLIB_FORMATS = (".tsv", ".csv", ".jsonl")  # what `read_split` reads without `datasets`
+DECIMAL = re.compile(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 
-class DataError(ValueError):
-    """The --data value or the data it points to is unusable; the message says what to fix."""
+@dataclass(frozen=True)
+class Columns:
+    """Which columns hold the text and the label (--text-column, --label-column); `text` is read when the default
+    `sentence` is absent."""
+
+    text: str = "sentence"
+    label: str = "label"
+
+    def text_in(self, header: Sequence[str]) -> str:
+        if self.text == "sentence" and "sentence" not in header and "text" in header:
+            return "text"
+        return self.text
+
+
+@dataclass
+class Rows:
+    """One split as read and checked: its texts, its labels as text (`labels.label_key`), where it came from, and
+    the label order a `datasets` ClassLabel fixes (None: ordered by `sorted_keys`)."""
+
+    texts: list[str]
+    keys: list[str]
+    source: Path
+    order: tuple[str, ...] | None = None
+
+
+@dataclass
+class LabelledSplit:
+    texts: list[str]
+    ids: list[int]
+
+
+def read_splits(
+    data: str, columns: Columns = Columns(), labels: LabelSet | Sequence[str] | None = None
+) -> tuple[dict[str, LabelledSplit], LabelSet]:
+    """THE reader every stage uses: the "train" and "validation" splits of `data` (a local folder or a hub id), each
+    text with its label id, and the label set (from the training split, or `labels`: the label order as written in
+    the data, e.g. --labels, or a model's `LabelSet`). Every check and message lives below it."""
+    path = Path(data).expanduser()
+    if path.exists():
+        splits = {split: read_split(file, columns) for split, file in find_split_files(path).items()}
+    else:
+        splits = read_hub_splits(data, columns)
+    label_set = train_label_set(splits["train"], labels)
+    return {split: with_ids(rows, label_set) for split, rows in splits.items()}, label_set
 
 
 def load_sst2(
     data: str = DEFAULT_DATA,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
+    columns: Columns = Columns(),
+    labels: LabelSet | Sequence[str] | None = None,
 ) -> DatasetDict:
-    """SST-2 as a DatasetDict with "train" and "validation" splits of `sentence` (str) and `label` (0/1).
+    """`read_splits` as a DatasetDict with "train" and "validation" splits of `sentence` (str) and `label` (a
+    ClassLabel whose names are the label names, `label_names`).
 
     `data` is a dataset-hub id or a local folder holding train.{tsv,csv,jsonl,parquet} and
     dev|validation.{...} (the GLUE layout is `train.tsv` + `dev.tsv`).
     """
-    from datasets import DatasetDict
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-    path = Path(data).expanduser()
-    if path.exists():
-        files = find_split_files(path)
-        splits = {split: read_split_file(file) for split, file in files.items()}
-    else:
-        files = {split: Path(f"{data}[{split}]") for split in SPLIT_FILE_STEMS}
-        splits = load_hub_splits(data)
-    for split, dataset in splits.items():
-        check_split(dataset, files[split])
-    splits = {split: with_int_labels(ds.select_columns(["sentence", "label"])) for split, ds in splits.items()}
+    splits, label_set = read_splits(data, columns, labels)
+    features = Features({"sentence": Value("string"), "label": ClassLabel(names=list(label_set.names))})
     limits = {"train": max_train_samples, "validation": max_eval_samples}
-    return DatasetDict({split: take_first(ds, limits[split]) for split, ds in splits.items()})
+    return DatasetDict(
+        {
+            split: take_first(Dataset.from_dict({"sentence": rows.texts, "label": rows.ids}, features), limits[split])
+            for split, rows in splits.items()
+        }
+    )
+
+
+def split_labels(dataset: Dataset) -> LabelSet:
+    """The label set of a split `load_sst2` made (its ClassLabel, `labels` once tokenized): the model's
+    num_labels, id2label and label2id."""
+    return LabelSet.from_names(dataset.features["labels" if "labels" in dataset.features else "label"].names)
 
 
 def find_split_files(folder: Path) -> dict[str, Path]:
@@ -69,26 +122,32 @@ def find_split_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def read_split_file(file: Path) -> Dataset:
+def read_split(file: Path, columns: Columns = Columns()) -> Rows:
+    """One local split file, checked: TSV, CSV and JSONL with the standard library, JSON and Parquet with
+    `datasets`."""
+    if file.suffix not in STDLIB_FORMATS:
+        return dataset_rows(read_with_datasets(file), file, columns)
+    check_not_empty(file)
+    try:
+        header, rows = read_jsonl(file) if file.suffix == ".jsonl" else read_delimited(file)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"could not read {file}: {err}") from err
+    return checked_rows(header, len(rows), lambda name: [row.get(name) for row in rows], file, columns)
+
+
+def read_with_datasets(file: Path) -> Dataset:
     from datasets import load_dataset
 
     check_not_empty(file)
-    builder = FORMATS[file.suffix]
-    options: dict = {}
-    if builder == "csv":
-        # GLUE TSVs are unquoted; "null" or "nan" are sentences, not missing values.
-        options = {"keep_default_na": False, "delimiter": "\t" if file.suffix == ".tsv" else ","}
-        if file.suffix == ".tsv":
-            options["quoting"] = csv.QUOTE_NONE
     try:
-        return load_dataset(builder, data_files=str(file), split="train", **options)
+        return load_dataset(FORMATS[file.suffix], data_files=str(file), split="train")
     except Exception as err:  # datasets raises many types for unparsable files
         if "corresponds to no data" in str(err):
             raise DataError(f"{file} has no rows") from err
         raise DataError(f"could not read {file}: {err}") from err
 
 
-def load_hub_splits(hub_id: str) -> dict[str, Dataset]:
+def read_hub_splits(hub_id: str, columns: Columns) -> dict[str, Rows]:
     from datasets import load_dataset
 
     try:
@@ -102,16 +161,27 @@ def load_hub_splits(hub_id: str) -> dict[str, Dataset]:
     missing = [split for split in SPLIT_FILE_STEMS if split not in loaded]
     if missing:
         raise DataError(f"dataset {hub_id!r} has no {', '.join(missing)} split (it has {list(loaded)})")
-    return {split: loaded[split] for split in SPLIT_FILE_STEMS}
+    return {split: dataset_rows(loaded[split], Path(f"{hub_id}[{split}]"), columns) for split in SPLIT_FILE_STEMS}
 
 
-# --- the checks both readers apply -----------------------------------------------------------------------------
+def dataset_rows(dataset: Dataset, source: Path, columns: Columns) -> Rows:
+    """A `datasets` split through the same checks; a ClassLabel column gives its names and their order."""
+    from datasets import ClassLabel
+
+    feature = dataset.features.get(columns.label)
+    if not isinstance(feature, ClassLabel):
+        return checked_rows(dataset.column_names, len(dataset), dataset.__getitem__, source, columns)
+
+    def column(name: str) -> list:
+        values = dataset[name]
+        return [feature.names[v] if name == columns.label and 0 <= v < len(feature.names) else v for v in values]
+
+    rows = checked_rows(dataset.column_names, len(dataset), column, source, columns)
+    rows.order = tuple(feature.names)
+    return rows
 
 
-def check_split(dataset: Dataset, source: Path) -> None:
-    """Refuse what would silently train on wrong data; count (and keep) empty sentences."""
-    check_table(dataset.column_names, len(dataset), source)
-    check_rows(dataset["sentence"], dataset["label"], source)
+# --- the checks every split goes through ------------------------------------------------------------------------
 
 
 def check_not_empty(file: Path) -> None:
@@ -119,44 +189,82 @@ def check_not_empty(file: Path) -> None:
         raise DataError(f"{file} has no rows")
 
 
-def check_table(columns: Sequence[str], rows: int, source: Path) -> None:
-    if rows == 0:
+def checked_rows(
+    header: Sequence[str], count: int, column: Callable[[str], list], source: Path, columns: Columns
+) -> Rows:
+    """Refuse what would silently train on wrong data; count (and keep) empty texts."""
+    if count == 0:
         raise DataError(f"{source} has no rows")
-    missing = {"sentence", "label"} - set(columns)
+    duplicated = [name for name in dict.fromkeys(header) if list(header).count(name) > 1]
+    if duplicated:
+        raise DataError(f"{source} has more than one {duplicated[0]} column: rename or remove the extra one")
+    text = columns.text_in(header)
+    missing = [name for name in (text, columns.label) if name not in header]
     if missing:
         raise DataError(
-            f"{source} has no {', '.join(sorted(missing))} column (columns: {list(columns)}); "
-            "rename its columns to sentence and label"
+            f"{source} has no {', '.join(missing)} column (columns: {list(header)}): rename the columns or name "
+            "them with --text-column and --label-column"
+        )
+    texts, values = column(text), column(columns.label)
+    keys = [checked_key(value, source, index) for index, value in enumerate(values)]
+    for index, sentence in enumerate(texts):
+        if not isinstance(sentence, str):
+            raise DataError(f"{source} {describe_row(source, index)}: sentence {sentence!r} is not text")
+    empty = sum(1 for sentence in texts if not sentence.strip())
+    if empty:
+        logger.warning("%s: %d empty sentences (kept, they tokenize to [CLS] [SEP])", source, empty)
+    return Rows(texts, keys, source)
+
+
+def checked_key(value: object, source: Path, index: int) -> str:
+    key, where = label_key(value), f"{source} {describe_row(source, index)}"
+    if key is None:
+        raise DataError(f"{where}: label {value!r} is not an integer or text")
+    if not key.strip():
+        raise DataError(f"{where}: the label is empty: give every row a label")
+    if key != key.strip():
+        raise DataError(f"{where}: label {key!r} has spaces around it: remove them")
+    if DECIMAL.fullmatch(key):
+        raise DataError(f"{where}: label {key!r} is a decimal number: write class labels as integers or words")
+    return key
+
+
+def train_label_set(train: Rows, labels: LabelSet | Sequence[str] | None) -> LabelSet:
+    """The given labels, else a ClassLabel's order, else the training split's labels in `sorted_keys` order."""
+    if labels is not None:
+        return labels if isinstance(labels, LabelSet) else LabelSet.from_keys(labels)
+    if train.order is not None:
+        return LabelSet.from_keys(train.order)
+    check_one_kind(train)
+    label_set = LabelSet.from_keys(sorted_keys(train.keys))
+    if len(label_set) < 2:
+        raise DataError(f"{train.source} has only the label {train.keys[0]!r}: a classifier needs at least 2 labels")
+    return label_set
+
+
+def check_one_kind(train: Rows) -> None:
+    """Integer and text labels mixed are a typo more often than a label set ("1" beside "pos")."""
+    integers = [bool(INTEGER.fullmatch(key)) for key in train.keys]
+    if any(integers) and not all(integers):
+        index = integers.index(not integers[0])
+        raise DataError(
+            f"{train.source} {describe_row(train.source, index)}: label {train.keys[index]!r} mixes "
+            f"{'text' if integers[0] else 'integer'} labels into {'integer' if integers[0] else 'text'} ones: "
+            "use one kind"
         )
 
 
-def check_rows(sentences: Sequence[object], labels: Sequence[object], source: Path) -> None:
-    for index, (sentence, label) in enumerate(zip(sentences, labels, strict=True)):
-        if label_value(label) is None:
-            raise DataError(f"{source} {describe_row(source, index)}: label {str(label)!r} is not 0 or 1")
-        if not isinstance(sentence, str):
-            raise DataError(f"{source} {describe_row(source, index)}: sentence {sentence!r} is not text")
-    empty = sum(1 for sentence in sentences if not sentence.strip())
-    if empty:
-        logger.warning("%s: %d empty sentences (kept, they tokenize to [CLS] [SEP])", source, empty)
-
-
-def label_value(label: object) -> int | None:
-    """0 or 1 from an integer or its text ("0", "1"); None for anything else, booleans and floats included."""
-    if isinstance(label, int) and not isinstance(label, bool):
-        return label if label in LABELS else None
-    if isinstance(label, str) and label in ("0", "1"):
-        return int(label)
-    return None
-
-
-def with_int_labels(dataset: Dataset) -> Dataset:
-    """Labels given as text (e.g. "1" in JSON) become integers, as `read_rows` makes them."""
-    if dataset.features["label"].dtype in ("string", "large_string"):
-        from datasets import Value
-
-        return dataset.cast_column("label", Value("int64"))
-    return dataset
+def with_ids(rows: Rows, label_set: LabelSet) -> LabelledSplit:
+    """Each label's id; a label outside the set (a dev label train never has, a train label not in --labels) is
+    refused with its line."""
+    lookup = label_set.lookup
+    for index, key in enumerate(rows.keys):
+        if key not in lookup:
+            raise DataError(
+                f"{rows.source} {describe_row(rows.source, index)}: label {key!r} is not one of the training labels "
+                f"({label_set.describe()}): fix the row, or add the label to the training data (or to --labels)"
+            )
+    return LabelledSplit(rows.texts, [lookup[key] for key in rows.keys])
 
 
 def describe_row(source: Path, index: int) -> str:
@@ -189,72 +297,76 @@ def count_empty_sentences(dataset: Dataset) -> int:
     return sum(1 for sentence in dataset["sentence"] if not sentence.strip())
 
 
-# --- the standard-library reader --------------------------------------------------------------------------------
+# --- the standard-library side: what the bench and the menu read ------------------------------------------------
 
 
-def load_validation(data: str, limit: int | None = None) -> tuple[list[str], np.ndarray]:
-    """The first `limit` validation sentences and their labels, for the bench, the menu and bench scripts.
-
-    A local folder whose validation file is TSV/CSV/JSONL is read with the standard library, whatever is
-    installed; a hub id, JSON or Parquet goes through `load_sst2`, which needs `datasets`."""
+def load_validation(
+    data: str,
+    limit: int | None = None,
+    columns: Columns = Columns(),
+    labels: LabelSet | Sequence[str] | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """The first `limit` validation texts and their label ids (`read_splits`), for the bench, the menu and bench
+    scripts; pass the model's `LabelSet.from_config(config)` as `labels` to get its ids. A local TSV/CSV/JSONL
+    folder needs only the standard library; a hub id, JSON or Parquet needs `datasets`."""
     import numpy as np
 
-    path = Path(data).expanduser()
-    if path.exists() and (file := find_split_files(path)["validation"]).suffix in STDLIB_FORMATS:
-        sentences, labels = read_rows(file)
-        return sentences[:limit], np.asarray(labels[:limit], dtype=np.int64)
     try:
-        validation = load_sst2(data, max_train_samples=1, max_eval_samples=limit)["validation"]
+        splits, _ = read_splits(data, columns, labels)
     except ImportError as err:
         raise DataError(
             f"reading --data {data} needs `datasets` (pip install 'sst2dist[train]'); "
             "or point --data at a local folder with dev.tsv"
         ) from err
-    return list(validation["sentence"]), np.asarray(validation["label"], dtype=np.int64)
-
-
-def read_rows(file: Path) -> tuple[list[str], list[int]]:
-    """One local TSV, CSV or JSONL split file, checked as `load_sst2` checks it: its sentences and 0/1 labels."""
-    if file.suffix not in STDLIB_FORMATS:
-        raise DataError(f"reading {file.name} needs `datasets` (pip install 'sst2dist[train]'); or use dev.tsv")
-    check_not_empty(file)
-    try:
-        columns, rows = read_jsonl(file) if file.suffix == ".jsonl" else read_delimited(file)
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"could not read {file}: {err}") from err
-    check_table(columns, len(rows), file)
-    sentences, labels = [row.get("sentence") for row in rows], [row.get("label") for row in rows]
-    check_rows(sentences, labels, file)
-    return sentences, [label_value(label) for label in labels]
+    validation = splits["validation"]
+    return validation.texts[:limit], np.asarray(validation.ids[:limit], dtype=np.int64)
 
 
 def read_delimited(file: Path) -> tuple[list[str], list[dict]]:
-    """GLUE TSVs are unquoted and tab-separated; CSVs are quoted as needed. Every cell is text."""
+    """GLUE TSVs are unquoted and tab-separated; CSVs are quoted as needed. Every cell is text; a UTF-8 BOM (an
+    Excel export) is not part of the first column's name."""
     delimiter, quoting = ("\t", csv.QUOTE_NONE) if file.suffix == ".tsv" else (",", csv.QUOTE_MINIMAL)
-    with file.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
-        rows = list(reader)
+    with file.open(encoding="utf-8-sig", newline="") as handle:
+        lines = [line for line in csv.reader(handle, delimiter=delimiter, quoting=quoting) if line]
+    header, rows = (lines[0], lines[1:]) if lines else ([], [])
     for index, row in enumerate(rows):
-        if None in row:  # more fields than the header names
-            raise DataError(f"could not read {file}: {describe_row(file, index)} has more fields than the header")
-    return list(reader.fieldnames or []), rows
+        if len(row) != len(header):
+            more = "more" if len(row) > len(header) else "fewer"
+            raise DataError(f"could not read {file}: {describe_row(file, index)} has {more} fields than the header")
+    return header, [dict(zip(header, row, strict=True)) for row in rows]
 
 
 def read_jsonl(file: Path) -> tuple[list[str], list[dict]]:
     """One JSON object a line (blank lines skipped); the columns are every key any row has."""
     rows = []
-    with file.open(encoding="utf-8") as handle:
+    with file.open(encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_pairs_hook=unique_keys)
             except json.JSONDecodeError as err:
                 raise DataError(f"could not read {file}: line {number} is not valid JSON ({err})") from err
+            except DuplicateKeyError as err:
+                raise DataError(
+                    f"{file} line {number} has more than one {err} key: rename or remove the extra one"
+                ) from err
             if not isinstance(row, dict):
                 raise DataError(f"could not read {file}: line {number} is not a JSON object")
             rows.append(row)
     return list(dict.fromkeys(key for row in rows for key in row)), rows
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object names a key twice (json.loads would silently keep the last)."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    names = [name for name, _ in pairs]
+    duplicated = [name for name in dict.fromkeys(names) if names.count(name) > 1]
+    if duplicated:
+        raise DuplicateKeyError(duplicated[0])
+    return dict(pairs)
 
 
 def tokenize(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int) -> DatasetDict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sst2dist.labels import SST2_NAMES, LabelSet, check_model_labels
 from sst2dist.packaged import SPLIT_ZIP_MODELS, PackagedModelError, assembled_model_dir
 from sst2dist.pruned import is_pruned, keep_pruned_layers, load_pruned
 
@@ -12,7 +13,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
-ID2LABEL = {0: "negative", 1: "positive"}
+ID2LABEL = dict(enumerate(SST2_NAMES))
+SST2_LABELS = LabelSet.from_names(SST2_NAMES)
 LABEL2ID = {label: i for i, label in ID2LABEL.items()}
 ACCURACY_METRIC_PATH = str(Path(__file__).parent / "metrics" / "accuracy")
 
@@ -69,12 +71,15 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(name: str) -> PreTrainedModel:
-    """A 2-label sequence classifier with the SST-2 label names, from any BERT-family encoder."""
+def load_model(name: str, labels: LabelSet = SST2_LABELS) -> PreTrainedModel:
+    """A sequence classifier of `labels` (num_labels, id2label, label2id) from any BERT-family encoder; a classifier
+    already trained on other labels is refused (`check_trained_labels`)."""
+    from transformers import AutoConfig
+
+    source = resolve_model(name)
     try:
-        return load_classifier_model(
-            resolve_model(name), num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID
-        )
+        check_trained_labels("--model", name, AutoConfig.from_pretrained(source), labels)
+        return load_classifier_model(source, num_labels=len(labels), id2label=labels.id2label, label2id=labels.label2id)
     except OSError as err:
         raise ModelNotFoundError(_unreachable(name, err)) from err
 
@@ -88,6 +93,18 @@ def load_classifier_model(source: str | Path, **config_fields: object) -> PreTra
     if is_pruned(config):
         return load_pruned(source, config)
     return AutoModelForSequenceClassification.from_pretrained(source, config=config)
+
+
+def check_trained_labels(option: str, name: str, config: object, labels: LabelSet) -> None:
+    """A fine-tuned classifier must have been trained on `labels`, in their order; a base encoder (no
+    classification head saved) or a head of as many unnamed labels (LABEL_0, ...) takes any."""
+    architectures = getattr(config, "architectures", None) or []
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        return
+    trained = LabelSet.from_config(config)
+    unnamed = trained.names == tuple(f"LABEL_{i}" for i in range(len(trained)))
+    if not (unnamed and len(trained) == len(labels)):
+        check_model_labels(option, name, trained, labels)
 
 
 def _unreachable(name: str, err: Exception) -> str:

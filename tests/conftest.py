@@ -38,8 +38,11 @@ def sst2_sample_dir() -> Path:
     return SST2_SAMPLE_DIR
 
 
-def make_tiny_model(path: Path, seed: int = 0, hidden_size: int = 32, layers: int = 2, heads: int = 2) -> Path:
-    """A random BERT classifier (2 layers, 32 wide by default) with the packaged MiniLM's real WordPiece tokenizer."""
+def make_tiny_model(
+    path: Path, seed: int = 0, hidden_size: int = 32, layers: int = 2, heads: int = 2, labels: tuple[str, ...] = ()
+) -> Path:
+    """A random BERT classifier (2 layers, 32 wide by default) with the packaged MiniLM's real WordPiece tokenizer;
+    of SST-2's labels unless `labels` names others."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -54,9 +57,9 @@ def make_tiny_model(path: Path, seed: int = 0, hidden_size: int = 32, layers: in
         num_attention_heads=heads,
         intermediate_size=2 * hidden_size,
         max_position_embeddings=512,
-        num_labels=2,
-        id2label=ID2LABEL,
-        label2id=LABEL2ID,
+        num_labels=len(labels) or 2,
+        id2label=dict(enumerate(labels)) or ID2LABEL,
+        label2id={name: i for i, name in enumerate(labels)} or LABEL2ID,
     )
     BertForSequenceClassification(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from sst2dist.atomic import replace_dir, write_json_atomic, writing
-from sst2dist.data import load_sst2
+from sst2dist.data import Columns, load_sst2, split_labels
 from sst2dist.distill.augment_options import AugmentError, AugmentOptions
-from sst2dist.modeling import resolve_model
+from sst2dist.labels import LabelSet, parse_labels_option
+from sst2dist.modeling import SST2_LABELS, resolve_model
 
 LOGITS_FILE = "teacher-logits.npz"
 # Swapping these mostly breaks grammar without teaching the student anything about sentiment.
@@ -96,7 +97,8 @@ def make_variants(
     return made
 
 
-def write_tsv(path: Path, sentences: Sequence[str], labels: Sequence[int]) -> None:
+def write_tsv(path: Path, sentences: Sequence[str], labels: Sequence[str]) -> None:
+    """GLUE TSV with the labels as the data wrote them (SST-2's 0/1, or the user's text labels)."""
     with path.open("w", encoding="utf-8", newline="\n") as handle:
         handle.write("sentence\tlabel\n")
         for sentence, label in zip(sentences, labels, strict=True):
@@ -110,9 +112,10 @@ def augment(config: AugmentOptions) -> dict:
     output = Path(config.output)
     if output.exists() and any(output.iterdir()) and not config.force:
         raise AugmentError(f"{output} already holds files: pass --force to replace it, or pick another --output")
-    raw = load_sst2(config.data)
+    columns = Columns(config.text_column, config.label_column)
+    raw = load_sst2(config.data, columns=columns, labels=parse_labels_option(config.labels))
     train, validation = raw["train"], raw["validation"]
-    sentences, labels = list(train["sentence"]), list(train["label"])
+    sentences, labels, label_set = list(train["sentence"]), list(train["label"]), split_labels(train)
     table = neighbour_table(config.embeddings, config.neighbours)
     made = make_variants(sentences, table, config)
     all_sentences = sentences + [text for _, text in made]
@@ -122,8 +125,8 @@ def augment(config: AugmentOptions) -> dict:
     staging.chmod(0o755)  # mkdtemp makes it private; a data folder is meant to be shared
     try:
         with writing("the augmented data", output):
-            write_tsv(staging / "train.tsv", all_sentences, all_labels)
-            write_tsv(staging / "dev.tsv", list(validation["sentence"]), list(validation["label"]))
+            write_tsv(staging / "train.tsv", all_sentences, [label_set.keys[i] for i in all_labels])
+            write_tsv(staging / "dev.tsv", validation["sentence"], [label_set.keys[i] for i in validation["label"]])
             summary = {
                 "config": asdict(config),
                 "original_rows": len(sentences),
@@ -131,7 +134,8 @@ def augment(config: AugmentOptions) -> dict:
                 "neighbours_sha256": hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest(),
             }
             if config.teacher:
-                summary["teacher"] = label_with_teacher(config, sentences, labels, all_sentences, all_labels, staging)
+                rows = (sentences, labels, all_sentences, all_labels)
+                summary["teacher"] = label_with_teacher(config, *rows, staging, label_set)
             write_json_atomic(staging / "augment.json", summary)
             replace_dir(staging, output)
     except BaseException:
@@ -153,24 +157,35 @@ def label_with_teacher(
     all_sentences: list[str],
     all_labels: list[int],
     folder: Path,
+    label_set: LabelSet = SST2_LABELS,
 ) -> dict:
     """Teacher logits (fp16) for every row of the new training split, keyed by its fingerprint: the original
     rows' from `--teacher-logits` when given, every other row scored by `--scorer` in shards (`scoring`)."""
     from sst2dist.distill.scoring import SHARD_ROWS, assemble, make_scorer, score_in_shards, teacher_sha256_of
-    from sst2dist.distill.teacher import LogitsKey, data_fingerprint, logits_meta, save_logits
+    from sst2dist.distill.teacher import (
+        LogitsKey,
+        check_logits_labels,
+        check_teacher_labels,
+        data_fingerprint,
+        logits_meta,
+        save_logits,
+    )
 
     teacher = Path(config.teacher).expanduser()
+    check_teacher_labels(config.teacher, teacher, label_set)
     teacher_sha256 = teacher_sha256_of(teacher)
     key = LogitsKey(teacher_sha256, data_fingerprint(all_sentences, all_labels), config.max_length)
-    known, meta = np.zeros((0, 2), dtype=np.float32), logits_meta(teacher, key, len(all_sentences))
+    known, meta = np.zeros((0, len(label_set)), dtype=np.float32), logits_meta(teacher, key, len(all_sentences))
     if config.teacher_logits:
         known, meta = given_logits(config, teacher, teacher_sha256, sentences, labels)
+        check_logits_labels(config.teacher_logits, known, meta, label_set)
     rest = all_sentences[len(known) :]
     scorer = make_scorer(teacher, config.max_length, config.scorer)
     shards = shards_folder(Path(config.output))
     score_in_shards(scorer, rest, shards, key)
-    logits = np.concatenate([known, assemble(shards, rest, key, scorer.name, SHARD_ROWS)])
+    logits = np.concatenate([known, assemble(shards, rest, key, scorer.name, SHARD_ROWS, scorer.width)])
     record = {**meta, "key": asdict(key), "rows": len(all_sentences), "scorer": scorer.name}
+    record["labels"] = list(label_set.names)  # what the logits' columns stand for
     record["augmented_from"] = data_fingerprint(sentences, labels)
     save_logits(folder / LOGITS_FILE, logits, record, dtype=np.float16)
     return {"teacher": str(teacher), "rows": len(all_sentences), "logits": LOGITS_FILE, "scorer": scorer.name}

@@ -20,6 +20,11 @@ class AugmentOptions(Options):
 
     data: str  # the command's --data and --output are required, so written there by hand
     output: str
+    text_column: str = option("sentence", "Column holding the text (`text` is read when `sentence` is absent).")
+    label_column: str = option("label", "Column holding the label (integers or text).")
+    labels: str | None = option(
+        None, "The labels as written in the data, in the model's id order (default: sorted); as given to train."
+    )
     teacher: str | None = option(
         None, "Fine-tuned teacher that labels the new sentences: its model folder, or its bundle (export-onnx)."
     )

@@ -1,7 +1,7 @@
 """Teacher scoring that is cheap and durable: sentences scored in shards that survive a kill.
 
 The rows are cut into shards of `SHARD_ROWS` consecutive rows; each shard is scored in batches of similar length
-and written atomically as `shard-START-STOP.npz` (fp16 `logits` — rows × the scorer's width: 2 logits, or the
+and written atomically as `shard-START-STOP.npz` (fp16 `logits` — rows × the scorer's width: a logit per label, or the
 teacher's sentence vectors for `--distill-sentence` — and a JSON `meta`: its row range, the sha256 of its
 sentences, the teacher's weights sha256, the max length, the scorer and the width). A rerun keeps every shard whose meta
 matches and scores only the others; a shard of other sentences, another teacher, max length or scorer is scored
@@ -162,7 +162,7 @@ class OnnxScorer:
         # The logits' key names the max length: truncate there, not at the bundle's own maximum.
         self.classifier._tokenizer.enable_truncation(max_length=max_length)
         self.name = f"onnx-{self.classifier.variant}"
-        self.batch_size, self.width, self.output = batch_size, 2, "logits"
+        self.batch_size, self.width, self.output = batch_size, len(self.classifier.labels), "logits"
 
     def token_counts(self, sentences: Sequence[str]) -> list[int]:
         return self.classifier.token_counts(sentences)

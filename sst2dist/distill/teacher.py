@@ -27,6 +27,8 @@ from sst2dist.distill.logits import (
     teacher_weights_sha256,
 )
 from sst2dist.distill.logits import save_logits as save_logits  # callers import the format from here too
+from sst2dist.labels import SST2_NAMES, LabelSet, check_model_labels
+from sst2dist.modeling import SST2_LABELS, check_trained_labels
 from sst2dist.packaged import default_cache_dir
 
 if TYPE_CHECKING:
@@ -50,21 +52,45 @@ def teacher_logits(
     max_length: int,
     accelerator: Accelerator,
     cache_dir: Path | None = None,
+    label_set: LabelSet = SST2_LABELS,
 ) -> tuple[np.ndarray, dict]:
     """The teacher's logits for every training row, with their metadata: from a logits file, the cache, or
-    computed by the teacher model (sharded over the processes) and cached."""
+    computed by the teacher model (sharded over the processes) and cached; refused unless they are logits of
+    the data's labels (`label_set`), in its order."""
     data_sha256 = data_fingerprint(sentences, labels)
     if teacher in SHIPPED_LOGITS or teacher.endswith(".npz"):
-        return logits_from_file(Path(SHIPPED_LOGITS.get(teacher, teacher)), data_sha256, len(sentences))
+        logits, meta = logits_from_file(Path(SHIPPED_LOGITS.get(teacher, teacher)), data_sha256, len(sentences))
+        check_logits_labels(teacher, logits, meta, label_set)
+        return logits, meta
     model_dir = Path(teacher).expanduser()
     if not (model_dir / "config.json").is_file():
         raise TeacherError(
             f"--teacher {teacher} is neither a model folder (no config.json) nor a .npz logits file "
             f"nor one of {', '.join(SHIPPED_LOGITS)}"
         )
+    check_teacher_labels(teacher, model_dir, label_set)
     key = LogitsKey(teacher_weights_sha256(model_dir), data_sha256, max_length)
     path = (cache_dir or default_cache_dir() / "teacher-logits") / key.filename
-    return cached_outputs(model_dir, sentences, key, path, accelerator)
+    logits, meta = cached_outputs(model_dir, sentences, key, path, accelerator)
+    check_logits_labels(teacher, logits, meta, label_set)
+    return logits, meta
+
+
+def check_teacher_labels(teacher: str, folder: Path, label_set: LabelSet) -> None:
+    """A teacher model (or a bundle keeping its config.json) must have been trained on the data's labels."""
+    if (folder / "config.json").is_file():
+        from transformers import AutoConfig
+
+        check_trained_labels("--teacher", teacher, AutoConfig.from_pretrained(folder), label_set)
+
+
+def check_logits_labels(teacher: str, logits: np.ndarray, meta: dict, label_set: LabelSet) -> None:
+    """Logits are one column per label, keyed by the label names (`meta["labels"]`; files written before names
+    were recorded are SST-2's)."""
+    trained_on = LabelSet.from_names(meta.get("labels") or SST2_NAMES)
+    if logits.shape[1] != len(trained_on):
+        raise TeacherError(f"{teacher} holds {logits.shape[1]} logits a row for {len(trained_on)} labels: recompute it")
+    check_model_labels("--teacher", teacher, trained_on, label_set)
 
 
 def teacher_sentence_vectors(
@@ -97,7 +123,7 @@ def cached_outputs(
     if not on_every_process(accelerator, path.is_file()):  # one decision: every process scores, or none does
         compute_and_cache(model_dir, sentences, key, path, accelerator, sentence_vectors)
     values, meta = load_logits(path)
-    width_ok = sentence_vectors or values.shape[1] == 2  # logits: one per label
+    width_ok = sentence_vectors or values.shape[1] == len(meta.get("labels") or SST2_NAMES)  # logits: one per label
     if meta.get("key") != asdict(key) or len(values) != len(sentences) or not width_ok:
         raise TeacherError(f"{path} does not match its name (teacher, data or max length): delete it to recompute")
     return values, meta
@@ -194,6 +220,10 @@ def require_shared_folder(folder: Path, accelerator: Accelerator) -> None:
 def logits_meta(model_dir: Path, key: LogitsKey, rows: int) -> dict:
     """What a reader of the file needs to trust it: its key, and the teacher's own dev accuracy when known."""
     meta: dict = {"key": asdict(key), "rows": rows, "teacher": model_dir.name}
+    config_file = model_dir / "config.json"
+    if config_file.is_file():  # the label names the logits' columns stand for
+        id2label = json.loads(config_file.read_text(encoding="utf-8")).get("id2label") or {}
+        meta["labels"] = [id2label[str(i)] for i in range(len(id2label))] or None
     metrics_file = model_dir.parent / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text(encoding="utf-8"))

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from sst2dist.config_fields import Options, add_arguments, in_range, non_negative, option, positive
 from sst2dist.data import DEFAULT_DATA
 from sst2dist.environment import default_mixed_precision, supports_bf16
+from sst2dist.labels import parse_labels_option
 from sst2dist.modeling import DEFAULT_MODEL
+from sst2dist.train.log import trackers
 
 MIXED_PRECISION_CHOICES = ("auto", "no", "bf16", "fp16")
-REPORT_TO_CHOICES = ("none", "tensorboard")
 
 
 class ConfigError(ValueError):
@@ -30,6 +31,13 @@ class TrainConfig(Options):
     error = ConfigError
 
     data: str = option(DEFAULT_DATA, "dataset-hub id, or a folder with train.tsv + dev.tsv (or csv/jsonl/parquet)")
+    text_column: str = option("sentence", "column holding the text (`text` is read when `sentence` is absent)")
+    label_column: str = option("label", "column holding the label: integers or text, 2 or more classes")
+    labels: str | None = option(
+        None,
+        "the labels as written in the data, in the order of the model's ids, e.g. neg,neu,pos (default: read from "
+        "the training split, integers in numeric order, text in alphabetical order)",
+    )
     model: str = option(DEFAULT_MODEL, "base model: hub id or local folder of a BERT-family encoder")
     output_dir: str = option("runs/minilm", "run folder: model/, metrics.json, log.jsonl, checkpoints/")
     epochs: int = option(2, "passes over the training set", checks=[positive])
@@ -81,7 +89,11 @@ class TrainConfig(Options):
     pad_to_multiple_of: int = option(1, "round each batch's padded length up to a multiple of N", checks=[positive])
     compile: bool = option(False, "torch.compile the model (experimental; measure before using)")
     seed: int = option(42, "random seed (weights of the new head, dropout, data order)")
-    report_to: str = option("none", "also log to this Accelerate tracker", choices=REPORT_TO_CHOICES)
+    report_to: str = option(
+        "none",
+        "also log the options and every evaluation to these Accelerate trackers: none, all (every installed one), or "
+        "a comma list of tensorboard, mlflow, wandb, comet_ml, aim, clearml, dvclive, swanlab, trackio",
+    )
     resume: bool = option(False, "continue from the latest complete checkpoint in --output-dir")
     overwrite: bool = option(False, "delete an earlier run in --output-dir instead of refusing to start")
     eval_only: bool = option(
@@ -135,11 +147,26 @@ class TrainConfig(Options):
             raise ConfigError("--resume and --overwrite contradict each other: pick one")
         if self.init_layers is not None:
             parse_layers(self.init_layers)
+        try:
+            parse_labels_option(self.labels)
+            trackers(self.report_to)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         if (self.layer_distillation or self.distill_sentence) and not (self.layer_teacher or self.teacher):
             raise ConfigError(
                 "--distill-hidden/--distill-attention/--distill-sentence match a teacher model's states: pass "
                 "--layer-teacher MODEL_DIR (or --teacher MODEL_DIR)"
             )
+
+    @property
+    def columns(self):  # -> sst2dist.data.Columns
+        from sst2dist.data import Columns
+
+        return Columns(self.text_column, self.label_column)
+
+    @property
+    def label_order(self) -> tuple[str, ...] | None:
+        return parse_labels_option(self.labels)
 
     @property
     def layer_distillation(self) -> bool:
@@ -152,7 +179,8 @@ class TrainConfig(Options):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sst2dist.train",
-        description="Fine-tune a BERT-family model on SST-2 with Hugging Face Accelerate.",
+        description="Fine-tune a BERT-family model on SST-2, or your own text classification data, with Hugging "
+        "Face Accelerate.",
         epilog="example: accelerate launch --config_file accelerate_config.yaml -m sst2dist.train "
         "--data ../shared/data/sst2 --output-dir runs/minilm",
     )

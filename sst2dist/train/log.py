@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,65 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 
+# Accelerate's trackers and the package each needs (pip name).
+TRACKER_PACKAGES = {
+    "tensorboard": "tensorboard",
+    "mlflow": "mlflow",
+    "wandb": "wandb",
+    "comet_ml": "comet-ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "trackio": "trackio",
+}
 LOSS_TERMS = ("loss", "loss_ce", "loss_kd", "loss_hidden", "loss_attention", "loss_sentence")  # forward_losses
+
+
+class TrackerError(ValueError):
+    """A tracker asked for by --report-to is unknown, not installed, or could not start."""
+
+
+def trackers(report_to: str) -> list[str]:
+    """--report-to as tracker names: [] for none, ["all"] for every installed one, else a comma list."""
+    names = list(dict.fromkeys(name.strip() for name in report_to.split(",")))
+    if names in (["none"], ["all"]):
+        return [] if names == ["none"] else names
+    unknown = [name for name in names if name not in TRACKER_PACKAGES]
+    if unknown:
+        raise TrackerError(
+            f"--report-to {unknown[0]!r} is not a tracker: pass none, all, or a comma list of "
+            f"{', '.join(TRACKER_PACKAGES)}"
+        )
+    return names
+
+
+def installed_trackers(report_to: str, output_dir: str) -> list[str]:
+    """The trackers to hand to Accelerate (which would silently skip an uninstalled one); MLflow writes to
+    $MLFLOW_TRACKING_URI, by default to OUTPUT_DIR/mlruns."""
+    from accelerate.tracking import get_available_trackers
+
+    names, available = trackers(report_to), [str(getattr(t, "value", t)) for t in get_available_trackers()]
+    if names == ["all"]:
+        names = [name for name in TRACKER_PACKAGES if name in available]
+    for name in names:
+        if name not in available:
+            package = TRACKER_PACKAGES[name]
+            raise TrackerError(f"--report-to {name} needs the {package} package: pip install {package}")
+    if "mlflow" in names and "MLFLOW_TRACKING_URI" not in os.environ:
+        os.environ["MLFLOW_TRACKING_URI"] = (Path(output_dir) / "mlruns").resolve().as_uri()
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants a database unless told
+    return names
+
+
+def start_trackers(accelerator: Accelerator, options: dict) -> None:
+    """The run's options as the trackers' parameters, from the main process (Accelerate); a tracker that cannot
+    start (a server unreachable, a store refused) stops the run before training, in one sentence."""
+    try:
+        accelerator.init_trackers("sst2dist", config={key: str(value) for key, value in options.items()})
+    except Exception as err:  # each tracker raises its own types
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise TrackerError(f"--report-to: a tracker could not start ({err.__class__.__name__}: {first_line})") from err
 
 
 class RunLog:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sst2dist.atomic import write_json_atomic
+from sst2dist.data import split_labels
 from sst2dist.environment import gpu_capability
 from sst2dist.train.budget import time_budget_plan
 from sst2dist.train.checkpoint import load_checkpoint, save_checkpoint
@@ -37,7 +38,7 @@ from sst2dist.train.config import (
 from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eval_loader
 from sst2dist.train.fingerprint import array_sha256, keep_fingerprint, run_fingerprint, splits_sha256
 from sst2dist.train.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
-from sst2dist.train.log import LOSS_TERMS, RunLog, Window
+from sst2dist.train.log import LOSS_TERMS, RunLog, Window, installed_trackers, start_trackers
 from sst2dist.train.run_folder import final_metrics, prepare_output_dir, write_final_files
 from sst2dist.train.state import Run, Teachers, TrainState
 from sst2dist.train.step import forward_losses, make_optimizer, train_step
@@ -61,10 +62,14 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     from accelerate import Accelerator
 
     precision = resolve_mixed_precision(config.mixed_precision, gpu_capability())
+    try:
+        log_with = installed_trackers(config.report_to, config.output_dir)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=config.grad_accum,
-        log_with=None if config.report_to == "none" else config.report_to,
+        log_with=log_with or None,
         project_dir=config.output_dir,
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -85,14 +90,14 @@ def load_data(
     from sst2dist.data import load_sst2, sort_by_length, take_first, tokenize, with_row_vectors
     from sst2dist.distill.teacher import teacher_logits, teacher_sentence_vectors
 
-    whole_split = bool(config.teacher or config.distill_sentence)
-    with accelerator.main_process_first():  # the main process reads and converts, the others read its cache
-        raw = load_sst2(config.data, None if whole_split else config.max_train_samples, config.max_eval_samples)
+    limit = None if config.teacher or config.distill_sentence else config.max_train_samples  # logits: whole split
+    with accelerator.main_process_first():  # the main process downloads a hub dataset, the others read its cache
+        raw = load_sst2(config.data, limit, config.max_eval_samples, config.columns, config.label_order)
     rows, meta, vectors = raw["train"], None, None
     cache = Path(config.teacher_cache) if config.teacher_cache else None
     if config.teacher:
         logits, meta = teacher_logits(
-            config.teacher, rows["sentence"], rows["label"], config.max_length, accelerator, cache
+            config.teacher, rows["sentence"], rows["label"], config.max_length, accelerator, cache, split_labels(rows)
         )
         meta = meta | {"logits_sha256": array_sha256(logits[: config.max_train_samples])}  # for --resume
         rows = rows.add_column("teacher_logits", logits.tolist())
@@ -186,7 +191,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     keep_fingerprint(config, accelerator, fingerprint, resuming=resume_from is not None)
     train_loader, sampler = make_train_loader(config, train_set, tokenizer.pad_token_id)
     eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
-    model = load_model(config.model)
+    model = load_model(config.model, split_labels(train_set))
     if config.init_layers:
         keep_layers(model, parse_layers(config.init_layers))
     layer_teacher = load_layer_teacher(config, model, tokenizer, accelerator)
@@ -215,7 +220,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand: once per optimizer step
     log = RunLog(accelerator, Path(config.output_dir))
-    accelerator.init_trackers("sst2dist", config={k: str(v) for k, v in asdict(config).items()})
+    start_trackers(accelerator, asdict(config))
     run = Run(
         config, accelerator, model, tokenizer, optimizer, scheduler, train_loader, sampler, eval_loader,
         load_accuracy_metric(), log, total_steps, steps_per_epoch, resume_from, teacher_meta,
@@ -359,7 +364,7 @@ def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
     eval_config = dataclasses.replace(config, max_train_samples=1, teacher=None)
     _, eval_set, *_ = load_data(eval_config, tokenizer, accelerator)
     eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
-    model, eval_loader = accelerator.prepare(load_model(config.model), eval_loader)
+    model, eval_loader = accelerator.prepare(load_model(config.model, split_labels(eval_set)), eval_loader)
     accuracy, counted = evaluate(model, eval_loader, accelerator, load_accuracy_metric())
     metrics = {"model": config.model, "eval_accuracy": accuracy, "eval_samples": counted}
     metrics |= {"num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision}

@@ -88,6 +88,9 @@ FLAGS = {
     "augment": [
         ("--data", "text", "required"),
         ("--output -o", "text", "required"),
+        ("--text-column", "text", "shown"),
+        ("--label-column", "text", "shown"),
+        ("--labels", "text", ""),
         ("--teacher", "text", ""),
         ("--teacher-logits", "text", ""),
         ("--scorer", "torch|onnx", ""),
@@ -203,6 +206,9 @@ DEFAULTS = {
     "augment": {
         "data": "d",
         "output": "o",
+        "text_column": "sentence",
+        "label_column": "label",
+        "labels": None,
         "teacher": None,
         "teacher_logits": None,
         "scorer": None,

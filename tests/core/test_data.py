@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import import_blocker
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
-from sst2dist.data import DataError, count_empty_sentences, load_sst2, load_validation, read_rows, tokenize
+from sst2dist.data import DataError, count_empty_sentences, load_sst2, load_validation, read_split, tokenize
 
 ROWS = [("a gorgeous , witty film", 1), ("null", 0), ('he said "no" , twice', 0), ("", 1)]
 
@@ -63,8 +66,8 @@ def test_sample_limits_take_the_first_rows(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("train_rows", "header", "message"),
     [
-        ([("fine", 1), ("bad label", 2)], "sentence\tlabel", "line 3: label '2' is not 0 or 1"),
-        ([("fine", 1)], "text\tlabel", "no sentence column"),
+        ([("fine", 1), ("bad label", 2.5)], "sentence\tlabel", "line 3: label '2.5' is a decimal number"),
+        ([("fine", 1)], "review\tlabel", "no sentence column"),
         ([("fine", 1)], "sentence\ttarget", "no label column"),
         ([], "sentence\tlabel", "has no rows"),
     ],
@@ -127,13 +130,14 @@ def test_stdlib_reader_reads_every_row_as_load_sst2_does(tmp_path: Path, fmt: st
     assert_same_validation(tmp_path)
     assert_same_validation(tmp_path, limit=2)
     file = tmp_path / ("dev.tsv" if fmt == "tsv" else f"validation.{fmt}")
-    assert read_rows(file) == ([s for s, _ in ROWS], [y for _, y in ROWS])
+    rows = read_split(file)
+    assert (rows.texts, rows.keys) == ([s for s, _ in ROWS], [str(y) for _, y in ROWS])
 
 
 def test_stdlib_reader_agrees_on_the_sample(sst2_sample_dir: Path) -> None:
     assert_same_validation(sst2_sample_dir)
-    sentences, labels = read_rows(sst2_sample_dir / "train.tsv")
-    assert sentences == load_sst2(str(sst2_sample_dir))["train"]["sentence"] and set(labels) == {0, 1}
+    rows = read_split(sst2_sample_dir / "train.tsv")
+    assert rows.texts == load_sst2(str(sst2_sample_dir))["train"]["sentence"] and set(rows.keys) == {"0", "1"}
 
 
 @pytest.mark.slow
@@ -143,14 +147,22 @@ def test_stdlib_reader_agrees_on_the_real_dev_set(sst2_dir: Path) -> None:
 
 
 BAD_FILES = {
-    "int label": ("dev.tsv", "sentence\tlabel\nfine\t1\nbad\t2\n", "line 3: label '2' is not 0 or 1"),
-    "text label": ("dev.tsv", "sentence\tlabel\nfine\t1\nbad\tx\n", "line 3: label 'x' is not 0 or 1"),
-    "empty label": ("dev.tsv", "sentence\tlabel\nfine\t1\nbad\t\n", "line 3: label '' is not 0 or 1"),
-    "float label": ("dev.tsv", "sentence\tlabel\nfine\t1.0\n", "line 2: label '1.0' is not 0 or 1"),
-    "csv label": ("validation.csv", 'sentence,label\nfine,1\n"a, b",-1\n', "line 3: label '-1' is not 0 or 1"),
-    "json bool": ("validation.jsonl", '{"sentence": "a", "label": true}\n', "line 1: label 'True' is not 0 or 1"),
+    "int label": ("dev.tsv", "sentence\tlabel\nfine\t1\nbad\t2\n", "line 3: label '2' is not one of the training"),
+    "text label": ("dev.tsv", "sentence\tlabel\nfine\t1\nbad\tx\n", "line 3: label 'x' is not one of the training"),
+    "empty label": ("dev.tsv", "sentence\tlabel\nfine\t1\nbad\t\n", "line 3: the label is empty"),
+    "float label": ("dev.tsv", "sentence\tlabel\nfine\t1.0\n", "line 2: label '1.0' is a decimal number"),
+    "csv label": ("validation.csv", 'sentence,label\nfine,1\n"a, b",-1\n', "line 3: label '-1' is not one of the"),
+    "json bool": ("validation.jsonl", '{"sentence": "a", "label": true}\n', "line 1: label True is not an integer"),
+    "spaced label": ("dev.tsv", "sentence\tlabel\nfine\t 1\n", "line 2: label ' 1' has spaces around it"),
+    "two labels": ("dev.tsv", "sentence\tlabel\tlabel\nfine\t1\t0\n", "has more than one label column"),
+    "json twice": (
+        "validation.jsonl",
+        '{"sentence": "a", "label": 1, "label": 0}\n',
+        "line 1 has more than one label key",
+    ),
+    "fewer fields": ("dev.tsv", "sentence\tlabel\nfine\n", "line 2 has fewer fields than the header"),
     "json text": ("validation.jsonl", '{"sentence": 5, "label": 1}\n', "line 1: sentence 5 is not text"),
-    "no sentence": ("dev.tsv", "text\tlabel\nfine\t1\n", "has no sentence column"),
+    "no sentence": ("dev.tsv", "review\tlabel\nfine\t1\n", "has no sentence column"),
     "no label": ("validation.jsonl", '{"sentence": "a", "target": 1}\n', "has no label column"),
     "header only": ("dev.tsv", "sentence\tlabel\n", "has no rows"),
     "empty file": ("dev.tsv", "", "has no rows"),
@@ -181,7 +193,7 @@ def test_text_labels_become_integers_in_both_readers(tmp_path: Path) -> None:
 def test_stdlib_reader_refuses_more_fields_than_the_header(tmp_path: Path) -> None:
     write_tsv(tmp_path / "dev.tsv", [("fine", 1), ("one\ttoo many", 0)])
     with pytest.raises(DataError, match="line 3 has more fields than the header"):
-        read_rows(tmp_path / "dev.tsv")
+        read_split(tmp_path / "dev.tsv")
 
 
 BLOCK_DATASETS = (
@@ -207,3 +219,131 @@ def test_stdlib_reader_runs_without_datasets(sst2_sample_dir: Path, tmp_path: Pa
     first, second = result.stdout.splitlines()
     assert first == "5 [1, 0, 1, 0, 1]"
     assert "needs `datasets` (pip install 'sst2dist[train]')" in second
+
+
+# --- one reader: every stage reads the same rows and labels, or refuses with the same sentence -------------------
+
+
+def test_a_bom_csv_from_excel_reads_the_same_in_every_stage(tmp_path: Path) -> None:
+    for stem in ("train", "validation"):
+        (tmp_path / f"{stem}.csv").write_text("sentence,label\nfine,1\npoor,0\n", encoding="utf-8-sig")
+    assert load_validation(str(tmp_path))[1].tolist() == [1, 0]
+    assert_same_validation(tmp_path)
+
+
+BAD_CELLS = [" 1", "1 ", "", "1.0", "pos"]
+TEXTS = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=12)
+
+
+@st.composite
+def split_files(draw: st.DrawFn) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
+    """Mostly well-formed files (one kind of labels, a usable header), sometimes one bad cell or header."""
+    fmt = draw(st.sampled_from(["tsv", "csv", "jsonl"]))
+    headers = ["sentence,label"] * 4 + ["text,label", "label,sentence", "sentence,label,label"]
+    header = draw(st.sampled_from(headers))
+    kind = draw(st.sampled_from([["0", "1", "2"], ["neg", "pos", "neutral"]]))
+    cells = st.sampled_from(kind) if draw(st.integers(0, 4)) else st.sampled_from(kind + BAD_CELLS)
+    train = draw(st.lists(st.tuples(TEXTS, cells), min_size=2, max_size=6))
+    return fmt, header, train, draw(st.lists(st.tuples(TEXTS, cells), min_size=1, max_size=4))
+
+
+def write_generated(path: Path, fmt: str, header: str, rows: list[tuple[str, str]], bom: bool) -> None:
+    import csv
+
+    names = header.split(",")
+    cells = [[text if name != "label" else label for name in names] for text, label in rows]
+    if fmt == "jsonl":
+        pairs = [
+            ", ".join(f"{json.dumps(n)}: {json.dumps(c)}" for n, c in zip(names, row, strict=True)) for row in cells
+        ]
+        text = "".join("{" + line + "}\n" for line in pairs)
+    else:
+        import io
+
+        buffer = io.StringIO()
+        delimiter, quoting = ("\t", csv.QUOTE_NONE) if fmt == "tsv" else (",", csv.QUOTE_MINIMAL)
+        csv.writer(buffer, delimiter=delimiter, quoting=quoting, escapechar="\\", lineterminator="\n").writerows(
+            [names, *cells]
+        )
+        text = buffer.getvalue()
+    path.write_text(text, encoding="utf-8-sig" if bom else "utf-8")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=split_files(), bom=st.booleans())
+def test_train_and_bench_paths_agree_on_generated_files(tmp_path: Path, files: tuple, bom: bool) -> None:
+    """The train path (`load_sst2`, datasets) and the bench/menu path (`load_validation`, lists) return the same
+    rows and label ids, or refuse with the same one sentence."""
+    fmt, header, train_rows, dev_rows = files
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    write_generated(folder / f"train.{fmt}", fmt, header, train_rows, bom)
+    write_generated(folder / f"validation.{fmt}", fmt, header, dev_rows, bom)
+    outcomes = []
+    for read in (lambda: load_sst2(str(folder))["validation"], lambda: load_validation(str(folder))):
+        try:
+            result = read()
+        except DataError as err:
+            outcomes.append(("refused", str(err)))
+            assert "\n" not in str(err)
+        else:
+            texts, labels = result if isinstance(result, tuple) else (result["sentence"], result["label"])
+            outcomes.append(("read", list(texts), [int(label) for label in labels]))
+    assert outcomes[0] == outcomes[1]
+    event(outcomes[0][0])
+
+
+# --- labels from the data ---------------------------------------------------------------------------------------
+
+
+def write_labelled(folder: Path, labels: list[str], dev: list[str] | None = None) -> Path:
+    rows = [(f"sentence {i}", label) for i, label in enumerate(labels)]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tsv(folder / "train.tsv", rows)
+    write_tsv(folder / "dev.tsv", [(f"dev {i}", label) for i, label in enumerate(dev or labels)])
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("labels", "names", "ids"),
+    [
+        (["1", "0", "1"], ["negative", "positive"], [1, 0, 1]),  # SST-2's 0/1 keep their names
+        (["2", "10", "1"], ["1", "2", "10"], [1, 2, 0]),  # integers in numeric order
+        (["pos", "neg", "neutral"], ["neg", "neutral", "pos"], [2, 0, 1]),  # text in alphabetical order
+    ],
+)
+def test_the_label_set_is_read_from_the_training_split(
+    tmp_path: Path, labels: list[str], names: list[str], ids: list[int]
+) -> None:
+    data = load_sst2(str(write_labelled(tmp_path, labels)))
+    assert data["train"].features["label"].names == names
+    assert data["train"]["label"] == ids == data["validation"]["label"]
+
+
+def test_labels_option_fixes_the_order_and_a_models_names_read_its_data(tmp_path: Path) -> None:
+    from sst2dist.labels import LabelSet
+
+    folder = write_labelled(tmp_path, ["pos", "neg", "pos"])
+    assert load_sst2(str(folder), labels=("pos", "neg"))["train"]["label"] == [0, 1, 0]
+    with pytest.raises(DataError, match="train.tsv line 3: label 'neg' is not one of the training labels \\(pos, x\\)"):
+        load_sst2(str(folder), labels=("pos", "x"))
+    sst2_model = LabelSet.from_names(["negative", "positive"])  # what the bench passes: the model's id2label
+    assert load_validation(str(write_labelled(tmp_path / "b", ["1", "0"])), labels=sst2_model)[1].tolist() == [1, 0]
+
+
+def test_mixed_integer_and_text_labels_and_a_single_label_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="train.tsv line 4: label 'pos' mixes text labels into integer ones"):
+        load_sst2(str(write_labelled(tmp_path / "a", ["0", "1", "pos"])))
+    with pytest.raises(DataError, match="train.tsv has only the label 'pos': a classifier needs at least 2 labels"):
+        load_sst2(str(write_labelled(tmp_path / "b", ["pos", "pos"])))
+
+
+def test_a_class_label_gives_its_names_and_order(tmp_path: Path) -> None:
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos", "mixed"])})
+    for split in ("train", "validation"):
+        Dataset.from_dict({"text": ["a", "b", "c"], "label": [2, 0, 1]}, features).to_parquet(
+            tmp_path / f"{split}.parquet"
+        )
+    data = load_sst2(str(tmp_path))
+    assert data["train"].features["label"].names == ["neg", "pos", "mixed"] and data["train"]["label"] == [2, 0, 1]

@@ -213,3 +213,27 @@ def test_teacher_logits_of_another_max_length_are_refused(data_dir: Path, tmp_pa
     with pytest.raises(AugmentError, match=re.escape("were computed at --max-length 128, this run uses 8")):
         augment(config(data=str(data_dir), output=str(tmp_path / "aug"), max_length=8, **settings))
     assert not (tmp_path / "aug").exists()
+
+
+@pytest.mark.slow
+def test_text_labels_of_three_classes_keep_their_names_and_need_a_teacher_of_them(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SST2DIST_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    names = {0: "bad", 1: "good"}
+    rows = [(sentence, names[label] if i % 3 else "meh") for i, (sentence, label) in enumerate(TRAIN)]
+    for split in ("train", "dev"):
+        (data / f"{split}.tsv").write_text("text\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+    settings = {"embeddings": str(tiny_model_dir), "min_words": 3, "variants": 2}
+    with pytest.raises(ValueError, match="--teacher .* was trained on the labels \\(negative, positive\\)"):
+        augment(config(data=str(data), output=str(tmp_path / "refused"), teacher=str(tiny_model_dir), **settings))
+    teacher = make_tiny_model(tmp_path / "teacher", labels=("bad", "good", "meh"))
+    output = tmp_path / "aug"
+    augment(config(data=str(data), output=str(output), teacher=str(teacher), **settings))
+
+    written = [line.split("\t")[1] for line in (output / "train.tsv").read_text().splitlines()[1:]]
+    assert written[: len(rows)] == [y for _, y in rows] and set(written) == {"bad", "good", "meh"}
+    logits, meta = load_logits(output / "teacher-logits.npz")
+    assert logits.shape == (len(written), 3) and meta["labels"] == ["bad", "good", "meh"]
