@@ -107,10 +107,12 @@ def augment(data: str, output: str, **flags) -> None:
 @click.option("--output", "-o", required=True, help="Bundle folder to write (must be new or empty, or use --force).")
 @click_options(ExportOptions)
 def export_onnx(model_dir: str, output: str, **flags) -> None:
-    """Export MODEL_DIR to a verified ONNX bundle: fp32, optimized and int8 variants.
+    """Export MODEL_DIR to a verified ONNX bundle: fp32, optimized, int8 (and static-int8, OpenVINO) variants.
 
-    Every variant is checked against PyTorch on the SST-2 validation sentences; a variant that fails the
-    gate stops the export and nothing is written.
+    Every variant is checked against PyTorch on the SST-2 validation sentences: the exact ones by their logits,
+    the lossy ones (int8, static-int8, openvino-bf16) by --max-accuracy-drop and --min-label-agreement. A failed
+    fp32/optimized variant stops the export and nothing is written; so does a failed int8 variant unless
+    --keep-failed; a failed OpenVINO variant is kept, marked failed, and never chosen.
 
     \b
     Example:

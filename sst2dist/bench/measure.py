@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from sst2dist.environment import peak_rss_bytes
-from sst2dist.modeling import ID2LABEL, LABEL2ID
 
 TORCH_BACKENDS = {"torch-fp32": "fp32", "torch-bf16": "bf16"}
 ORT_BACKENDS = {"ort-fp32": "fp32", "ort-optimized": "optimized", "ort-int8": "int8", "ort-static-int8": "static-int8"}
@@ -74,13 +73,15 @@ class TorchBackend:
 
     def __init__(self, name: str, model: str, threads: int, max_length: int | None = None):
         import torch
+        from transformers import AutoModelForSequenceClassification
 
-        from sst2dist.modeling import load_model, load_tokenizer
+        from sst2dist.modeling import load_tokenizer, resolve_model
 
         self.name = name
         self.torch = torch
         self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model).eval()
+        # As saved, with its own id2label: modeling.load_model would rename the labels to SST-2's, by index.
+        self.model = AutoModelForSequenceClassification.from_pretrained(resolve_model(model)).eval()
         self.max_length = max_length or self.tokenizer.model_max_length
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.files = weight_files(Path(model))
@@ -124,14 +125,6 @@ def onnx_files(path: Path) -> list[Path]:
     """The ONNX file plus its external-data file, when the exporter split the weights out."""
     extra = [p for p in (path.with_name(path.name + "_data"), path.with_suffix(".onnx.data")) if p.is_file()]
     return [path, *extra]
-
-
-def class_ids(logits: np.ndarray, labels: list[str]) -> np.ndarray:
-    """Predicted SST-2 label ids (0 negative, 1 positive), by label name when the model uses SST-2's names."""
-    best = logits.argmax(axis=-1)
-    if set(labels) == set(ID2LABEL.values()):
-        return np.array([LABEL2ID[labels[i]] for i in best], dtype=np.int64)
-    return best
 
 
 # --- timing ---------------------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from sst2dist.bench.measure import (
     ORT_BACKENDS,
     BenchError,
     OrtBackend,
-    class_ids,
     flops_counter,
     latency_percentiles,
     measure_latency,
@@ -47,6 +46,7 @@ from sst2dist.bench.run import environment, load_average, run_header
 from sst2dist.bench.settings import bundle_backends, check_counts, output_folder
 from sst2dist.data import DEFAULT_DATA, load_validation
 from sst2dist.environment import usable_cpus
+from sst2dist.labels import predicted_label_ids
 
 
 @dataclass
@@ -208,7 +208,7 @@ def menu_rows(entries: list[Entry], measured: dict[str, dict], labels: np.ndarra
     for entry in entries:
         figures = measured[entry.key]
         passes = figures["throughput"]
-        predictions = class_ids(passes["logits"], figures["labels"])
+        predictions = predicted_label_ids(passes["logits"], figures["labels"])
         size = sum(Path(p).stat().st_size for p in figures["files"])
         rows.append(
             {

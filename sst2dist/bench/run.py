@@ -31,7 +31,6 @@ from sst2dist.bench.measure import (
     PRECISION,
     TORCH_BACKENDS,
     BenchError,
-    class_ids,
     cold_start,
     cold_start_child,
     flops_counter,
@@ -44,6 +43,7 @@ from sst2dist.bench.measure import (
 from sst2dist.bench.settings import BenchSettings, check_settings, parse_int_list
 from sst2dist.data import load_validation
 from sst2dist.environment import VectorPeak, clock_mhz, cpu_info, package_versions, peak_gops, vector_peaks
+from sst2dist.labels import predicted_label_ids
 
 # The public names of the bench, wherever they are defined.
 __all__ = ["ALL_BACKENDS", "BenchError", "BenchSettings", "parse_int_list", "run_bench"]
@@ -167,7 +167,7 @@ def bench_threads(
 def predictions(runs: dict[int, dict], settings: BenchSettings) -> dict[str, np.ndarray]:
     """Labels from the input-order pass at the most threads and the largest batch."""
     top, widest = runs[max(settings.threads)], max(settings.batch_sizes)
-    return {name: class_ids(top[name]["throughput"][widest]["logits"], top[name]["labels"]) for name in top}
+    return {name: predicted_label_ids(top[name]["throughput"][widest]["logits"], top[name]["labels"]) for name in top}
 
 
 def load_average() -> list[float] | None:
@@ -210,7 +210,7 @@ def backend_results(name: str, runs: dict[int, dict], cold: dict, labels: np.nda
     figures = runs[max(settings.threads)]
     size = sum(Path(p).stat().st_size for p in figures["files"])
     accuracy_by_batch = {
-        str(b): float((class_ids(t["logits"], figures["labels"]) == labels).mean())
+        str(b): float((predicted_label_ids(t["logits"], figures["labels"]) == labels).mean())
         for b, t in figures["throughput"].items()
     }
     metrics = {
