@@ -175,7 +175,7 @@ def bench(
       sst2dist bench --menu teacher=export/teacher --menu L6=export/l6 --menu L3=export/l3 \\
           --data ../shared/data/sst2 --output 'bench/results/{cpu}/menu'
     """
-    from sst2dist.bench.report import render_terminal
+    from sst2dist.bench.report import render_terminal, wrote_line
     from sst2dist.bench.run import run_bench
 
     if bool(bundle) == bool(menu):
@@ -191,7 +191,7 @@ def bench(
     except ValueError as err:  # BenchError, BundleError, DataError, ModelNotFoundError
         raise click.ClickException(str(err)) from err
     click.echo(render_terminal(results))
-    click.echo(f"\nWrote results.json, report.md and chart.png to {settings.output}")
+    click.echo("\n" + wrote_line(results, settings.output))
 
 
 def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
@@ -199,6 +199,7 @@ def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
     batch size asked for."""
     from sst2dist.bench.menu import MenuSettings, parse_menu_items, run_menu
     from sst2dist.bench.menu_report import render_menu_terminal
+    from sst2dist.bench.report import wrote_line
 
     if model is not None:
         raise click.UsageError("--menu measures bundles only (onnxruntime): drop --model")
@@ -214,7 +215,7 @@ def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
     )
     menu = run_menu(settings)
     click.echo(render_menu_terminal(menu))
-    click.echo(f"\nWrote menu.json, menu.md and menu.png to {settings.output}")
+    click.echo("\n" + wrote_line(menu, settings.output))
 
 
 # --- serve / predict ---

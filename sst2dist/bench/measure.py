@@ -50,13 +50,26 @@ class OrtBackend:
     The Classifier feeds only the inputs the ONNX graph declares (MPNet has no token_type_ids)."""
 
     def __init__(self, name: str, bundle: str, threads: int, variant: str | None = None):
+        from sst2dist.engines import engine_of
         from sst2dist.runtime import VARIANT_FILES, Classifier
 
         self.name = name
         variant = variant or ORT_BACKENDS[name]
+        self.engine = engine_of(variant)
         self.classifier = Classifier(bundle, variant=variant, threads=threads)
         self.labels = self.classifier.labels
         self.files = onnx_files(Path(bundle) / VARIANT_FILES[variant])
+
+    def threads_used(self) -> dict[str, int]:
+        """The thread settings the engine reports for this session (not what was asked for)."""
+        session = self.classifier.session
+        if hasattr(session, "compiled"):  # OpenVINO: streams share INFERENCE_NUM_THREADS
+            return {key: int(session.compiled.get_property(key)) for key in ("NUM_STREAMS", "INFERENCE_NUM_THREADS")}
+        options = session.session.get_session_options()
+        return {
+            "intra_op_num_threads": options.intra_op_num_threads,
+            "inter_op_num_threads": options.inter_op_num_threads,
+        }
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         return self.classifier.encode(texts)
@@ -78,6 +91,7 @@ class TorchBackend:
         from sst2dist.modeling import load_tokenizer, resolve_model
 
         self.name = name
+        self.engine = "pytorch"
         self.torch = torch
         self.tokenizer = load_tokenizer(model)
         # As saved, with its own id2label: modeling.load_model would rename the labels to SST-2's, by index.
@@ -89,6 +103,12 @@ class TorchBackend:
 
     def set_threads(self, threads: int) -> None:
         self.torch.set_num_threads(threads)
+
+    def threads_used(self) -> dict[str, int]:
+        return {
+            "num_threads": self.torch.get_num_threads(),
+            "num_interop_threads": self.torch.get_num_interop_threads(),
+        }
 
     def encode(self, texts: list[str]):
         return self.tokenizer(

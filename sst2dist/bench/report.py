@@ -52,12 +52,15 @@ def rounded(values: list[float] | None) -> str:
 
 
 def write_files(output: Path, results: dict, names: tuple[str, str, str], markdown: Callable, chart: Callable) -> None:
-    """The JSON, Markdown and PNG files `names`, each written to a temporary file and renamed into place."""
+    """The JSON, Markdown and PNG files `names`, each written to a temporary file and renamed into place;
+    results["output_files"] lists those written (no chart without matplotlib)."""
     json_name, markdown_name, chart_name = names
     output.mkdir(parents=True, exist_ok=True)
+    results["output_files"] = [json_name, markdown_name]
     try:
         with atomic_path(output / chart_name, "the bench report") as path:
             chart(results, path)
+        results["output_files"].append(chart_name)
     except ImportError:
         results["notes"].append(f"{chart_name} not written: matplotlib is not installed (pip install matplotlib)")
     with atomic_open(output / json_name, "the bench report") as handle:
@@ -235,6 +238,12 @@ def environment_lines(results: dict) -> list[str]:
         f"- Duration: {results['duration_seconds']:.0f} s",
         "",
     ]
+
+
+def wrote_line(results: dict, output: str) -> str:
+    """What the command prints last: the files actually written and where."""
+    files = results.get("output_files", [])
+    return f"Wrote {', '.join(files[:-1])} and {files[-1]} to {output}" if len(files) > 1 else f"Wrote to {output}"
 
 
 def write_chart(results: dict, path: Path) -> None:

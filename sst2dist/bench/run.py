@@ -29,7 +29,6 @@ import numpy as np
 from sst2dist.bench.measure import (
     ALL_BACKENDS,
     PRECISION,
-    TORCH_BACKENDS,
     BenchError,
     cold_start,
     cold_start_child,
@@ -49,7 +48,17 @@ from sst2dist.labels import predicted_label_ids
 __all__ = ["ALL_BACKENDS", "BenchError", "BenchSettings", "parse_int_list", "run_bench"]
 
 BASELINE = "torch-fp32"
-PACKAGES = ("sst2dist", "numpy", "onnxruntime", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx")
+PACKAGES = (
+    "sst2dist",
+    "numpy",
+    "onnxruntime",
+    "openvino",
+    "tokenizers",
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+)
 SCHEMA_VERSION = 1
 
 
@@ -155,6 +164,8 @@ def bench_threads(
     return {
         name: {
             "labels": backends[name].labels,
+            "engine": backends[name].engine,
+            "threads_used": backends[name].threads_used(),
             "files": [str(p) for p in backends[name].files],
             "latency_ms": latency[name],
             "throughput": {size: throughput[size][name] for size in settings.batch_sizes},
@@ -186,6 +197,8 @@ def environment(threads: Sequence[int], load_before: list[float] | None, notes: 
         "threads": {
             "measured": list(threads),
             "onnxruntime": "intra_op_num_threads = threads, inter_op_num_threads = 1, sequential",
+            "openvino": "NUM_STREAMS and INFERENCE_NUM_THREADS from threads (engines.stream_config)",
+            "per_backend": "backends.<name>.threads_used: what each engine reports",
             "torch": "torch.set_num_threads(threads)" if torch else None,
             "torch_interop": torch.get_num_interop_threads() if torch else None,
             "env": {name: os.environ.get(name) for name in thread_env},
@@ -227,13 +240,21 @@ def backend_results(name: str, runs: dict[int, dict], cold: dict, labels: np.nda
         "threads": {str(t): thread_raw(runs[t]) for t in settings.threads},
     }
     return {
-        "engine": "pytorch" if name in TORCH_BACKENDS else "onnxruntime",
+        "engine": figures["engine"],
+        "engine_version": engine_version(figures["engine"]),
         "precision": PRECISION[name],
+        "threads_used": {str(t): runs[t]["threads_used"] for t in settings.threads},
         "files": figures["files"],
         "labels": figures["labels"],
         "metrics": metrics,
         "raw": raw,
     }
+
+
+def engine_version(engine: str) -> str | None:
+    """The installed version of the engine's distribution (pytorch is the `torch` distribution)."""
+    distribution = {"pytorch": "torch"}.get(engine, engine)
+    return package_versions((distribution,))[distribution]
 
 
 def thread_metrics(run: dict) -> dict:

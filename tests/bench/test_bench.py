@@ -17,6 +17,7 @@ from sst2dist.bench.report import render_terminal
 from sst2dist.bench.run import ALL_BACKENDS, BenchSettings, run_bench
 from sst2dist.cli import main
 from sst2dist.environment import cpu_kind, supports_bf16
+from tests.conftest import import_blocker
 
 SENTENCES = [
     ("a gripping , funny and moving film .", 1),
@@ -274,3 +275,19 @@ def test_missing_data_is_a_clear_error(tiny_bundle_dir: Path, tmp_path: Path) ->
     result = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "out")])
     assert result.exit_code == 1 and str(tmp_path) in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_without_matplotlib_the_bench_does_not_say_it_wrote_the_chart(
+    tiny_bundle_dir: Path, small_sst2: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text(import_blocker("matplotlib"))
+    command = [sys.executable, "-m", "sst2dist.cli", "bench", "--bundle", str(tiny_bundle_dir), "--data",
+               str(small_sst2), "--backends", "ort-fp32", "--threads", "1", "--batch-sizes", "2",
+               "--latency-samples", "2", "--warmup", "0", "--no-progress",
+               "--output", str(tmp_path / "out")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"Wrote results.json and report.md to {tmp_path / 'out'}" in result.stdout
+    assert "chart.png" not in result.stdout.split("Wrote")[-1]
+    assert not (tmp_path / "out" / "chart.png").exists()
