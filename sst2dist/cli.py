@@ -205,11 +205,13 @@ def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
         raise click.UsageError("--menu measures bundles only (onnxruntime): drop --model")
     menu_only = {name: flags.pop(name) for name in ("anchors", "class_reference")}
     values = BenchSettings.flag_values(**flags)
-    threads, sizes = values.pop("threads", None), values.pop("batch_sizes")
+    if values.pop("full", False):
+        raise click.UsageError("--full goes with --bundle: the menu times every variant at one thread count already")
+    threads, sizes = values.pop("threads", None), values.pop("batch_sizes", None)
     settings = MenuSettings(
         bundles=parse_menu_items(items),
         threads=max(threads) if threads else None,
-        batch_size=max(sizes),
+        batch_size=max(sizes) if sizes else MenuSettings.batch_size,
         **values,
         **menu_only,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,9 @@ from click.testing import CliRunner
 
 from sst2dist.bench.report import render_terminal
 from sst2dist.bench.run import ALL_BACKENDS, BenchSettings, run_bench
+from sst2dist.bench.settings import check_settings
 from sst2dist.cli import main
-from sst2dist.environment import cpu_kind, supports_bf16
+from sst2dist.environment import cpu_kind, supports_bf16, usable_cpus
 from tests.conftest import import_blocker
 
 SENTENCES = [
@@ -61,6 +63,7 @@ def results(tiny_model_dir: Path, tiny_bundle_dir: Path, small_sst2: Path, tmp_p
         latency_samples=LATENCY_SAMPLES,
         warmup=1,
         progress=False,
+        full=True,
     )
     return run_bench(settings)
 
@@ -223,7 +226,7 @@ def test_ort_only_bench_runs_without_torch(tiny_bundle_dir: Path, small_sst2: Pa
         (["--backends", ","], "--backends is empty"),
         (["--batch-sizes", "0,8"], "--batch-sizes must be whole numbers >= 1"),
         (["--batch-sizes", "8,x"], "--batch-sizes takes comma-separated whole numbers"),
-        (["--threads", str((os.cpu_count() or 1) + 1)], "CPU cores"),
+        (["--threads", str(usable_cpus() + 1)], "CPU(s) this process may use"),
         (["--threads", "0"], "--threads must be whole numbers >= 1"),
         (["--backends", "torch-fp32", "--model", "/nonexistent/model"], "--model /nonexistent/model is not a folder"),
         (["--backends", "torch-fp32"], "the PyTorch backends need --model"),
@@ -291,3 +294,20 @@ def test_without_matplotlib_the_bench_does_not_say_it_wrote_the_chart(
     assert f"Wrote results.json and report.md to {tmp_path / 'out'}" in result.stdout
     assert "chart.png" not in result.stdout.split("Wrote")[-1]
     assert not (tmp_path / "out" / "chart.png").exists()
+
+
+def test_the_default_matrix_is_small_and_full_is_one_flag_away(
+    tiny_model_dir: Path, tiny_bundle_dir: Path, small_sst2: Path, tmp_path: Path
+) -> None:
+    bundle = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "bundle"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["variants"]["int8"]["passed"] = False  # kept by --keep-failed
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    common = {"bundle": str(bundle), "model": str(tiny_model_dir), "data": str(small_sst2), "output": str(tmp_path)}
+    small = check_settings(BenchSettings(**common))
+    assert small.threads == [usable_cpus()] and small.batch_sizes == [1, 32]
+    assert small.backends == ["torch-fp32", "ort-fp32", "ort-optimized"]  # the gated variants only
+    full = check_settings(BenchSettings(**common, full=True))
+    assert full.threads == sorted({1, usable_cpus()}) and full.batch_sizes == [1, 8, 32]
+    assert full.backends == expected_backends(bundle)
+    assert any("ort-int8 failed the export verification gate" in note for note in full.notes)
