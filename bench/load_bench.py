@@ -42,8 +42,8 @@ import numpy as np
 
 from sst2dist.data import load_sst2
 from sst2dist.runtime import Classifier, load_classifier
-from sst2dist.variant_choice import THROUGHPUT
 from sst2dist.serve import default_threads, default_workers, plan_chunks
+from sst2dist.variant_choice import THROUGHPUT
 
 RESULTS = Path(__file__).parent / "results"
 
