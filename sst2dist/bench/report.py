@@ -208,7 +208,8 @@ def render_markdown(results: dict) -> str:
             f"## Speed, {threads} thread(s)",
             "",
             f"Latency: batch 1 over {data['latency_sentences']} real sentences after warm-up, tokenization "
-            "included (`tok`/`model` split the p50). Throughput: all sentences, batches padded to their longest "
+            "included; `tok p50` and `model p50` are the p50s of each part on its own (they need not add up to the "
+            "total's p50). Throughput: all sentences, batches padded to their longest "
             "member, in input order (`sent/s`) and sorted by length first (`sorted`).",
             "",
             markdown_table(*speed_table(results, threads)),

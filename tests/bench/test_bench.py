@@ -173,6 +173,7 @@ def test_report_chart_and_json_are_written(results: dict) -> None:
         assert f"CPU: {cpu['model']} [{cpu['kind']}]" in text
         assert "bs4 sorted" in text and "Sorted batch 4 vs batch 1" in text
         assert " met" not in text and "NOT met" not in text  # targets live in the README, not in the tool
+    assert "split the p50" not in report and "the p50s of each part on its own" in report
     peak = results["peak_estimate"]
     assert peak["backend"] in results["backends"]
     assert all(0 < p["fraction"] < 1 for p in peak["peaks"].values())
