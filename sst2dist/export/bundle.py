@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sst2dist.atomic import replace_dir, writing
 from sst2dist.export.card import write_card
-from sst2dist.export.gate import ExportError, check_gate, described_verify_set, verify_bundle
+from sst2dist.export.gate import ExportError, check_gate, check_label_names, described_verify_set, verify_bundle
 from sst2dist.export.int8 import quantize_dynamic_int8, quantize_static_int8
 from sst2dist.export.manifest import add_openvino_variants, add_support_files, add_variant, new_manifest, write_manifest
 from sst2dist.export.options import ExportOptions
@@ -59,6 +59,7 @@ def export_bundle(
     weights = check_model_dir(model_dir)
     check_output_dir(output_dir, options.force)
     model, tokenizer = load_source(model_dir)
+    check_label_names([model.config.id2label[i] for i in range(model.config.num_labels)])
     data = options.data or DEFAULT_DATA
     splits = load_sst2(data)
     validation = take_first(splits["validation"], options.max_verify_samples)

@@ -63,10 +63,7 @@ def verify_bundle(
     texts, labels = list(validation["sentence"]), np.array(validation["label"])
     reference = {size: pytorch_logits(model, tokenizer, texts, size) for size in VERIFY_BATCH_SIZES}
     model_labels = manifest["labels"]
-    try:
-        column_to_data_id(model_labels)
-    except LabelMappingError as err:
-        raise ExportError(str(err)) from err
+    check_label_names(model_labels)
     reference_accuracy = label_accuracy(reference[VERIFY_BATCH_SIZES[-1]], labels, model_labels)
     for name, entry in manifest["variants"].items():
         started = time.perf_counter()
@@ -86,6 +83,14 @@ def verify_bundle(
         "min_label_agreement": min_label_agreement,
         "logit_tolerance": LOGIT_TOLERANCE,
     }
+
+
+def check_label_names(model_labels: Sequence[str]) -> None:
+    """The gate scores by label name: refuse, before any work, a model whose names are not the data's."""
+    try:
+        column_to_data_id(model_labels)
+    except LabelMappingError as err:
+        raise ExportError(str(err)) from err
 
 
 def described_verify_set(data: str, samples: int, split_size: int) -> dict:

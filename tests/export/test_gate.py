@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from huggingface_hub import ModelCard
 from transformers import AutoModelForSequenceClassification
 
 from sst2dist.bench.run import BenchSettings, run_bench
+from sst2dist.cli import main
 from sst2dist.data import load_validation
 from sst2dist.export.card import CARD_FILE
 from sst2dist.export.gate import compare, judge, worst_over_batch_sizes
@@ -104,3 +106,19 @@ def test_a_model_with_id2label_positive_first_scores_the_same_in_gate_card_and_b
     results = run_bench(settings)
     for name in ("torch-fp32", "ort-fp32"):
         assert results["backends"][name]["metrics"]["accuracy"] == pytest.approx(expected), name
+
+
+def test_a_model_whose_label_names_are_not_the_datas_is_refused_before_any_work(
+    tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config |= {"id2label": {"0": "bad", "1": "good"}, "label2id": {"bad": 0, "good": 1}}
+    (model / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(
+        main, ["export-onnx", str(model), "--output", str(tmp_path / "bundle"), "--data", str(sst2_sample_dir)]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "the model's labels ['bad', 'good'] do not name the data's labels ['negative', 'positive']" in result.output
+    assert not (tmp_path / "bundle").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
