@@ -141,6 +141,9 @@ def check_settings(settings: BenchSettings) -> BenchSettings:
     )
     manifest, in_bundle = bundle_backends(settings.bundle)
     passed = {name for name in in_bundle if manifest["variants"][ORT_BACKENDS[name]].get("passed")}
+    if settings.backends is None and not settings.full and in_bundle - passed:
+        left_out = ", ".join(name for name in ALL_BACKENDS if name in in_bundle - passed)
+        settings.notes.append(f"{left_out} failed the export gate: not benched (--full benches it too)")
     settings.backends = pick_backends(settings, in_bundle, in_bundle if settings.full else passed)
     for name in settings.backends:
         if name in ORT_BACKENDS and not manifest["variants"][ORT_BACKENDS[name]].get("passed"):

@@ -308,6 +308,7 @@ def test_the_default_matrix_is_small_and_full_is_one_flag_away(
     small = check_settings(BenchSettings(**common))
     assert small.threads == [usable_cpus()] and small.batch_sizes == [1, 32]
     assert small.backends == ["torch-fp32", "ort-fp32", "ort-optimized"]  # the gated variants only
+    assert "ort-int8 failed the export gate: not benched (--full benches it too)" in small.notes
     full = check_settings(BenchSettings(**common, full=True))
     assert full.threads == sorted({1, usable_cpus()}) and full.batch_sizes == [1, 8, 32]
     assert full.backends == expected_backends(bundle)
