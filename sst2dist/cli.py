@@ -129,7 +129,7 @@ def export_onnx(model_dir: str, output: str, **flags) -> None:
         result = entry["verification"]
         status = "passed" if entry["passed"] else "FAILED"
         click.echo(
-            f"  {name:<12} {entry['size_bytes'] / 1e6:7.1f} MB  max|Δlogit| {result['max_abs_logit_diff']:.2e}  "
+            f"  {name:<13} {entry['size_bytes'] / 1e6:7.1f} MB  max|Δlogit| {result['max_abs_logit_diff']:.2e}  "
             f"agreement {100 * result['label_agreement']:6.2f}%  accuracy {100 * result['accuracy']:.2f}%  {status}"
         )
 
