@@ -313,3 +313,10 @@ def test_the_default_matrix_is_small_and_full_is_one_flag_away(
     assert full.threads == sorted({1, usable_cpus()}) and full.batch_sizes == [1, 8, 32]
     assert full.backends == expected_backends(bundle)
     assert any("ort-int8 failed the export verification gate" in note for note in full.notes)
+
+
+def test_full_goes_with_bundle_not_menu(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    args = ["bench", "--menu", f"l6={tiny_bundle_dir}", "--full", "--output", str(output)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--full goes with --bundle" in result.output and not output.exists()
