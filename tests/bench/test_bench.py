@@ -320,3 +320,21 @@ def test_full_goes_with_bundle_not_menu(tiny_bundle_dir: Path, tmp_path: Path) -
     args = ["bench", "--menu", f"l6={tiny_bundle_dir}", "--full", "--output", str(output)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "--full goes with --bundle" in result.output and not output.exists()
+
+
+def test_the_chart_is_flushed_to_disk_before_it_is_renamed_into_place(
+    results: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sst2dist.bench import report
+
+    synced_names: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync_and_note(fd: int) -> None:  # the real fsync, with the name of the file it flushed
+        synced_names.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_and_note)
+    report.write_outputs(json.loads(json.dumps(results, default=str)), tmp_path)
+    assert any(name.startswith(".chart.png.") for name in synced_names), synced_names
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
