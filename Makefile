@@ -1,4 +1,5 @@
 # make demo DATA=../shared/data/sst2   set up .venv, train -> export-onnx -> bench on the defaults
+#   (BENCH_OPTS=--full: the bench's full matrix, every backend at 1 thread and all usable CPUs, batch 1,8,32)
 # make distill DATA=../shared/data/sst2  teacher fine-tune -> teacher logits -> L6 + L3 students -> export -> bench menu
 # make students DATA=../shared/data/sst2 the students alone, from the teacher logits shipped in the package
 # make prune DATA=../shared/data/sst2    the teacher pruned to 0.50 and 0.25 of its encoder FLOPs, recovered, exported
@@ -22,6 +23,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # measured 90.06 ± 0.24 % against 89.95 ± 0.18 % from labels alone (3 seeds each, docs/distill.md).
 DEMO_TEACHER ?= --teacher packaged:all-mpnet-base-v2-sst2 --distill-alpha 0.2 --distill-temperature 2
 TEACHER_RUN  ?= runs/teacher
+BENCH_OPTS   ?=
 # The teacher behind the shipped logits (93.92 %); M6 was measured cut from a shorter one:
 # TEACHER_OPTS="--max-steps 700 --batch-size 32 --lr 2e-5 --eval-every 100" (93.35 %, docs/distill.md).
 TEACHER_OPTS ?= --epochs 1 --batch-size 32 --lr 2e-5
@@ -57,7 +59,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/accelerate launch --config_file accelerate_config.yaml -m sst2dist.train --data $(DATA) --output-dir $(RUN) --overwrite --time-budget 10 $(DEMO_TEACHER)
 	$(BIN)/sst2dist export-onnx $(RUN)/model --output $(BUNDLE) --data $(DATA) --quantize static --force --keep-failed
-	$(BIN)/sst2dist bench --model $(RUN)/model --bundle $(BUNDLE) --data $(DATA) --output $(REPORT)
+	$(BIN)/sst2dist bench --model $(RUN)/model --bundle $(BUNDLE) --data $(DATA) --output $(REPORT) $(BENCH_OPTS)
 	@echo "model: $(RUN)/model  bundle: $(BUNDLE)  report: $(REPORT)/report.md  chart: $(REPORT)/chart.png"
 
 # part-001 declares a dependency on an unrelated package (AAIT) that would replace the pinned transformers:

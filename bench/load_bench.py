@@ -43,6 +43,7 @@ import numpy as np
 from sst2dist.data import load_sst2
 from sst2dist.runtime import Classifier, load_classifier
 from sst2dist.serve import default_threads, default_workers, plan_chunks
+from sst2dist.variant_choice import THROUGHPUT
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -373,7 +374,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, help="Bundle folder from `sst2dist export-onnx`.")
     parser.add_argument("--data", default="../shared/data/sst2", help="SST-2 folder or hub id (validation split).")
-    parser.add_argument("--variant", default=None, help="Bundle variant (default: the one `sst2dist serve` picks).")
+    parser.add_argument(
+        "--variant",
+        default=None,
+        help="Bundle variant (default: the one `sst2dist serve` picks at its default micro-batching).",
+    )
     parser.add_argument("--workers", type=int, default=None, help="The server's --workers (default: its own).")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads of each server run.")
     parser.add_argument("--clients", default="1,4,16,64", help="Comma-separated concurrent client counts.")
@@ -400,14 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sentences = list(load_sst2(args.data)["validation"]["sentence"])
-    offline = load_classifier(args.bundle, args.variant, args.threads)  # the variant serve picks
+    workers = default_workers() if args.workers is None else args.workers
+    threads = default_threads(workers) if args.threads is None else args.threads
+    # The variant `sst2dist serve` picks with these threads at its default (micro-batched, so THROUGHPUT); every
+    # server below then runs it by name.
+    offline = load_classifier(args.bundle, args.variant, threads, THROUGHPUT)
     if args.tolerance is None:
         args.tolerance = 1e-2 if offline.variant == "int8" else 1e-4
     probabilities = offline.predict_proba(sentences, batch_size=1)  # each sentence alone, as a lone request runs
     reference = [dict(zip(offline.labels, map(float, row), strict=True)) for row in probabilities]
     flags = ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
-    workers = default_workers() if args.workers is None else args.workers
-    threads = default_threads(workers) if args.threads is None else args.threads
     flags += ["--variant", offline.variant, "--workers", str(workers), "--threads", str(threads)]
     client_levels = [int(n) for n in args.clients.split(",")]
 

@@ -51,8 +51,8 @@ class Sample:
     failed: int  # not a 200, or the connection broke
     behind: int  # not sent: MAX_CONNECTIONS requests were already waiting (the server fell behind)
     req_per_s: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None  # None (null): no request completed in the window, so there is no latency to report
+    p99_ms: float | None
 
 
 def process_stats(pid: int) -> tuple[float, int, int]:
@@ -160,17 +160,29 @@ async def soak(
 
 def sample(loop: OpenLoop, pid: int, t: float, window: float) -> Sample:
     latencies, failed, behind = loop.take_window()
-    ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
     rss, files, threads = process_stats(pid)
-    p50, p99 = (round(float(np.percentile(ms, q)), 2) for q in (50, 99))
+    p50, p99 = window_percentiles(latencies)
     rate = round(len(latencies) / window, 1)
     row = Sample(round(t, 1), rss, files, threads, len(latencies), failed, behind, rate, p50, p99)
     print(
         f"{row.t_s:7.1f} s  RSS {rss:7.1f} MB  files {files:4d}  threads {threads:3d}  {row.req_per_s:7.1f} req/s  "
-        f"p50 {p50:7.2f}  p99 {p99:7.2f} ms  failed {failed}  behind {behind}",
+        f"p50 {ms_text(p50)}  p99 {ms_text(p99)} ms  failed {failed}  behind {behind}",
         flush=True,
     )
     return row
+
+
+def window_percentiles(latencies: list[float]) -> tuple[float | None, float | None]:
+    """p50 and p99 in ms of a window's completed requests; (None, None) when none completed (not 0.0: a stalled
+    server must not look fast)."""
+    if not latencies:
+        return None, None
+    ms = np.array(latencies) * 1000
+    return round(float(np.percentile(ms, 50)), 2), round(float(np.percentile(ms, 99)), 2)
+
+
+def ms_text(value: float | None) -> str:
+    return f"{value:7.2f}" if value is not None else "      -"
 
 
 def verdict(samples: list[Sample], args: argparse.Namespace) -> dict:
@@ -178,6 +190,8 @@ def verdict(samples: list[Sample], args: argparse.Namespace) -> dict:
     base, last = after_warmup[0], samples[-1]
     growth = 100 * (last.rss_mb - base.rss_mb) / base.rss_mb
     failed, behind = sum(s.failed for s in samples), sum(s.behind for s in samples)
+    stalled = sum(s.requests == 0 for s in samples)
+    p99s = [s.p99_ms for s in samples if s.p99_ms is not None]
     return {
         "requests": sum(s.requests for s in samples),
         "failed": failed,
@@ -186,8 +200,9 @@ def verdict(samples: list[Sample], args: argparse.Namespace) -> dict:
         "rss_last_mb": last.rss_mb,
         "rss_growth_pct": round(growth, 2),
         "open_files_first_last": [samples[0].open_files, last.open_files],
-        "worst_p99_ms": max(s.p99_ms for s in samples),
-        "holds": failed == 0 and behind == 0 and growth <= args.max_rss_growth,
+        "worst_p99_ms": max(p99s) if p99s else None,
+        "windows_without_a_completed_request": stalled,
+        "holds": failed == 0 and behind == 0 and stalled == 0 and growth <= args.max_rss_growth,
     }
 
 
@@ -207,14 +222,15 @@ def markdown(results: dict) -> str:
         f"RSS {summary['rss_after_warmup_mb']} MB after {config['warmup_s']} s of warm-up -> "
         f"{summary['rss_last_mb']} MB at the end ({summary['rss_growth_pct']:+.2f} %, limit "
         f"+{config['max_rss_growth_pct']} %); open files {summary['open_files_first_last'][0]} -> "
-        f"{summary['open_files_first_last'][1]}; worst window p99 {summary['worst_p99_ms']} ms.",
+        f"{summary['open_files_first_last'][1]}; worst window p99 {summary['worst_p99_ms']} ms; "
+        f"{summary['windows_without_a_completed_request']} window(s) without a completed request.",
         "",
         "| t (s) | RSS (MB) | open files | threads | req/s | p50 (ms) | p99 (ms) | failed | not sent |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {s['t_s']} | {s['rss_mb']} | {s['open_files']} | {s['threads']} | {s['req_per_s']} | {s['p50_ms']} | "
-        f"{s['p99_ms']} | {s['failed']} | {s['behind']} |"
+        f"| {s['t_s']} | {s['rss_mb']} | {s['open_files']} | {s['threads']} | {s['req_per_s']} | "
+        f"{ms_text(s['p50_ms']).strip()} | {ms_text(s['p99_ms']).strip()} | {s['failed']} | {s['behind']} |"
         for s in results["samples"]
     ]
     if results["problems"]:

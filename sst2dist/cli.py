@@ -108,10 +108,12 @@ def augment(data: str, output: str, **flags) -> None:
 @click.option("--output", "-o", required=True, help="Bundle folder to write (must be new or empty, or use --force).")
 @click_options(ExportOptions)
 def export_onnx(model_dir: str, output: str, **flags) -> None:
-    """Export MODEL_DIR to a verified ONNX bundle: fp32, optimized and int8 variants.
+    """Export MODEL_DIR to a verified ONNX bundle: fp32, optimized, int8 (and static-int8, OpenVINO) variants.
 
-    Every variant is checked against PyTorch on the SST-2 validation sentences; a variant that fails the
-    gate stops the export and nothing is written.
+    Every variant is checked against PyTorch on the SST-2 validation sentences: the exact ones by their logits,
+    the lossy ones (int8, static-int8, openvino-bf16) by --max-accuracy-drop and --min-label-agreement. A failed
+    fp32/optimized variant stops the export and nothing is written; so does a failed int8 variant unless
+    --keep-failed; a failed OpenVINO variant is kept, marked failed, and never chosen.
 
     \b
     Example:
@@ -128,7 +130,7 @@ def export_onnx(model_dir: str, output: str, **flags) -> None:
         result = entry["verification"]
         status = "passed" if entry["passed"] else "FAILED"
         click.echo(
-            f"  {name:<12} {entry['size_bytes'] / 1e6:7.1f} MB  max|Δlogit| {result['max_abs_logit_diff']:.2e}  "
+            f"  {name:<13} {entry['size_bytes'] / 1e6:7.1f} MB  max|Δlogit| {result['max_abs_logit_diff']:.2e}  "
             f"agreement {100 * result['label_agreement']:6.2f}%  accuracy {100 * result['accuracy']:.2f}%  {status}"
         )
 
@@ -182,7 +184,8 @@ def prune_command(model_dir: str, output: str, **flags) -> None:
     "--anchors",
     is_flag=True,
     help="With --menu: also time untrained models of the stock shapes (BERT-base, DistilBERT, MiniLM-L12/L6-H384, "
-    "BERT-small; fp32 and int8, built once and cached) and plot them at their published SST-2 accuracy.",
+    "BERT-small; exported with every variant, built once and cached) through each variant the bundles are timed "
+    "in, and plot their exact variants at their published full-precision SST-2 accuracy (test figures marked).",
 )
 @click.option(
     "--class-reference",
@@ -207,7 +210,7 @@ def bench(
       sst2dist bench --menu teacher=export/teacher --menu L6=export/l6 --menu L3=export/l3 \\
           --data ../shared/data/sst2 --output 'bench/results/{cpu}/menu'
     """
-    from sst2dist.bench.report import render_terminal
+    from sst2dist.bench.report import render_terminal, wrote_line
     from sst2dist.bench.run import run_bench
 
     if bool(bundle) == bool(menu):
@@ -223,7 +226,7 @@ def bench(
     except ValueError as err:  # BenchError, BundleError, DataError, ModelNotFoundError
         raise click.ClickException(str(err)) from err
     click.echo(render_terminal(results))
-    click.echo(f"\nWrote results.json, report.md and chart.png to {settings.output}")
+    click.echo("\n" + wrote_line(results, settings.output))
 
 
 def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
@@ -231,22 +234,25 @@ def bench_menu(items: tuple[str, ...], model: str | None, flags: dict) -> None:
     batch size asked for."""
     from sst2dist.bench.menu import MenuSettings, parse_menu_items, run_menu
     from sst2dist.bench.menu_report import render_menu_terminal
+    from sst2dist.bench.report import wrote_line
 
     if model is not None:
         raise click.UsageError("--menu measures bundles only (onnxruntime): drop --model")
     menu_only = {name: flags.pop(name) for name in ("anchors", "class_reference")}
     values = BenchSettings.flag_values(**flags)
-    threads, sizes = values.pop("threads", None), values.pop("batch_sizes")
+    if values.pop("full", False):
+        raise click.UsageError("--full goes with --bundle: the menu times every variant at one thread count already")
+    threads, sizes = values.pop("threads", None), values.pop("batch_sizes", None)
     settings = MenuSettings(
         bundles=parse_menu_items(items),
         threads=max(threads) if threads else None,
-        batch_size=max(sizes),
+        batch_size=max(sizes) if sizes else MenuSettings.batch_size,
         **values,
         **menu_only,
     )
     menu = run_menu(settings)
     click.echo(render_menu_terminal(menu))
-    click.echo(f"\nWrote menu.json, menu.md and menu.png to {settings.output}")
+    click.echo("\n" + wrote_line(menu, settings.output))
 
 
 # --- serve / predict ---

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 SST2_KEYS = ("0", "1")
 SST2_NAMES = ("negative", "positive")
 INTEGER = re.compile(r"-?[0-9]+")
@@ -100,3 +102,47 @@ def check_model_labels(option: str, source: str, trained_on: LabelSet, data_labe
             f"{option} {source} was trained on the labels ({trained_on.describe()}) but the data's labels are "
             f"({data_labels.describe()}): pass a model trained on these labels in this order{base}"
         )
+
+
+# ---------------------------------------------------------------------------------------------- scoring by name
+# One mapping from a model's output columns to the data's label ids, by label NAME (the model config's id2label),
+# for every place that scores predictions against labels: the export gate, the bench, the menu and so the model
+# card. A model whose id2label is {0: positive, 1: negative} scores the same everywhere as one with
+# {0: negative, 1: positive}.
+GENERIC_LABEL = re.compile(r"LABEL_(\d+)")  # what transformers names labels a model was saved without
+
+
+class LabelMappingError(ValueError):
+    """The model's label names do not name the data's labels; the message says which."""
+
+
+def column_to_data_id(model_labels: Sequence[str], data_labels: Sequence[str] = SST2_NAMES) -> np.ndarray:
+    """For each model output column, the data's label id with the same name.
+
+    Names are compared case-insensitively; a model saved without names (LABEL_0, LABEL_1, ...) maps by index.
+    Raises LabelMappingError when the names do not match the data's."""
+    wanted = {name.lower(): i for i, name in enumerate(data_labels)}
+    names = [str(label).lower() for label in model_labels]
+    if sorted(names) == sorted(wanted) and len(names) == len(wanted):
+        return np.array([wanted[name] for name in names], dtype=np.int64)
+    generic = [GENERIC_LABEL.fullmatch(str(label)) for label in model_labels]
+    if len(model_labels) == len(data_labels) and all(m and int(m.group(1)) == i for i, m in enumerate(generic)):
+        return np.arange(len(model_labels), dtype=np.int64)
+    raise LabelMappingError(
+        f"the model's labels {list(model_labels)} do not name the data's labels {list(data_labels)}: "
+        "set id2label in the model's config.json to those names"
+    )
+
+
+def predicted_label_ids(
+    logits: np.ndarray, model_labels: Sequence[str], data_labels: Sequence[str] = SST2_NAMES
+) -> np.ndarray:
+    """The data's label id of each row's best column, mapped by name (`column_to_data_id`)."""
+    return column_to_data_id(model_labels, data_labels)[np.asarray(logits).argmax(axis=-1)]
+
+
+def label_accuracy(
+    logits: np.ndarray, labels: np.ndarray, model_labels: Sequence[str], data_labels: Sequence[str] = SST2_NAMES
+) -> float:
+    """The share of rows whose predicted label (by name) is the data's label."""
+    return float((predicted_label_ids(logits, model_labels, data_labels) == np.asarray(labels)).mean())

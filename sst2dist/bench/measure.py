@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from sst2dist.environment import peak_rss_bytes
-from sst2dist.modeling import ID2LABEL, LABEL2ID
 
 TORCH_BACKENDS = {"torch-fp32": "fp32", "torch-bf16": "bf16"}
 ORT_BACKENDS = {"ort-fp32": "fp32", "ort-optimized": "optimized", "ort-int8": "int8", "ort-static-int8": "static-int8"}
@@ -51,13 +50,26 @@ class OrtBackend:
     The Classifier feeds only the inputs the ONNX graph declares (MPNet has no token_type_ids)."""
 
     def __init__(self, name: str, bundle: str, threads: int, variant: str | None = None):
+        from sst2dist.engines import engine_of
         from sst2dist.runtime import VARIANT_FILES, Classifier
 
         self.name = name
         variant = variant or ORT_BACKENDS[name]
+        self.engine = engine_of(variant)
         self.classifier = Classifier(bundle, variant=variant, threads=threads)
         self.labels = self.classifier.labels
         self.files = onnx_files(Path(bundle) / VARIANT_FILES[variant])
+
+    def threads_used(self) -> dict[str, int]:
+        """The thread settings the engine reports for this session (not what was asked for)."""
+        session = self.classifier.session
+        if hasattr(session, "compiled"):  # OpenVINO: streams share INFERENCE_NUM_THREADS
+            return {key: int(session.compiled.get_property(key)) for key in ("NUM_STREAMS", "INFERENCE_NUM_THREADS")}
+        options = session.session.get_session_options()
+        return {
+            "intra_op_num_threads": options.intra_op_num_threads,
+            "inter_op_num_threads": options.inter_op_num_threads,
+        }
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         return self.classifier.encode(texts)
@@ -74,13 +86,16 @@ class TorchBackend:
 
     def __init__(self, name: str, model: str, threads: int, max_length: int | None = None):
         import torch
+        from transformers import AutoModelForSequenceClassification
 
-        from sst2dist.modeling import load_model, load_tokenizer
+        from sst2dist.modeling import load_tokenizer, resolve_model
 
         self.name = name
+        self.engine = "pytorch"
         self.torch = torch
         self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model).eval()
+        # As saved, with its own id2label: modeling.load_model would rename the labels to SST-2's, by index.
+        self.model = AutoModelForSequenceClassification.from_pretrained(resolve_model(model)).eval()
         self.max_length = max_length or self.tokenizer.model_max_length
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.files = weight_files(Path(model))
@@ -88,6 +103,12 @@ class TorchBackend:
 
     def set_threads(self, threads: int) -> None:
         self.torch.set_num_threads(threads)
+
+    def threads_used(self) -> dict[str, int]:
+        return {
+            "num_threads": self.torch.get_num_threads(),
+            "num_interop_threads": self.torch.get_num_interop_threads(),
+        }
 
     def encode(self, texts: list[str]):
         return self.tokenizer(
@@ -124,14 +145,6 @@ def onnx_files(path: Path) -> list[Path]:
     """The ONNX file plus its external-data file, when the exporter split the weights out."""
     extra = [p for p in (path.with_name(path.name + "_data"), path.with_suffix(".onnx.data")) if p.is_file()]
     return [path, *extra]
-
-
-def class_ids(logits: np.ndarray, labels: list[str]) -> np.ndarray:
-    """Predicted SST-2 label ids (0 negative, 1 positive), by label name when the model uses SST-2's names."""
-    best = logits.argmax(axis=-1)
-    if set(labels) == set(ID2LABEL.values()):
-        return np.array([LABEL2ID[labels[i]] for i in best], dtype=np.int64)
-    return best
 
 
 # --- timing ---------------------------------------------------------------------------------------------------

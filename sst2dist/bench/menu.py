@@ -31,12 +31,12 @@ from sst2dist.bench.anchors import (
     cache_root,
     check_anchor_table,
     check_buildable,
+    published_accuracy,
 )
 from sst2dist.bench.measure import (
     ORT_BACKENDS,
     BenchError,
     OrtBackend,
-    class_ids,
     flops_counter,
     latency_percentiles,
     measure_latency,
@@ -47,6 +47,7 @@ from sst2dist.bench.run import environment, load_average, run_header
 from sst2dist.bench.settings import bundle_backends, check_counts, output_folder
 from sst2dist.data import DEFAULT_DATA, load_validation
 from sst2dist.environment import usable_cpus
+from sst2dist.labels import predicted_label_ids
 
 
 @dataclass
@@ -67,7 +68,6 @@ class MenuSettings:
     class_reference: str = "l6"  # the entry whose fp32 p50 is 1x in the class column
 
 
-ANCHOR_VARIANTS = ("fp32", "int8")
 CLASS_BOUNDS = (("<= 0.5x", 0.5), ("<= 1x", 1.0), ("<= 2x", 2.0), ("<= 3x", 3.0), ("any", math.inf))
 
 
@@ -128,15 +128,18 @@ def bundle_entries(name: str, bundle: str, wanted: list[str]) -> list[Entry]:
     return [Entry(name, ORT_BACKENDS[b], bundle, bool(variants[ORT_BACKENDS[b]].get("passed"))) for b in chosen]
 
 
-def anchor_entries(settings: MenuSettings) -> list[Entry]:
-    """fp32 and int8 of every anchor, built (or found in the cache) now."""
+def anchor_entries(settings: MenuSettings, menu_variants: Sequence[str]) -> list[Entry]:
+    """Every anchor through each variant (engine and precision) that the menu's bundles are timed in and that runs
+    here, the anchors built (or found in the cache) now."""
     say = (lambda line: print(line, file=sys.stderr)) if settings.progress else (lambda _: None)
     bundles = anchor_bundles(settings.anchor_table, cache_root(settings.output), settings.data, say)
     entries = []
     for anchor in settings.anchor_table:
-        variants = bundle_backends(str(bundles[anchor.name]))[0]["variants"]
-        for variant in ANCHOR_VARIANTS:
-            entries.append(Entry(anchor.name, variant, str(bundles[anchor.name]), variants[variant]["passed"], anchor))
+        manifest, present = bundle_backends(str(bundles[anchor.name]))
+        variants = [ORT_BACKENDS[b] for b in present]
+        for variant in (v for v in dict.fromkeys(menu_variants) if v in variants):
+            passed = bool(manifest["variants"][variant]["passed"])
+            entries.append(Entry(anchor.name, variant, str(bundles[anchor.name]), passed, anchor))
     return entries
 
 
@@ -147,7 +150,7 @@ def run_menu(settings: MenuSettings) -> dict:
     entries = check_menu(settings)
     sentences, labels = load_validation(settings.data, settings.max_samples)
     settings.latency_samples = min(settings.latency_samples or len(sentences), len(sentences))
-    entries += anchor_entries(settings) if settings.anchors else []
+    entries += anchor_entries(settings, [e.variant for e in entries]) if settings.anchors else []
     load_before, started = load_average(), time.perf_counter()
     measured = measure_menu(settings, entries, sentences)
     rows = menu_rows(entries, measured, labels)
@@ -208,7 +211,7 @@ def menu_rows(entries: list[Entry], measured: dict[str, dict], labels: np.ndarra
     for entry in entries:
         figures = measured[entry.key]
         passes = figures["throughput"]
-        predictions = class_ids(passes["logits"], figures["labels"])
+        predictions = predicted_label_ids(passes["logits"], figures["labels"])
         size = sum(Path(p).stat().st_size for p in figures["files"])
         rows.append(
             {
@@ -225,17 +228,23 @@ def menu_rows(entries: list[Entry], measured: dict[str, dict], labels: np.ndarra
             }
         )
         if entry.anchor:
-            rows[-1] |= published(entry.anchor, rows[-1]["accuracy"])
+            rows[-1] |= published(entry.anchor, entry.variant, rows[-1]["accuracy"])
     rows.sort(key=lambda row: row["latency_ms"]["p50"])
     for row in rows:
         row["latency_vs_fastest"] = row["latency_ms"]["p50"] / rows[0]["latency_ms"]["p50"]
     return rows
 
 
-def published(anchor: Anchor, untrained_accuracy: float) -> dict:
-    """An anchor row's accuracy is the stock model's published one; what its untrained weights scored is kept apart."""
-    source = f"{PUBLISHED_NOTE} ({anchor.source})"
-    return {"accuracy": anchor.accuracy / 100, "accuracy_source": source, "untrained_accuracy": untrained_accuracy}
+def published(anchor: Anchor, variant: str, untrained_accuracy: float) -> dict:
+    """An anchor row's accuracy is the stock model's published one for an exact variant, None for a lossy one (no
+    int8 or bf16 figure was published); what its untrained weights scored is kept apart."""
+    accuracy = published_accuracy(anchor, variant)
+    if accuracy is None:
+        source = f"not published: {anchor.name}'s published figure is full precision, this is {variant}"
+    else:
+        source = f"{PUBLISHED_NOTE} ({anchor.source}; {anchor.split})"
+    figures = {"accuracy": accuracy, "accuracy_source": source, "published_split": anchor.split}
+    return figures | {"untrained_accuracy": untrained_accuracy}
 
 
 # --- classes and the frontier -------------------------------------------------------------------------------------
@@ -281,7 +290,7 @@ def class_table(rows: list[dict]) -> list[dict]:
     """Per class: the most accurate gated entry at or under its bound, and the anchors whose fastest variant falls in
     it (above the previous bound), with the margin in points between the two."""
     measured = [r for r in rows if r["anchor"] is None and r["passed_gate"]]
-    stock = fastest_per_model([r for r in rows if r["anchor"] is not None])
+    stock = fastest_per_model([r for r in rows if r["anchor"] is not None and r["accuracy"] is not None])
     table, lower = [], 0.0
     for label, bound in CLASS_BOUNDS:
         inside = [r for r in measured if r["class"] <= bound]

@@ -23,7 +23,7 @@ def menu_table(menu: dict) -> Table:
         [
             row["model"],
             row["variant"] + ("" if row["passed_gate"] else " (failed gate)"),
-            f"{100 * row['accuracy']:.2f}" + (" (published)" if row.get("anchor") else ""),
+            accuracy_cell(row),
             f"{row['latency_ms']['p50']:.2f}",
             f"{row['latency_ms']['p90']:.2f}",
             times(row["latency_vs_fastest"]),
@@ -34,6 +34,15 @@ def menu_table(menu: dict) -> Table:
         for row in menu["rows"]
     ]
     return header + [f"sorted bs{batch} sent/s", "MB"], rows
+
+
+def accuracy_cell(row: dict) -> str:
+    """Measured, or an anchor's published figure with its split; "-" for an anchor variant never published."""
+    if row["accuracy"] is None:
+        return "- (not published)"
+    if not row.get("anchor"):
+        return f"{100 * row['accuracy']:.2f}"
+    return f"{100 * row['accuracy']:.2f} (published, {row['anchor'].get('split', 'dev')})"
 
 
 def class_label(cell: dict) -> str:
@@ -58,12 +67,13 @@ def class_rows(menu: dict) -> Table:
 def anchor_rows(menu: dict) -> Table:
     """The anchors of this run with their shapes and where their accuracy comes from."""
     anchors = {row["model"]: row["anchor"] for row in menu["rows"] if row.get("anchor")}
-    header = ["anchor", "shape (untrained, timed here)", "SST-2 accuracy %", "source"]
+    header = ["anchor", "shape (untrained, timed here)", "SST-2 accuracy % (full precision)", "split", "source"]
     rows = [
         [
             name,
             f"{a['architecture']} {a['layers']}x{a['hidden']}, {a['heads']} heads, FFN {a['ffn']}",
             f"{a['accuracy']:.1f}",
+            a.get("split", "dev"),
             f"{a['source']}; {PUBLISHED_NOTE}",
         ]
         for name, a in anchors.items()
@@ -123,8 +133,8 @@ def class_section(menu: dict) -> list[str]:
         "## Latency classes",
         "",
         f"A class bounds batch-1 p50 / the p50 of `{menu['class_reference']}` in this run. Best entry: the most "
-        "accurate variant that passed the gate at or under the bound. Stock: the anchors whose fastest variant falls "
-        f"in the class (above the previous bound), at their published accuracy ({PUBLISHED_NOTE}).",
+        "accurate variant that passed the gate at or under the bound. Stock: the anchors whose fastest variant with a "
+        f"published accuracy (an exact one) falls in the class (above the previous bound) ({PUBLISHED_NOTE}).",
         "",
         markdown_table(*class_rows(menu), text_columns=3),
         "",
@@ -139,9 +149,12 @@ def anchor_section(menu: dict) -> list[str]:
         "## Anchors",
         "",
         "Untrained models of the stock shapes, built from transformers configs (no weights, no network), exported "
-        "like a bundle (fp32 and the same dynamic int8) and timed in this run; placed at their published accuracy.",
+        "like a bundle (every variant, the same int8 recipes) and timed in this run through each variant the bundles "
+        "are timed in. The published accuracy is a full-precision figure: it is shown for the exact variants "
+        "(fp32, optimized, openvino-f32) only; int8 and bf16 anchors are timed, not placed (none was published). "
+        "A test-split figure is marked `test`: the menu measures dev.",
         "",
-        markdown_table(header, rows, text_columns=4),
+        markdown_table(header, rows, text_columns=5),
         "",
     ]
 
@@ -165,7 +178,7 @@ def menu_figure(menu: dict):  # -> matplotlib.figure.Figure
     figure, axes = plt.subplots(figsize=(9, 6), dpi=110)
     models = list(menu["settings"]["bundles"])
     labels, markers = [], []
-    for row in menu["rows"]:
+    for row in (r for r in menu["rows"] if r["accuracy"] is not None):  # an unpublished anchor variant has no y
         point = (row["latency_ms"]["p50"], 100 * row["accuracy"])
         style, color = point_style(row, models)
         axes.scatter(*point, **style)
@@ -230,7 +243,8 @@ def point_style(row: dict, models: list[str]) -> tuple[dict, str]:
 def point_text(row: dict) -> str:
     text = f"{row['model']} {row['variant']}"
     if row.get("anchor"):
-        return f"{text} ({row['anchor']['accuracy']:.1f}, published)"
+        split = row["anchor"].get("split", "dev")
+        return f"{text} ({row['anchor']['accuracy']:.1f}, published" + (", test)" if split == "test" else ")")
     return text if row["passed_gate"] else f"{text} (failed gate)"
 
 
@@ -246,7 +260,10 @@ def plot_frontier(axes, menu: dict) -> None:
 def anchor_footnote(menu: dict) -> str:
     anchors = {row["model"]: row["anchor"] for row in menu["rows"] if row.get("anchor")}
     sources = "; ".join(f"{name} {a['accuracy']:.1f} ({a['source']})" for name, a in anchors.items())
-    text = f"Anchors (untrained stock shapes timed here), SST-2 accuracy {PUBLISHED_NOTE}: {sources}."
+    text = (
+        f"Anchors (untrained stock shapes timed here), full-precision SST-2 accuracy {PUBLISHED_NOTE}, "
+        f"at their exact variants only: {sources}."
+    )
     return textwrap.fill(text, FOOTNOTE_WIDTH) if anchors else ""
 
 

@@ -7,6 +7,7 @@ Everything here reads a results dict built by `sst2dist.bench.run` and measures 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,12 +53,16 @@ def rounded(values: list[float] | None) -> str:
 
 
 def write_files(output: Path, results: dict, names: tuple[str, str, str], markdown: Callable, chart: Callable) -> None:
-    """The JSON, Markdown and PNG files `names`, each written to a temporary file and renamed into place."""
+    """The JSON, Markdown and PNG files `names`, each written to a temporary file and renamed into place;
+    results["output_files"] lists those written (no chart without matplotlib)."""
     json_name, markdown_name, chart_name = names
     output.mkdir(parents=True, exist_ok=True)
+    results["output_files"] = [json_name, markdown_name]
     try:
         with atomic_path(output / chart_name, "the bench report") as path:
             chart(results, path)
+            synced(path)  # atomic_path renames without flushing to disk what was written by path
+        results["output_files"].append(chart_name)
     except ImportError:
         results["notes"].append(f"{chart_name} not written: matplotlib is not installed (pip install matplotlib)")
     with atomic_open(output / json_name, "the bench report") as handle:
@@ -205,7 +210,8 @@ def render_markdown(results: dict) -> str:
             f"## Speed, {threads} thread(s)",
             "",
             f"Latency: batch 1 over {data['latency_sentences']} real sentences after warm-up, tokenization "
-            "included (`tok`/`model` split the p50). Throughput: all sentences, batches padded to their longest "
+            "included; `tok p50` and `model p50` are the p50s of each part on its own (they need not add up to the "
+            "total's p50). Throughput: all sentences, batches padded to their longest "
             "member, in input order (`sent/s`) and sorted by length first (`sorted`).",
             "",
             markdown_table(*speed_table(results, threads)),
@@ -235,6 +241,19 @@ def environment_lines(results: dict) -> list[str]:
         f"- Duration: {results['duration_seconds']:.0f} s",
         "",
     ]
+
+
+def synced(path: Path) -> None:
+    """Flush a file written by name (matplotlib's savefig) to disk, so the rename that follows never publishes an
+    empty file after a crash."""
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def wrote_line(results: dict, output: str) -> str:
+    """What the command prints last: the files actually written and where."""
+    files = results.get("output_files", [])
+    return f"Wrote {', '.join(files[:-1])} and {files[-1]} to {output}" if len(files) > 1 else f"Wrote to {output}"
 
 
 def write_chart(results: dict, path: Path) -> None:

@@ -29,9 +29,7 @@ import numpy as np
 from sst2dist.bench.measure import (
     ALL_BACKENDS,
     PRECISION,
-    TORCH_BACKENDS,
     BenchError,
-    class_ids,
     cold_start,
     cold_start_child,
     flops_counter,
@@ -44,12 +42,23 @@ from sst2dist.bench.measure import (
 from sst2dist.bench.settings import BenchSettings, check_settings, parse_int_list
 from sst2dist.data import load_validation
 from sst2dist.environment import VectorPeak, clock_mhz, cpu_info, package_versions, peak_gops, vector_peaks
+from sst2dist.labels import predicted_label_ids
 
 # The public names of the bench, wherever they are defined.
 __all__ = ["ALL_BACKENDS", "BenchError", "BenchSettings", "parse_int_list", "run_bench"]
 
 BASELINE = "torch-fp32"
-PACKAGES = ("sst2dist", "numpy", "onnxruntime", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx")
+PACKAGES = (
+    "sst2dist",
+    "numpy",
+    "onnxruntime",
+    "openvino",
+    "tokenizers",
+    "torch",
+    "transformers",
+    "optimum",
+    "optimum-onnx",
+)
 SCHEMA_VERSION = 1
 
 
@@ -155,6 +164,8 @@ def bench_threads(
     return {
         name: {
             "labels": backends[name].labels,
+            "engine": backends[name].engine,
+            "threads_used": backends[name].threads_used(),
             "files": [str(p) for p in backends[name].files],
             "latency_ms": latency[name],
             "throughput": {size: throughput[size][name] for size in settings.batch_sizes},
@@ -167,7 +178,7 @@ def bench_threads(
 def predictions(runs: dict[int, dict], settings: BenchSettings) -> dict[str, np.ndarray]:
     """Labels from the input-order pass at the most threads and the largest batch."""
     top, widest = runs[max(settings.threads)], max(settings.batch_sizes)
-    return {name: class_ids(top[name]["throughput"][widest]["logits"], top[name]["labels"]) for name in top}
+    return {name: predicted_label_ids(top[name]["throughput"][widest]["logits"], top[name]["labels"]) for name in top}
 
 
 def load_average() -> list[float] | None:
@@ -186,6 +197,8 @@ def environment(threads: Sequence[int], load_before: list[float] | None, notes: 
         "threads": {
             "measured": list(threads),
             "onnxruntime": "intra_op_num_threads = threads, inter_op_num_threads = 1, sequential",
+            "openvino": "NUM_STREAMS and INFERENCE_NUM_THREADS from threads (engines.stream_config)",
+            "per_backend": "backends.<name>.threads_used: what each engine reports",
             "torch": "torch.set_num_threads(threads)" if torch else None,
             "torch_interop": torch.get_num_interop_threads() if torch else None,
             "env": {name: os.environ.get(name) for name in thread_env},
@@ -210,7 +223,7 @@ def backend_results(name: str, runs: dict[int, dict], cold: dict, labels: np.nda
     figures = runs[max(settings.threads)]
     size = sum(Path(p).stat().st_size for p in figures["files"])
     accuracy_by_batch = {
-        str(b): float((class_ids(t["logits"], figures["labels"]) == labels).mean())
+        str(b): float((predicted_label_ids(t["logits"], figures["labels"]) == labels).mean())
         for b, t in figures["throughput"].items()
     }
     metrics = {
@@ -227,13 +240,21 @@ def backend_results(name: str, runs: dict[int, dict], cold: dict, labels: np.nda
         "threads": {str(t): thread_raw(runs[t]) for t in settings.threads},
     }
     return {
-        "engine": "pytorch" if name in TORCH_BACKENDS else "onnxruntime",
+        "engine": figures["engine"],
+        "engine_version": engine_version(figures["engine"]),
         "precision": PRECISION[name],
+        "threads_used": {str(t): runs[t]["threads_used"] for t in settings.threads},
         "files": figures["files"],
         "labels": figures["labels"],
         "metrics": metrics,
         "raw": raw,
     }
+
+
+def engine_version(engine: str) -> str | None:
+    """The installed version of the engine's distribution (pytorch is the `torch` distribution)."""
+    distribution = {"pytorch": "torch"}.get(engine, engine)
+    return package_versions((distribution,))[distribution]
 
 
 def thread_metrics(run: dict) -> dict:

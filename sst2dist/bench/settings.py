@@ -4,7 +4,6 @@ and the output folder (for `sst2dist.bench.run` and `sst2dist.bench.menu`)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +11,11 @@ from pathlib import Path
 from sst2dist.bench.measure import ALL_BACKENDS, ORT_BACKENDS, TORCH_BACKENDS, BenchError
 from sst2dist.config_fields import Options, non_negative, option, positive, positive_ints, split_commas
 from sst2dist.data import DEFAULT_DATA
-from sst2dist.environment import cpu_kind, supports_bf16
+from sst2dist.environment import cpu_kind, supports_bf16, usable_cpus
 
 CPU_PLACEHOLDER = "{cpu}"
+FULL_BATCH_SIZES = (1, 8, 32)
+DEFAULT_BATCH_SIZES = (1, 32)
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
@@ -41,20 +42,27 @@ class BenchSettings(Options):
     )
     backends: Sequence[str] | None = option(
         None,
-        f"Comma-separated subset of {', '.join(ALL_BACKENDS)}. Default: all that this CPU and bundle support.",
+        f"Comma-separated subset of {', '.join(ALL_BACKENDS)}. Default: torch-fp32 and the bundle's variants that "
+        "passed the export gate (--full: every backend this CPU and bundle support, failed variants too).",
         parse=split_commas,
     )
     threads: Sequence[int] | None = option(
         None,
-        "Comma-separated thread counts to measure. Default: 1 and all cores (--menu: the largest, default all cores).",
+        "Comma-separated thread counts to measure. Default: the usable CPUs (--full: 1 and the usable CPUs; "
+        "--menu: the largest, default the usable CPUs).",
         parse=parse_int_list,
         checks=[positive_ints],
     )
-    batch_sizes: Sequence[int] = option(
-        (1, 8, 32),
-        "Comma-separated throughput batch sizes (--menu: the largest).",
+    batch_sizes: Sequence[int] | None = option(
+        None,
+        "Comma-separated throughput batch sizes. Default: 1,32 (--full: 1,8,32; --menu: the largest, default 32).",
         parse=parse_int_list,
         checks=[positive_ints],
+    )
+    full: bool = option(
+        False,
+        "The full matrix where --backends/--threads/--batch-sizes are not given: every backend (torch-bf16 and "
+        "variants that failed the gate too), at 1 thread and the usable CPUs, batch sizes 1,8,32.",
     )
     output: str | None = option(
         None,
@@ -92,9 +100,9 @@ def check_counts(
     counts = {"threads": threads, "batch_sizes": batch_sizes, "max_samples": max_samples}
     for name, value in (counts | {"latency_samples": latency_samples, "warmup": warmup}).items():
         BenchSettings.check_value(name, value)
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     if max(threads) > cores:
-        raise BenchError(f"--threads {max(threads)} is more than this machine's {cores} CPU cores")
+        raise BenchError(f"--threads {max(threads)} is more than the {cores} CPU(s) this process may use")
 
 
 def output_folder(output: str | None, default: Path) -> str:
@@ -125,12 +133,18 @@ def bundle_backends(bundle: str) -> tuple[dict, set[str]]:
 def check_settings(settings: BenchSettings) -> BenchSettings:
     """Validate everything before any work starts, and pick the default backends. Raises BenchError."""
     if settings.threads is None:
-        settings.threads = sorted({1, os.cpu_count() or 1})
+        settings.threads = sorted({1, usable_cpus()}) if settings.full else [usable_cpus()]
+    if settings.batch_sizes is None:
+        settings.batch_sizes = FULL_BATCH_SIZES if settings.full else DEFAULT_BATCH_SIZES
     check_counts(
         settings.threads, settings.batch_sizes, settings.max_samples, settings.latency_samples, settings.warmup
     )
     manifest, in_bundle = bundle_backends(settings.bundle)
-    settings.backends = pick_backends(settings, in_bundle)
+    passed = {name for name in in_bundle if manifest["variants"][ORT_BACKENDS[name]].get("passed")}
+    if settings.backends is None and not settings.full and in_bundle - passed:
+        left_out = ", ".join(name for name in ALL_BACKENDS if name in in_bundle - passed)
+        settings.notes.append(f"{left_out} failed the export gate: not benched (--full benches it too)")
+    settings.backends = pick_backends(settings, in_bundle, in_bundle if settings.full else passed)
     for name in settings.backends:
         if name in ORT_BACKENDS and not manifest["variants"][ORT_BACKENDS[name]].get("passed"):
             settings.notes.append(f"{name} failed the export verification gate (see manifest.json); benched anyway")
@@ -142,10 +156,14 @@ def check_settings(settings: BenchSettings) -> BenchSettings:
     return settings
 
 
-def pick_backends(settings: BenchSettings, in_bundle: set[str]) -> list[str]:
+def pick_backends(settings: BenchSettings, in_bundle: set[str], by_default: set[str]) -> list[str]:
+    """--backends checked against the bundle's backends `in_bundle`; without it, `by_default` and the torch
+    baselines (torch-bf16 with --full only)."""
     if settings.backends is None:
-        chosen = [name for name in ALL_BACKENDS if name in in_bundle or name in TORCH_BACKENDS]
-        if not supports_bf16():
+        chosen = [name for name in ALL_BACKENDS if name in by_default or name in TORCH_BACKENDS]
+        if not settings.full:
+            chosen.remove("torch-bf16")
+        elif not supports_bf16():
             chosen.remove("torch-bf16")
             settings.notes.append("torch-bf16 skipped: this CPU has neither amx_bf16 nor avx512_bf16")
         if not torch_installed():

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sst2dist.atomic import replace_dir, writing
 from sst2dist.export.card import write_card
-from sst2dist.export.gate import ExportError, check_gate, verify_bundle
+from sst2dist.export.gate import ExportError, check_gate, check_label_names, described_verify_set, verify_bundle
 from sst2dist.export.int8 import quantize_dynamic_int8, quantize_static_int8
 from sst2dist.export.manifest import add_openvino_variants, add_support_files, add_variant, new_manifest, write_manifest
 from sst2dist.export.options import ExportOptions
@@ -52,15 +52,18 @@ def export_bundle(
     interrupted export leaves nothing behind and an existing bundle is replaced only with `force`. `options` (or
     `ExportOptions` fields as keywords: `opset=17`, `quantize="static"`, ...) are checked first (OptionError).
     """
-    from sst2dist.data import DEFAULT_DATA, load_sst2
+    from sst2dist.data import DEFAULT_DATA, load_sst2, take_first
 
     options = replace(options, **fields) if options else ExportOptions(**fields)
     model_dir, output_dir = Path(model_dir).expanduser(), Path(output_dir).expanduser()
     weights = check_model_dir(model_dir)
     check_output_dir(output_dir, options.force)
     model, tokenizer = load_source(model_dir)
+    check_label_names([model.config.id2label[i] for i in range(model.config.num_labels)])
     data = options.data or DEFAULT_DATA
-    splits = load_sst2(data, max_eval_samples=options.max_verify_samples)
+    splits = load_sst2(data)
+    validation = take_first(splits["validation"], options.max_verify_samples)
+    verify_set = described_verify_set(data, len(validation), len(splits["validation"]))
 
     new_parents = [p for p in (output_dir.parent, *output_dir.parent.parents) if not p.exists()]
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -73,11 +76,11 @@ def export_bundle(
             )
             build_variants(staging, model, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
             add_openvino_variants(manifest, staging, options.openvino)
-            manifest["verification"] = verify_bundle(
-                staging, model, tokenizer, splits["validation"], manifest, options.max_accuracy_drop, data
-            )
+            limits = {"max_accuracy_drop": options.max_accuracy_drop}
+            limits["min_label_agreement"] = options.min_label_agreement
+            manifest["verification"] = verify_bundle(staging, model, tokenizer, validation, manifest, verify_set, **limits)
             check_gate(manifest, options.keep_failed)
-            time_gated_variants(staging, manifest, splits["validation"])
+            time_gated_variants(staging, manifest, validation)
             write_manifest(staging, manifest)
             write_card(staging, manifest, model_dir, output_dir.name)  # README.md: outside the manifest's hashes
             replace_dir(staging, output_dir)

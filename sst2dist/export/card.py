@@ -42,17 +42,28 @@ def base_model(model_dir: Path, depth: int = 3) -> str | None:
     return HUB_IDS.get(name, name)
 
 
+def verify_set_name(verification: dict) -> str:
+    """The sentences the gate ran, e.g. "SST-2 validation: the first 64 of 872 sentences of dev.tsv"."""
+    samples, total, file = verification.get("samples"), verification.get("split_size"), verification.get("file")
+    if samples is None:
+        return "SST-2 validation"
+    share = f"all {samples}" if samples == total else f"the first {samples} of {total or '?'}"
+    return f"SST-2 validation: {share} sentences" + (f" of {file}" if file else "")
+
+
 def eval_results(manifest: dict) -> list:
-    """One accuracy per gated variant on the validation sentences the export gate ran."""
+    """One accuracy per gated variant on the validation sentences the export gate ran, named as read: the --data
+    value (hub id or local folder), the split and how many of its sentences."""
     from huggingface_hub import EvalResult
 
+    verification = manifest.get("verification", {})
     return [
         EvalResult(
             task_type="text-classification",
             task_name="Sentiment classification",
-            dataset_type=DATASET,
-            dataset_name="SST-2",
-            dataset_split="validation",
+            dataset_type=verification.get("data") or DATASET,
+            dataset_name=verify_set_name(verification),
+            dataset_split=verification.get("split", "validation"),
             metric_type="accuracy",
             metric_name=f"accuracy ({name})",
             metric_value=round(entry["verification"]["accuracy"], 6),
@@ -112,9 +123,26 @@ def timing_note(manifest: dict) -> str:
     flags = ", ".join(cpu.get("flags", [])) or "none of the flags that pick kernels"
     return (
         f"Milliseconds per sentence, timed at export on {cpu.get('model', 'an unnamed CPU')} "
-        f"(`{cpu.get('kind', '?')}`; {flags}) over {timings.get('sentences', '?')} validation sentences "
-        f"({timings.get('statistic', 'median')}). Another CPU gives other numbers: the runtime re-times the "
+        f"(`{cpu.get('kind', '?')}`; {flags}): over {timings.get('sentences', '?')} validation sentences "
+        f"at batch 1 and over {timings.get('throughput_sentences', '?')} in length-sorted batches of "
+        f"{timings.get('throughput_batch_size', '?')} ({timings.get('statistic', 'median')}). Another CPU gives other numbers: the runtime re-times the "
         "variants there before choosing one."
+    )
+
+
+def selection_note(config: dict, verification: dict) -> str:
+    """Whether the split these figures come from also picked the checkpoint: `sst2dist train` keeps the
+    evaluation that scored best on its --data's validation split."""
+    if not config:
+        return (
+            "The run that trained this model is unknown: if it chose its checkpoint on this split, these figures "
+            "are optimistic."
+        )
+    same = config.get("data") == verification.get("data")
+    where = "the same validation split" if same else f"the validation split of `{config.get('data')}`"
+    return (
+        f"`sst2dist train` kept the checkpoint that scored best on {where}, so that split also picked the model: "
+        "accuracy on it is optimistic, and unseen data of the same kind will likely score a little lower."
     )
 
 
@@ -132,8 +160,9 @@ against PyTorch before this bundle was written. It runs on a CPU with onnxruntim
 {distilled}
 ## Variants
 
-Accuracy on {verification.get("samples", "the")} SST-2 validation sentences (`{verification.get("data", "?")}`);
-PyTorch scored {100 * verification.get("pytorch_accuracy", float("nan")):.2f} % on them. The default is
+Accuracy on {verify_set_name(verification)} (`{verification.get("data", "?")}`);
+PyTorch scored {100 * verification.get("pytorch_accuracy", float("nan")):.2f} % on them.
+{selection_note(config, verification)} The default is
 `{manifest.get("default_variant", "?")}`, the fastest gated variant on the exporting CPU.
 
 {variant_table(manifest)}

@@ -45,7 +45,18 @@ class ExportOptions(Options):
         checks=[openvino_installed],
     )
     data: str | None = option(None, "SST-2 hub id or local folder for verification/calibration.")
-    max_accuracy_drop: float = option(0.5, "Most accuracy points int8 may lose vs PyTorch.", checks=[non_negative])
+    max_accuracy_drop: float = option(
+        0.5,
+        "Most accuracy points a lossy variant (int8, static-int8, openvino-bf16) may lose vs PyTorch.",
+        checks=[non_negative],
+    )
+    min_label_agreement: float = option(
+        98.0,
+        "Least % of verify sentences on which a lossy variant must give PyTorch's label (flips both ways count).",
+        checks=[in_range(0, 100)],
+    )
     max_verify_samples: int | None = option(None, "Verify on the first N validation sentences.", checks=[positive])
-    keep_failed: bool = option(False, "Keep an int8 variant that fails the gate, marked failed.")
+    keep_failed: bool = option(
+        False, "Keep an int8 or static-int8 variant that fails the gate, marked failed (never chosen by default)."
+    )
     force: bool = option(False, "Replace an existing bundle at --output.")

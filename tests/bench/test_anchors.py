@@ -16,14 +16,16 @@ from test_bench import TORCH_BLOCKER, write_small_sst2
 
 from sst2dist.bench.anchors import (
     PUBLISHED_NOTE,
+    RECIPE_FILES,
     STOCK_ANCHORS,
     VOCAB_SIZE,
     Anchor,
     anchor_config,
     anchor_folder,
+    anchor_key,
     cache_root,
 )
-from sst2dist.bench.menu import add_classes, class_table, frontier_keys, pareto_frontier
+from sst2dist.bench.menu import add_classes, class_table, frontier_keys, pareto_frontier, published
 from sst2dist.bench.menu_report import menu_figure, place_labels, render_menu_markdown, text_box
 from sst2dist.bench.report import pyplot
 from sst2dist.cli import main
@@ -80,8 +82,35 @@ def test_published_numbers_and_shapes_are_the_issues() -> None:
         "BERT-small": ("bert", 4, 512, 8, 2048, 89.7),
     }
     sources = {a.name: a.source for a in STOCK_ANCHORS}
-    assert sources["BERT-base"].startswith("Devlin et al. 2019") and "test" in sources["BERT-small"]
+    assert sources["BERT-base"].startswith("Sanh et al. 2019") and "dev" in sources["BERT-base"]  # 92.7 is dev
+    assert "Devlin et al. 2019 report 93.5 on test" in sources["BERT-base"]
+    assert {a.name: a.split for a in STOCK_ANCHORS} == {
+        "BERT-base": "dev",
+        "DistilBERT": "dev",
+        "MiniLM-L12-H384": "dev",
+        "MiniLM-L6-H384": "dev",
+        "BERT-small": "test",  # a GLUE test figure, labelled as such on the dev axis
+    }
     assert all(a.hidden % a.heads == 0 for a in STOCK_ANCHORS)
+
+
+def test_no_anchor_variant_reuses_the_full_precision_figure_for_int8_or_bf16() -> None:
+    distil = next(a for a in STOCK_ANCHORS if a.name == "DistilBERT")
+    assert published(distil, "fp32", 0.5)["accuracy"] == pytest.approx(0.913)
+    assert published(distil, "openvino-f32", 0.5)["accuracy"] == pytest.approx(0.913)
+    for variant in ("int8", "static-int8", "openvino-bf16"):
+        figures = published(distil, variant, 0.5)
+        assert figures["accuracy"] is None and figures["accuracy_source"].startswith("not published")
+
+
+def test_the_anchor_cache_key_follows_the_int8_recipe(tmp_path: Path) -> None:
+    recipe = tmp_path / "int8.py"
+    recipe.write_text(RECIPE_FILES[0].read_text())
+    before = anchor_key(TINY_ANCHORS[0], [recipe])
+    assert anchor_key(TINY_ANCHORS[0], [recipe]) == before
+    recipe.write_text(recipe.read_text().replace("CALIBRATION_SAMPLES = 256", "CALIBRATION_SAMPLES = 128"))
+    assert anchor_key(TINY_ANCHORS[0], [recipe]) != before
+    assert anchor_key(TINY_ANCHORS[0]) == anchor_key(TINY_ANCHORS[0], [RECIPE_FILES[0]])
 
 
 def test_stock_configs_have_the_published_models_sizes() -> None:
@@ -146,8 +175,8 @@ def hand_made_rows() -> list[dict]:
         row("teacher", "int8", 11.0, 0.937),
         row("teacher", "fp32", 20.0, 0.939),
         row("small", "fp32", 2.6, 0.897, anchor=small),
-        row("small", "int8", 1.9, 0.897, anchor=small),
-        row("base", "int8", 10.0, 0.927, anchor=base),
+        row("small", "int8", 1.9, None, anchor=small),  # no int8 figure was published
+        row("base", "int8", 10.0, None, anchor=base),
         row("base", "fp32", 16.0, 0.927, anchor=base),
     ]
 
@@ -165,12 +194,14 @@ def test_classes_divide_by_the_reference_fp32_and_name_the_stock_model_of_each()
     assert [r["class"] for r in rows[:3]] == [0.5, 1.0, 0.75]
     table = {entry["class"]: entry for entry in class_table(rows)}
     assert list(table) == ["<= 0.5x", "<= 1x", "<= 2x", "<= 3x", "any"]
-    assert table["<= 0.5x"]["best"]["model"] == "L3" and [a["model"] for a in table["<= 0.5x"]["anchors"]] == ["small"]
-    assert table["<= 0.5x"]["anchors"][0]["variant"] == "int8"  # the anchor's fastest variant decides its class
-    assert table["<= 0.5x"]["margin_points"] == pytest.approx(100 * (0.895 - 0.897))
-    assert table["<= 1x"]["best"]["model"] == "L6" and table["<= 1x"]["anchors"] == []  # failed int8 left out
+    # an anchor's class is its fastest variant WITH a published accuracy: its fp32, not its unpublished int8
+    assert table["<= 0.5x"]["best"]["model"] == "L3" and table["<= 0.5x"]["anchors"] == []
+    assert table["<= 1x"]["best"]["model"] == "L6" and [a["model"] for a in table["<= 1x"]["anchors"]] == ["small"]
+    assert table["<= 1x"]["anchors"][0]["variant"] == "fp32"  # the failed L6 int8 is left out of "best"
+    assert table["<= 1x"]["margin_points"] == pytest.approx(100 * (0.901 - 0.897))
     assert table["<= 2x"]["best"]["model"] == "L6" and table["<= 2x"]["margin_points"] is None
-    assert table["<= 3x"]["best"]["model"] == "teacher" and [a["model"] for a in table["<= 3x"]["anchors"]] == ["base"]
+    assert table["<= 3x"]["best"]["model"] == "teacher" and table["<= 3x"]["anchors"] == []
+    assert [a["model"] for a in table["any"]["anchors"]] == ["base"]
     assert table["any"]["best"]["variant"] == "fp32" and table["any"]["bound"] is None
 
 
@@ -221,10 +252,11 @@ def test_menu_chart_labels_never_overlap_and_anchors_are_marked() -> None:
     renderer = figure.canvas.get_renderer()
     axes = figure.axes[0]
     labels = [text for text in axes.texts if getattr(text, "arrow_patch", None) is not None]
-    assert len(labels) == len(rows)
+    assert len(labels) == len([r for r in rows if r["accuracy"] is not None])  # unpublished anchor int8: no point
     assert not overlapping([text_box(label, renderer) for label in labels])
     texts = {label.get_text() for label in labels}
-    assert "base int8 (92.7, published)" in texts and "L6 int8 (failed gate)" in texts
+    assert "base fp32 (92.7, published)" in texts and "L6 int8 (failed gate)" in texts
+    assert not any(text.startswith("base int8") for text in texts)
     footnote = [t.get_text() for t in axes.texts if t not in labels]
     assert any(PUBLISHED_NOTE in t and "base 92.7 (b)" in t for t in footnote)
     grey = [label for label in labels if label.get_text().endswith("(failed gate)")]
@@ -293,18 +325,25 @@ def test_anchor_bundles_have_the_shapes_of_their_configs(anchored: dict) -> None
             n for n in graph.node if n.op_type == "MatMul" and [anchor.hidden, anchor.ffn] in map(weights.get, n.input)
         ]
         assert len(ffn_up) == anchor.layers
-        assert {"fp32", "int8"} <= set(json.loads((bundle / "manifest.json").read_text())["variants"])
+        variants = set(json.loads((bundle / "manifest.json").read_text())["variants"])
+        assert {"fp32", "optimized", "int8", "static-int8"} <= variants  # every engine and precision
 
 
 @pytest.mark.slow
 def test_anchors_are_timed_beside_the_menu_at_their_published_accuracy(anchored: dict) -> None:
     menu = anchored["menu"]
     anchors = {(r["model"], r["variant"]): r for r in menu["rows"] if r["anchor"]}
-    assert set(anchors) == {(a.name, v) for a in TINY_ANCHORS for v in ("fp32", "int8")}
-    for (name, _), r in anchors.items():
-        published = next(a for a in TINY_ANCHORS if a.name == name)
-        assert r["accuracy"] == published.accuracy / 100 and PUBLISHED_NOTE in r["accuracy_source"]
-        assert published.source in r["accuracy_source"] and 0 <= r["untrained_accuracy"] <= 1
+    bundle_variants = {r["variant"] for r in menu["rows"] if not r["anchor"]}
+    assert bundle_variants == {"fp32", "optimized", "int8"}  # the tiny bundle's; anchors run through each
+    assert set(anchors) == {(a.name, v) for a in TINY_ANCHORS for v in bundle_variants}
+    for (name, variant), r in anchors.items():
+        source = next(a for a in TINY_ANCHORS if a.name == name)
+        if variant == "int8":
+            assert r["accuracy"] is None and r["accuracy_source"].startswith("not published")
+        else:
+            assert r["accuracy"] == source.accuracy / 100 and PUBLISHED_NOTE in r["accuracy_source"]
+            assert source.source in r["accuracy_source"]
+        assert 0 <= r["untrained_accuracy"] <= 1
         assert len(menu["raw"][f"{name}/{r['variant']}"]["latency_ms"]) == 4
     assert menu["class_reference"] == "l6/fp32"
     reference = next(r for r in menu["rows"] if r["model"] == "l6" and r["variant"] == "fp32")

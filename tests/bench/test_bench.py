@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,10 @@ from click.testing import CliRunner
 
 from sst2dist.bench.report import render_terminal
 from sst2dist.bench.run import ALL_BACKENDS, BenchSettings, run_bench
+from sst2dist.bench.settings import check_settings
 from sst2dist.cli import main
-from sst2dist.environment import cpu_kind, supports_bf16
+from sst2dist.environment import cpu_kind, supports_bf16, usable_cpus
+from tests.conftest import import_blocker
 
 SENTENCES = [
     ("a gripping , funny and moving film .", 1),
@@ -60,6 +63,7 @@ def results(tiny_model_dir: Path, tiny_bundle_dir: Path, small_sst2: Path, tmp_p
         latency_samples=LATENCY_SAMPLES,
         warmup=1,
         progress=False,
+        full=True,
     )
     return run_bench(settings)
 
@@ -169,6 +173,7 @@ def test_report_chart_and_json_are_written(results: dict) -> None:
         assert f"CPU: {cpu['model']} [{cpu['kind']}]" in text
         assert "bs4 sorted" in text and "Sorted batch 4 vs batch 1" in text
         assert " met" not in text and "NOT met" not in text  # targets live in the README, not in the tool
+    assert "split the p50" not in report and "the p50s of each part on its own" in report
     peak = results["peak_estimate"]
     assert peak["backend"] in results["backends"]
     assert all(0 < p["fraction"] < 1 for p in peak["peaks"].values())
@@ -222,7 +227,7 @@ def test_ort_only_bench_runs_without_torch(tiny_bundle_dir: Path, small_sst2: Pa
         (["--backends", ","], "--backends is empty"),
         (["--batch-sizes", "0,8"], "--batch-sizes must be whole numbers >= 1"),
         (["--batch-sizes", "8,x"], "--batch-sizes takes comma-separated whole numbers"),
-        (["--threads", str((os.cpu_count() or 1) + 1)], "CPU cores"),
+        (["--threads", str(usable_cpus() + 1)], "CPU(s) this process may use"),
         (["--threads", "0"], "--threads must be whole numbers >= 1"),
         (["--backends", "torch-fp32", "--model", "/nonexistent/model"], "--model /nonexistent/model is not a folder"),
         (["--backends", "torch-fp32"], "the PyTorch backends need --model"),
@@ -274,3 +279,62 @@ def test_missing_data_is_a_clear_error(tiny_bundle_dir: Path, tmp_path: Path) ->
     result = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "out")])
     assert result.exit_code == 1 and str(tmp_path) in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_without_matplotlib_the_bench_does_not_say_it_wrote_the_chart(
+    tiny_bundle_dir: Path, small_sst2: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text(import_blocker("matplotlib"))
+    command = [sys.executable, "-m", "sst2dist.cli", "bench", "--bundle", str(tiny_bundle_dir), "--data",
+               str(small_sst2), "--backends", "ort-fp32", "--threads", "1", "--batch-sizes", "2",
+               "--latency-samples", "2", "--warmup", "0", "--no-progress",
+               "--output", str(tmp_path / "out")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"Wrote results.json and report.md to {tmp_path / 'out'}" in result.stdout
+    assert "chart.png" not in result.stdout.split("Wrote")[-1]
+    assert not (tmp_path / "out" / "chart.png").exists()
+
+
+def test_the_default_matrix_is_small_and_full_is_one_flag_away(
+    tiny_model_dir: Path, tiny_bundle_dir: Path, small_sst2: Path, tmp_path: Path
+) -> None:
+    bundle = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "bundle"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["variants"]["int8"]["passed"] = False  # kept by --keep-failed
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    common = {"bundle": str(bundle), "model": str(tiny_model_dir), "data": str(small_sst2), "output": str(tmp_path)}
+    small = check_settings(BenchSettings(**common))
+    assert small.threads == [usable_cpus()] and small.batch_sizes == [1, 32]
+    assert small.backends == ["torch-fp32", "ort-fp32", "ort-optimized"]  # the gated variants only
+    assert "ort-int8 failed the export gate: not benched (--full benches it too)" in small.notes
+    full = check_settings(BenchSettings(**common, full=True))
+    assert full.threads == sorted({1, usable_cpus()}) and full.batch_sizes == [1, 8, 32]
+    assert full.backends == expected_backends(bundle)
+    assert any("ort-int8 failed the export verification gate" in note for note in full.notes)
+
+
+def test_full_goes_with_bundle_not_menu(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    args = ["bench", "--menu", f"l6={tiny_bundle_dir}", "--full", "--output", str(output)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--full goes with --bundle" in result.output and not output.exists()
+
+
+def test_the_chart_is_flushed_to_disk_before_it_is_renamed_into_place(
+    results: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sst2dist.bench import report
+
+    synced_names: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync_and_note(fd: int) -> None:  # the real fsync, with the name of the file it flushed
+        synced_names.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_and_note)
+    report.write_outputs(json.loads(json.dumps(results, default=str)), tmp_path)
+    assert any(name.startswith(".chart.png.") for name in synced_names), synced_names
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -80,3 +80,25 @@ def test_a_model_folder_without_a_run_has_no_base_model_or_teacher(manifest: dic
     card = ModelCard.load(tmp_path / CARD_FILE)
     assert card.data.base_model is None and "distillation" not in card.data.tags
     assert "Distilled" not in card.text
+
+
+def test_the_model_index_names_the_sentences_the_gate_read_not_always_the_hub_split(
+    tiny_bundle_dir: Path, sst2_sample_dir: Path
+) -> None:
+    card = ModelCard.load(tiny_bundle_dir / CARD_FILE)
+    for result in card.data.eval_results:
+        assert result.dataset_type == str(sst2_sample_dir)  # the --data the export read, not stanfordnlp/sst2
+        assert result.dataset_name == "SST-2 validation: the first 64 of 72 sentences of dev.tsv"
+    assert "the first 64 of 72 sentences of dev.tsv" in card.text
+    assert "over 64 in length-sorted batches of 32" in card.text  # batch 1 and batches timed apart
+
+
+def test_the_card_says_that_the_validation_split_also_picked_the_checkpoint(manifest: dict, tmp_path: Path) -> None:
+    same = run_folder(tmp_path / "same", {"model": "m", "data": manifest["verification"]["data"]})
+    write_card(tmp_path, manifest, same, "same")
+    assert "kept the checkpoint that scored best on the same validation split" in ModelCard.load(
+        tmp_path / CARD_FILE
+    ).text.replace("\n", " ")
+    (tmp_path / "bare").mkdir()
+    write_card(tmp_path, manifest, tmp_path / "bare", "bare")
+    assert "if it chose its checkpoint on this split" in ModelCard.load(tmp_path / CARD_FILE).text.replace("\n", " ")
