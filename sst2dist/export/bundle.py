@@ -75,7 +75,10 @@ def export_bundle(
             )
             build_variants(staging, model, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
             add_openvino_variants(manifest, staging, options.openvino)
-            add_openvino_int8(manifest, staging, options.openvino, options.quantize, splits["train"], tokenizer)
+            add_openvino_int8(
+                manifest, staging, options.openvino, options.quantize, splits["train"], tokenizer,
+                options.max_accuracy_drop,
+            )
             manifest["verification"] = verify_bundle(
                 staging, model, tokenizer, splits["validation"], manifest, options.max_accuracy_drop, data
             )

@@ -142,7 +142,7 @@ def test_without_nncf_the_export_leaves_openvino_int8_out_and_says_why(tmp_path:
         from pathlib import Path
         from sst2dist.export.openvino_int8 import add_openvino_int8
         manifest = {"variants": {}, "engines": {"openvino": {"mode": "on", "skipped": {}}}}
-        add_openvino_int8(manifest, Path("."), "on", "dynamic", train=None, tokenizer=None)
+        add_openvino_int8(manifest, Path("."), "on", "dynamic", train=None, tokenizer=None, max_accuracy_drop=0.5)
         assert "nncf" not in sys.modules
         print(json.dumps(manifest))
         """,
@@ -158,3 +158,25 @@ def test_openvino_int8_is_left_out_when_asked_and_says_why() -> None:
     assert skip_reason("off", "dynamic") == "--openvino off"
     assert skip_reason("auto", "none") == "--quantize none"
     assert skip_reason("auto", "dynamic") is None
+
+
+def test_accuracy_control_measures_on_held_out_train_sentences(
+    int8_bundle: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path
+) -> None:
+    """With more train sentences than the calibration takes, NNCF's accuracy control measures int8 against float
+    on the next 300 (never dev) and the IR it returns is the variant; too few train sentences (the 60-sentence
+    sample the other tests export with): plain quantization, recorded as such."""
+    from transformers import AutoTokenizer
+
+    from sst2dist.data import load_sst2
+    from sst2dist.export.openvino_int8 import quantize_openvino_int8
+
+    train = load_sst2(str(sst2_dir), max_train_samples=2000)["train"]
+    shutil.copy(int8_bundle / "model.onnx", tmp_path / "model.onnx")
+    record = quantize_openvino_int8(tmp_path, train, AutoTokenizer.from_pretrained(tiny_model_dir), 0.5)
+    assert record["tool"] == "nncf.quantize_with_accuracy_control"
+    assert record["accuracy_control"] == {"split": "train", "held_out": 300, "max_drop_points": 0.5}
+    assert record["calibration"] == {"split": "train", "samples": 300, "seed": 0, "padding": "none"}
+    assert 'type="FakeQuantize"' in (tmp_path / "openvino_int8.xml").read_text()
+    plain = manifest_of(int8_bundle)["openvino_quantization"]
+    assert plain["tool"] == "nncf.quantize" and plain["accuracy_control"] is None
