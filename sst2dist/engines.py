@@ -8,8 +8,8 @@
 OpenVINO reads the fp32 ONNX file itself for its float variants; only openvino-int8 adds files (written at export
 where NNCF is installed). OpenVINO is optional (`pip install 'sst2dist[openvino]'`): where it is not installed, or
 the CPU has no bf16 (AMX or AVX-512 BF16) for openvino-bf16, `unavailable_reason` says so and the variant is never
-chosen. Both engines sit behind one small
-`Session` (input names, logits of one batch), which is all the runtime `Classifier` needs.
+chosen. Both engines sit behind one small `Session` (input names, logits of one batch), which is all the runtime
+`Classifier` needs.
 """
 
 from __future__ import annotations

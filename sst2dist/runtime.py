@@ -139,6 +139,9 @@ class Classifier:
         if entry is None or not path.is_file():
             present = ", ".join(self.manifest.get("variants", {})) or "none"
             raise BundleError(f"variant {self.variant!r} is not in {self.bundle_dir} (it has: {present})")
+        lost = [name for name in variant_files(self.variant) if not (self.bundle_dir / name).is_file()]
+        if lost:  # an IR whose .bin went missing: OpenVINO would fail with its own traceback
+            raise BundleError(f"{self.bundle_dir / lost[0]} is missing: export the bundle again")
         if missing_engine(self.variant):
             raise BundleError(f"variant {self.variant!r} cannot run here: {missing_engine(self.variant)}")
         if unavailable_reason(self.variant):

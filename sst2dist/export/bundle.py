@@ -29,8 +29,8 @@ from sst2dist.atomic import replace_dir, writing
 from sst2dist.export.card import write_card
 from sst2dist.export.gate import ExportError, check_gate, verify_bundle
 from sst2dist.export.int8 import quantize_dynamic_int8, quantize_static_int8
-from sst2dist.export.openvino_int8 import add_openvino_int8
 from sst2dist.export.manifest import add_openvino_variants, add_support_files, add_variant, new_manifest, write_manifest
+from sst2dist.export.openvino_int8 import add_openvino_int8
 from sst2dist.export.options import ExportOptions
 from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES, Classifier
 from sst2dist.variant_choice import choose_variant, record_timings
@@ -75,10 +75,7 @@ def export_bundle(
             )
             build_variants(staging, model, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
             add_openvino_variants(manifest, staging, options.openvino)
-            add_openvino_int8(
-                manifest, staging, options.openvino, options.quantize, splits["train"], tokenizer,
-                options.max_accuracy_drop,
-            )
+            add_openvino_int8(manifest, staging, options, splits["train"], tokenizer)
             manifest["verification"] = verify_bundle(
                 staging, model, tokenizer, splits["validation"], manifest, options.max_accuracy_drop, data
             )

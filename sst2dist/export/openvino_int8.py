@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sst2dist.engines import INSTALL_OPENVINO, OPENVINO_INT8, VARIANTS, openvino, unavailable_reason
 from sst2dist.export.manifest import sha256
+from sst2dist.export.options import ExportOptions
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -54,21 +55,15 @@ def skip_reason(openvino_mode: str, quantize: str) -> str | None:
 
 
 def add_openvino_int8(
-    manifest: dict,
-    staging: Path,
-    openvino_mode: str,
-    quantize: str,
-    train: Dataset,
-    tokenizer: PreTrainedTokenizerBase,
-    max_accuracy_drop: float,
+    manifest: dict, staging: Path, options: ExportOptions, train: Dataset, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     """Quantize model.onnx with NNCF into the bundle and add its manifest entry, or record why it was left out.
     Runs after `add_openvino_variants`, which creates manifest["engines"]."""
-    why = skip_reason(openvino_mode, quantize)
+    why = skip_reason(options.openvino, options.quantize)
     if why:
         manifest["engines"]["openvino"]["skipped"][OPENVINO_INT8] = why
         return
-    manifest["openvino_quantization"] = quantize_openvino_int8(staging, train, tokenizer, max_accuracy_drop)
+    manifest["openvino_quantization"] = quantize_openvino_int8(staging, train, tokenizer, options.max_accuracy_drop)
     add_ir_variant(manifest, staging, OPENVINO_INT8)
 
 

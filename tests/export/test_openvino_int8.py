@@ -81,12 +81,15 @@ def test_openvino_int8_is_an_int8_ir_hashed_gated_and_close_to_fp32(int8_bundle:
         np.testing.assert_allclose(logits, expected, atol=0.05 * np.abs(expected).max() + 1e-3)
 
 
-def test_a_changed_ir_weights_file_is_refused(bundle: Path) -> None:
+def test_a_changed_or_missing_ir_weights_file_is_refused(bundle: Path) -> None:
     weights = bundle / "openvino_int8.bin"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="openvino_int8.bin is corrupt"):
+        Classifier(bundle, variant="openvino-int8")
+    weights.unlink()
+    with pytest.raises(BundleError, match="openvino_int8.bin is missing: export the bundle again"):
         Classifier(bundle, variant="openvino-int8")
 
 
@@ -141,8 +144,9 @@ def test_without_nncf_the_export_leaves_openvino_int8_out_and_says_why(tmp_path:
         import json, sys
         from pathlib import Path
         from sst2dist.export.openvino_int8 import add_openvino_int8
+        from sst2dist.export.options import ExportOptions
         manifest = {"variants": {}, "engines": {"openvino": {"mode": "on", "skipped": {}}}}
-        add_openvino_int8(manifest, Path("."), "on", "dynamic", train=None, tokenizer=None, max_accuracy_drop=0.5)
+        add_openvino_int8(manifest, Path("."), ExportOptions(openvino="on"), train=None, tokenizer=None)
         assert "nncf" not in sys.modules
         print(json.dumps(manifest))
         """,
