@@ -13,6 +13,7 @@ was asked, the variant is left out and manifest["engines"]["openvino"]["skipped"
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 from collections.abc import Iterable
@@ -109,8 +110,17 @@ def quantize_openvino_int8(
         )
         record["tool"] = "nncf.quantize_with_accuracy_control"
         record["accuracy_control"] = {"split": "train", "held_out": len(items), "max_drop_points": max_accuracy_drop}
-    ov.save_model(quantized, str(staging / VARIANTS[OPENVINO_INT8].file), compress_to_fp16=False)
+    save_ir(ov, quantized, staging / VARIANTS[OPENVINO_INT8].file)
     return record
+
+
+def save_ir(ov: Any, model: Any, path: Path) -> None:
+    """OpenVINO reports a failed write (a full disk, a file-size limit) as RuntimeError: made an OSError, so the
+    export's `writing` says it in one sentence and leaves the earlier bundle in place."""
+    try:
+        ov.save_model(model, str(path), compress_to_fp16=False)
+    except RuntimeError as err:
+        raise OSError(errno.EIO, f"OpenVINO could not write {path.name}: {str(err).strip().splitlines()[-1]}") from err
 
 
 def held_out_accuracy(compiled: Any, items: Iterable[dict]) -> tuple[float, list[float]]:

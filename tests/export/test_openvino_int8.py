@@ -184,3 +184,24 @@ def test_accuracy_control_measures_on_held_out_train_sentences(
     assert 'type="FakeQuantize"' in (tmp_path / "openvino_int8.xml").read_text()
     plain = manifest_of(int8_bundle)["openvino_quantization"]
     assert plain["tool"] == "nncf.quantize" and plain["accuracy_control"] is None
+
+
+def test_a_failed_ir_write_is_an_os_error(int8_bundle: Path, tmp_path: Path) -> None:
+    """Under a file-size limit smaller than the IR's weights, saving it raises OSError (which the export's `writing`
+    turns into one sentence), not OpenVINO's RuntimeError."""
+    script = f"""
+        import resource
+        from pathlib import Path
+        from sst2dist.engines import openvino
+        from sst2dist.export.openvino_int8 import save_ir
+        ov = openvino()
+        model = ov.Core().read_model({str(int8_bundle / "model.onnx")!r})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        try:
+            save_ir(ov, model, Path({str(tmp_path / "openvino_int8.xml")!r}))
+        except OSError as err:
+            print("OSError:", err)
+        """
+    result = run_blocked(tmp_path, (), script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OSError: [Errno 5] OpenVINO could not write openvino_int8.xml" in result.stdout
