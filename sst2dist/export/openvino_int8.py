@@ -2,10 +2,11 @@
 (openvino_int8.xml + openvino_int8.bin) and gated, timed and chosen like every variant.
 
 The recipe is NNCF's for transformers (`model_type=TRANSFORMER`): int8 weights and activations for the MatMuls,
-per-channel weight scales, SmoothQuant to move activation outliers into the weights, and the sensitive operators
-(Softmax, LayerNorm, GELU, the attention's activation-by-activation MatMuls' float paths) kept in float. Its ranges
-are calibrated on TRAIN sentences (one at a time, unpadded), never on the validation set the gate judges. At run
-time the layers NNCF keeps in float get the bf16 hint where the CPU has bf16 (`engines.inference_precision`).
+per-channel weight scales, SmoothQuant to move activation outliers into the weights, fast bias correction, and the
+operators its transformer patterns leave in float (Softmax, LayerNorm, GELU). Its ranges are calibrated on TRAIN
+sentences (one at a time, unpadded), never on the validation set the gate judges; accuracy control (below) measures
+on further TRAIN sentences. At run time the layers NNCF keeps in float get the bf16 hint where the CPU has bf16
+(`engines.inference_precision`).
 
 NNCF comes with the `openvino` extra; where it (or OpenVINO) is missing, or `--openvino off` / `--quantize none`
 was asked, the variant is left out and manifest["engines"]["openvino"]["skipped"] says why.
