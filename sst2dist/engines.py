@@ -2,15 +2,19 @@
 
     fp32, optimized, int8, static-int8   onnxruntime on model.onnx / model_optimized.onnx / the int8 graphs
     openvino-f32, openvino-bf16          OpenVINO on model.onnx with the f32 or bf16 inference-precision hint
+    openvino-int8                        OpenVINO on openvino_int8.xml + .bin (NNCF int8 IR), bf16 hint where the CPU
+                                         has bf16 (the layers NNCF keeps in float run in bf16), else f32
 
-OpenVINO reads the fp32 ONNX file itself, so the bundle's files are the same with or without it. It is optional
-(`pip install 'sst2dist[openvino]'`): where it is not installed, or the CPU has no bf16 (AMX or AVX-512 BF16) for
-openvino-bf16, `unavailable_reason` says so and the variant is never chosen. Both engines sit behind one small
-`Session` (input names, logits of one batch), which is all the runtime `Classifier` needs.
+OpenVINO reads the fp32 ONNX file itself for its float variants; only openvino-int8 adds files (written at export
+where NNCF is installed). OpenVINO is optional (`pip install 'sst2dist[openvino]'`): where it is not installed, or
+the CPU has no bf16 (AMX or AVX-512 BF16) for openvino-bf16, `unavailable_reason` says so and the variant is never
+chosen. Both engines sit behind one small `Session` (input names, logits of one batch), which is all the runtime
+`Classifier` needs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -35,6 +39,7 @@ class VariantSpec:
     engine: str
     file: str
     precision: str
+    weights: str | None = None  # an OpenVINO IR's weights file, read beside its .xml
 
 
 VARIANTS = {
@@ -44,8 +49,17 @@ VARIANTS = {
     "static-int8": VariantSpec(ONNXRUNTIME, "model_static_quantized.onnx", "int8"),
     "openvino-f32": VariantSpec(OPENVINO, "model.onnx", "f32"),
     "openvino-bf16": VariantSpec(OPENVINO, "model.onnx", "bf16"),
+    "openvino-int8": VariantSpec(OPENVINO, "openvino_int8.xml", "int8", weights="openvino_int8.bin"),
 }
-OPENVINO_VARIANTS = tuple(name for name, spec in VARIANTS.items() if spec.engine == OPENVINO)
+OPENVINO_INT8 = "openvino-int8"
+# The OpenVINO variants that compile model.onnx itself (openvino-int8 has its own files, written by NNCF).
+OPENVINO_VARIANTS = tuple(n for n, spec in VARIANTS.items() if spec.engine == OPENVINO and spec.file == "model.onnx")
+
+
+def variant_files(variant: str) -> list[str]:
+    """The bundle files `variant` reads (its graph, and an IR's weights)."""
+    spec = VARIANTS[variant]
+    return [spec.file, *([spec.weights] if spec.weights else [])]
 
 
 def engine_of(variant: str) -> str:
@@ -117,7 +131,7 @@ class OrtSession:
 
 
 class OpenVinoSession:
-    """The fp32 ONNX graph compiled by OpenVINO's CPU plugin with an inference-precision hint.
+    """A graph (the fp32 ONNX, or the int8 IR) compiled by OpenVINO's CPU plugin with an inference-precision hint.
 
     Like an onnxruntime session, `threads` is what one call uses and several threads may call at once (serve's
     workers): OpenVINO runs one call per stream, so there is a stream per `threads` cores, and each calling thread
@@ -128,7 +142,7 @@ class OpenVinoSession:
         if ov is None:
             raise RuntimeError(f"OpenVINO is not installed: {INSTALL_OPENVINO}")
         self.precision = precision
-        config = {"INFERENCE_PRECISION_HINT": precision, **stream_config(threads)}
+        config = {"INFERENCE_PRECISION_HINT": inference_precision(precision), **stream_config(threads)}
         cache_dir = compiled_cache_dir(cache_key, precision)
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
@@ -143,6 +157,14 @@ class OpenVinoSession:
             request = self._local.request = self.compiled.create_infer_request()
         request.infer(feeds)
         return request.get_output_tensor(self.logits_index).data.copy()
+
+
+def inference_precision(precision: str) -> str:
+    """The hint for the layers an int8 IR keeps in float: bf16 where it runs natively, else f32 (never OpenVINO's
+    own default, which is bf16 on AMX CPUs for any graph)."""
+    if precision == "int8":
+        return "bf16" if supports_bf16() else "f32"
+    return precision
 
 
 def stream_config(threads: int | None) -> dict[str, str]:
@@ -171,6 +193,15 @@ def compiled_cache_dir(cache_key: str | None, precision: str) -> Path | None:
     except OSError:
         return None
     return folder
+
+
+def compiled_cache_key(entry: dict) -> str | None:
+    """What OpenVINO's compiled blob is keyed by: the graph's sha256, and for an IR its weights' too (a re-exported
+    IR can keep the same .xml with other weights)."""
+    sha, weights = entry.get("sha256"), (entry.get("weights") or {}).get("sha256")
+    if sha is None or weights is None:
+        return sha
+    return hashlib.sha256(f"{sha}:{weights}".encode()).hexdigest()
 
 
 def open_session(path: Path, variant: str, threads: int | None, cache_key: str | None = None) -> Session:

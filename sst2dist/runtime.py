@@ -20,7 +20,15 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from sst2dist.engines import VARIANTS, missing_engine, open_session, session_options, unavailable_reason
+from sst2dist.engines import (
+    VARIANTS,
+    compiled_cache_key,
+    missing_engine,
+    open_session,
+    session_options,
+    unavailable_reason,
+    variant_files,
+)
 from sst2dist.packaged import sha256_of
 from sst2dist.variant_choice import LATENCY, VariantChoice, candidates, choose_variant, explicit
 
@@ -51,6 +59,8 @@ def recorded_sha256(manifest: dict, name: str) -> str | None:
     for entry in manifest.get("variants", {}).values():
         if isinstance(entry, dict) and entry.get("file") == name:
             return entry.get("sha256")
+        if isinstance(entry, dict) and (entry.get("weights") or {}).get("file") == name:  # an OpenVINO IR's .bin
+            return entry["weights"].get("sha256")
     return manifest.get("files", {}).get(name, {}).get("sha256")
 
 
@@ -97,9 +107,9 @@ class Classifier:
         if self.variant in timed:  # loaded (and verified) to re-time it: the same file and threads
             self.session = timed[self.variant].session
         else:
-            verify_bundle_files(self.bundle_dir, self.manifest, [path.name])
-            sha = self.manifest["variants"][self.variant].get("sha256")
-            self.session = open_session(path, self.variant, threads, cache_key=sha)
+            verify_bundle_files(self.bundle_dir, self.manifest, variant_files(self.variant))
+            key = compiled_cache_key(self.manifest["variants"][self.variant])
+            self.session = open_session(path, self.variant, threads, cache_key=key)
         self.input_names = self.session.input_names
         self._tokenizer = self._load_tokenizer()
         self._untruncated = Tokenizer.from_str(self._tokenizer.to_str())
@@ -129,6 +139,9 @@ class Classifier:
         if entry is None or not path.is_file():
             present = ", ".join(self.manifest.get("variants", {})) or "none"
             raise BundleError(f"variant {self.variant!r} is not in {self.bundle_dir} (it has: {present})")
+        lost = [name for name in variant_files(self.variant) if not (self.bundle_dir / name).is_file()]
+        if lost:  # an IR whose .bin went missing: OpenVINO would fail with its own traceback
+            raise BundleError(f"{self.bundle_dir / lost[0]} is missing: export the bundle again")
         if missing_engine(self.variant):
             raise BundleError(f"variant {self.variant!r} cannot run here: {missing_engine(self.variant)}")
         if unavailable_reason(self.variant):

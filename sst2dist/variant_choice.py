@@ -11,8 +11,8 @@ recording those timings with a CPU fingerprint, and choosing by them.
 Two workloads, chosen for separately: LATENCY (batch 1: Classifier's default, serve at --max-batch-size 1) and
 THROUGHPUT (sorted batches: predict, micro-batched serve). The fastest wins, with a preference: the exact variants
 (optimized, fp32, openvino-f32: PyTorch's logits, whatever the batch) come first, then the batch-invariant lossy
-ones (static int8, openvino-bf16), then dynamic int8; a later tier replaces the choice only when it is clearly
-faster (at most CLEARLY_FASTER of its time). `serve` and `predict` batch unrelated texts together, so for them
+ones (static int8, openvino-bf16, openvino-int8), then dynamic int8; a later tier replaces the choice only when it is
+clearly faster (at most CLEARLY_FASTER of its time). `serve` and `predict` batch unrelated texts together, so for them
 dynamic int8, whose activation scales are computed per batch, is left out unless nothing else passed the gate.
 Variants whose engine is not installed here (OpenVINO is an extra), or whose precision this CPU lacks (bf16), are
 never candidates.
@@ -31,7 +31,7 @@ from sst2dist.engines import engine_of, unavailable_reason
 from sst2dist.environment import cpu_fingerprint, usable_cpus
 
 # Most preferred first; within a tier the fastest, across tiers a later one only when clearly faster.
-TIERS = (("optimized", "fp32", "openvino-f32"), ("static-int8", "openvino-bf16"), ("int8",))
+TIERS = (("optimized", "fp32", "openvino-f32"), ("static-int8", "openvino-bf16", "openvino-int8"), ("int8",))
 BATCH_DEPENDENT = ("int8",)  # one activation scale per batch: a text's scores move with its batch mates
 CLEARLY_FASTER = 0.9  # a less preferred variant must take at most 90 % of the time of the current choice
 LATENCY, THROUGHPUT = "latency", "throughput"

@@ -2,6 +2,7 @@
 
     model folder ──► model.onnx (Optimum main_export) ──► model_optimized.onnx (ORTOptimizer)
                           └──► model_quantized.onnx (dynamic int8) [+ model_static_quantized.onnx]
+                          └──► openvino_int8.xml + .bin (NNCF int8, where OpenVINO and NNCF are installed)
     every variant ──► verified against PyTorch on real SST-2 sentences ──► the ones that passed timed on this CPU
                   ──► manifest.json (with the timings and the CPU fingerprint) ──► README.md (model card)
                   ──► rename into place
@@ -29,6 +30,7 @@ from sst2dist.export.card import write_card
 from sst2dist.export.gate import ExportError, check_gate, check_label_names, described_verify_set, verify_bundle
 from sst2dist.export.int8 import quantize_dynamic_int8, quantize_static_int8
 from sst2dist.export.manifest import add_openvino_variants, add_support_files, add_variant, new_manifest, write_manifest
+from sst2dist.export.openvino_int8 import add_openvino_int8
 from sst2dist.export.options import ExportOptions
 from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES, Classifier
 from sst2dist.variant_choice import choose_variant, record_timings
@@ -76,9 +78,12 @@ def export_bundle(
             )
             build_variants(staging, model, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
             add_openvino_variants(manifest, staging, options.openvino)
+            add_openvino_int8(manifest, staging, options, splits["train"], tokenizer)
             limits = {"max_accuracy_drop": options.max_accuracy_drop}
             limits["min_label_agreement"] = options.min_label_agreement
-            manifest["verification"] = verify_bundle(staging, model, tokenizer, validation, manifest, verify_set, **limits)
+            manifest["verification"] = verify_bundle(
+                staging, model, tokenizer, validation, manifest, verify_set, **limits
+            )
             check_gate(manifest, options.keep_failed)
             time_gated_variants(staging, manifest, validation)
             write_manifest(staging, manifest)

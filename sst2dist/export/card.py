@@ -125,8 +125,8 @@ def timing_note(manifest: dict) -> str:
         f"Milliseconds per sentence, timed at export on {cpu.get('model', 'an unnamed CPU')} "
         f"(`{cpu.get('kind', '?')}`; {flags}): over {timings.get('sentences', '?')} validation sentences "
         f"at batch 1 and over {timings.get('throughput_sentences', '?')} in length-sorted batches of "
-        f"{timings.get('throughput_batch_size', '?')} ({timings.get('statistic', 'median')}). Another CPU gives other numbers: the runtime re-times the "
-        "variants there before choosing one."
+        f"{timings.get('throughput_batch_size', '?')} ({timings.get('statistic', 'median')}). Another CPU gives other "
+        "numbers: the runtime re-times the variants there before choosing one."
     )
 
 

@@ -30,7 +30,7 @@ VERIFY_BATCH_SIZES = (1, 8, 32)
 # fp32 and the O2 graph match PyTorch to ~1e-6 on MiniLM; 1e-4 leaves room for other CPUs' kernels. OpenVINO's
 # f32 hint runs the same fp32 graph exactly (without the hint it would pick bf16 on AMX CPUs).
 LOGIT_TOLERANCE = {"fp32": 1e-4, "optimized": 1e-4, "openvino-f32": 1e-4}
-INT8_VARIANTS = ("int8", "static-int8")
+INT8_VARIANTS = ("int8", "static-int8", "openvino-int8")
 INT8_TARGET_SIZE_RATIO = 0.30
 # The committed real manifests' lossy variants agree with PyTorch on 98.5-100 % of dev; 98 % bounds the flips that
 # a net accuracy drop of 0.5 points cannot see (up to 1.5 % each way would still pass that limit alone).

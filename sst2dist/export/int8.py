@@ -131,7 +131,7 @@ def quantize_static_int8(staging: Path, train: Dataset, tokenizer: PreTrainedTok
 
     target, flags = cpu_quantization_target()
     fp32_path = staging / VARIANT_FILES["fp32"]
-    sample = train.shuffle(seed=0).select(range(min(CALIBRATION_SAMPLES, len(train))))
+    sample = calibration_sample(train, CALIBRATION_SAMPLES)
     features = tokenizer(list(sample["sentence"]), truncation=True)  # calibrated one sentence at a time: no padding
     calibration = Dataset.from_dict({name: features[name] for name in onnx_input_names(fp32_path)})
     recipe, weight_only = int8_recipe(fp32_path)
@@ -155,6 +155,11 @@ def quantize_static_int8(staging: Path, train: Dataset, tokenizer: PreTrainedTok
         **recipe,
         "int8_weight_only": weight_only,
     }
+
+
+def calibration_sample(train: Dataset, samples: int) -> Dataset:
+    """The first `samples` train rows after a fixed shuffle: what both calibrated variants see (never dev)."""
+    return train.shuffle(seed=0).select(range(min(samples, len(train))))
 
 
 def onnx_input_names(path: Path) -> list[str]:

@@ -39,8 +39,8 @@ class ExportOptions(Options):
     )
     openvino: str = option(
         "auto",
-        "OpenVINO variants on model.onnx (openvino-f32; openvino-bf16 where the CPU has bf16), gated and timed like "
-        "the others: auto (when OpenVINO is installed), on (required), off.",
+        "OpenVINO variants (openvino-f32; openvino-bf16 where the CPU has bf16; openvino-int8, NNCF int8 IR, where "
+        "NNCF is installed), gated and timed like the others: auto (when OpenVINO is installed), on (required), off.",
         choices=OPENVINO_MODES,
         checks=[openvino_installed],
     )

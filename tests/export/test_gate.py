@@ -44,7 +44,6 @@ def test_flips_both_ways_keep_accuracy_but_fail_the_label_agreement_floor(sst2_s
     assert "label agreement" in entry["failure"] and "limit 98" in entry["failure"]
 
 
-
 def leaning_positive(model_dir: Path, folder: Path, swap: bool) -> Path:
     """The tiny classifier with a bias towards "positive"; with `swap`, the same classifier with its output columns
     swapped and id2label {0: positive, 1: negative}."""

@@ -1,0 +1,207 @@
+"""openvino-int8: NNCF int8 of model.onnx saved as OpenVINO IR in the bundle, hashed (both files), gated, loadable
+by the runtime Classifier close to fp32, and never chosen when it failed the gate or where OpenVINO or NNCF is
+missing (real subprocesses whose imports fail). Real tiny bundles; only timing numbers are made up where a test
+steers the choice."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import export_tiny_bundle, import_blocker
+
+from sst2dist.environment import cpu_fingerprint
+from sst2dist.export.manifest import sha256
+from sst2dist.export.openvino_int8 import skip_reason
+from sst2dist.runtime import BundleError, Classifier, load_classifier
+from sst2dist.variant_choice import LATENCY, THROUGHPUT
+
+pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install -e '.[openvino]' (make setup does)")
+pytest.importorskip("nncf", reason="NNCF is not installed: pip install -e '.[openvino]' (make setup does)")
+
+TEXTS = ["a gripping, funny film", "dull and lifeless", "the acting is superb but the plot goes nowhere"]
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny_bundle(
+        tiny_model_dir, sst2_sample_dir, tmp_path_factory.mktemp("ov-int8") / "bundle", openvino="on"
+    )
+
+
+@pytest.fixture
+def bundle(int8_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(int8_bundle, tmp_path / "bundle"))
+
+
+def manifest_of(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def make_int8_fastest(bundle: Path, failed: bool = False) -> None:
+    """Timings recorded on this CPU in which openvino-int8 is by far the fastest, at every thread count."""
+    manifest = manifest_of(bundle)
+    timings = manifest["variant_timings"]
+    timings["cpu"] = cpu_fingerprint()
+    made_up = {name: 0.01 if name == "openvino-int8" else 1.0 for name in manifest["variants"]}
+    for key in ("ms_per_sentence", "batch_ms_per_sentence"):
+        timings[key] = {threads: dict(made_up) for threads in timings[key]}
+    manifest["variants"]["openvino-int8"]["passed"] = not failed
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_openvino_int8_is_an_int8_ir_hashed_gated_and_close_to_fp32(int8_bundle: Path) -> None:
+    manifest = manifest_of(int8_bundle)
+    entry = manifest["variants"]["openvino-int8"]
+    xml, weights = int8_bundle / "openvino_int8.xml", int8_bundle / "openvino_int8.bin"
+    assert (entry["engine"], entry["precision"], entry["file"]) == ("openvino", "int8", xml.name)
+    assert entry["sha256"] == sha256(xml) and entry["weights"]["file"] == weights.name
+    assert entry["weights"]["sha256"] == sha256(weights)
+    assert entry["size_bytes"] == xml.stat().st_size + weights.stat().st_size
+    assert entry["passed"] and entry["verification"]["accuracy_drop_points"] is not None
+    assert "FakeQuantize" in xml.read_text()  # int8 activations, not a float copy
+    assert weights.stat().st_size < 0.5 * (int8_bundle / "model.onnx").stat().st_size  # int8 weights
+    quantization = manifest["openvino_quantization"]
+    assert quantization["calibration"]["split"] == "train" and quantization["model_type"] == "transformer"
+    assert "openvino-int8" in manifest["variant_timings"]["ms_per_sentence"]["1"]
+
+    int8 = Classifier(int8_bundle, variant="openvino-int8", threads=1)
+    fp32 = Classifier(int8_bundle, variant="fp32", threads=1)
+    assert int8.choice.engine == "openvino"
+    for batch_size in (1, 3):
+        expected = fp32.logits(TEXTS, batch_size=batch_size)
+        logits = int8.logits(TEXTS, batch_size=batch_size)
+        np.testing.assert_allclose(logits, expected, atol=0.05 * np.abs(expected).max() + 1e-3)
+
+
+def test_a_changed_or_missing_ir_weights_file_is_refused(bundle: Path) -> None:
+    weights = bundle / "openvino_int8.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="openvino_int8.bin is corrupt"):
+        Classifier(bundle, variant="openvino-int8")
+    weights.unlink()
+    with pytest.raises(BundleError, match="openvino_int8.bin is missing: export the bundle again"):
+        Classifier(bundle, variant="openvino-int8")
+
+
+def test_openvino_int8_is_chosen_when_fastest_but_never_when_it_failed_the_gate(bundle: Path) -> None:
+    make_int8_fastest(bundle)
+    for workload in (LATENCY, THROUGHPUT):
+        assert load_classifier(bundle, workload=workload).variant == "openvino-int8"
+    make_int8_fastest(bundle, failed=True)
+    for workload in (LATENCY, THROUGHPUT):
+        assert load_classifier(bundle, workload=workload).variant != "openvino-int8"
+    with pytest.warns(UserWarning, match="failed the export verification gate"):
+        Classifier(bundle, variant="openvino-int8")
+
+
+def run_blocked(tmp_path: Path, packages: tuple[str, ...], script: str) -> subprocess.CompletedProcess:
+    """`script` in a fresh Python where importing any of `packages` fails, as where they are not installed."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(import_blocker(*packages))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-c", textwrap.dedent(script)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_without_openvino_a_fastest_openvino_int8_is_never_chosen_and_says_why(bundle: Path, tmp_path: Path) -> None:
+    make_int8_fastest(bundle)
+    result = run_blocked(
+        tmp_path,
+        ("openvino",),
+        f"""
+        from sst2dist.runtime import BundleError, Classifier, load_classifier
+        for workload in ("latency", "throughput"):
+            assert load_classifier({str(bundle)!r}, workload=workload).choice.engine == "onnxruntime"
+        try:
+            Classifier({str(bundle)!r}, variant="openvino-int8")
+        except BundleError as err:
+            print("refused:", err)
+        """,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "refused: variant 'openvino-int8' cannot run here: OpenVINO is not installed" in result.stdout
+
+
+def test_without_nncf_the_export_leaves_openvino_int8_out_and_says_why(tmp_path: Path) -> None:
+    """The export's step for openvino-int8 (after the OpenVINO float variants) in a Python without NNCF: nothing
+    written, the reason recorded where the manifest says which OpenVINO variants were left out."""
+    result = run_blocked(
+        tmp_path,
+        ("nncf",),
+        """
+        import json, sys
+        from pathlib import Path
+        from sst2dist.export.openvino_int8 import add_openvino_int8
+        from sst2dist.export.options import ExportOptions
+        manifest = {"variants": {}, "engines": {"openvino": {"mode": "on", "skipped": {}}}}
+        add_openvino_int8(manifest, Path("."), ExportOptions(openvino="on"), train=None, tokenizer=None)
+        assert "nncf" not in sys.modules
+        print(json.dumps(manifest))
+        """,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads(result.stdout)
+    assert manifest["variants"] == {} and not list(tmp_path.glob("openvino_int8.*"))
+    skipped = manifest["engines"]["openvino"]["skipped"]["openvino-int8"]
+    assert skipped == "NNCF is not installed (pip install 'sst2dist[openvino]')"
+
+
+def test_openvino_int8_is_left_out_when_asked_and_says_why() -> None:
+    assert skip_reason("off", "dynamic") == "--openvino off"
+    assert skip_reason("auto", "none") == "--quantize none"
+    assert skip_reason("auto", "dynamic") is None
+
+
+def test_accuracy_control_measures_on_held_out_train_sentences(
+    int8_bundle: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path
+) -> None:
+    """With more train sentences than the calibration takes, NNCF's accuracy control measures int8 against float
+    on the next 300 (never dev) and the IR it returns is the variant; too few train sentences (the 60-sentence
+    sample the other tests export with): plain quantization, recorded as such."""
+    from transformers import AutoTokenizer
+
+    from sst2dist.data import load_sst2
+    from sst2dist.export.openvino_int8 import quantize_openvino_int8
+
+    train = load_sst2(str(sst2_dir), max_train_samples=2000)["train"]
+    shutil.copy(int8_bundle / "model.onnx", tmp_path / "model.onnx")
+    record = quantize_openvino_int8(tmp_path, train, AutoTokenizer.from_pretrained(tiny_model_dir), 0.5)
+    assert record["tool"] == "nncf.quantize_with_accuracy_control"
+    assert record["accuracy_control"] == {"split": "train", "held_out": 300, "max_drop_points": 0.5}
+    assert record["calibration"] == {"split": "train", "samples": 300, "seed": 0, "padding": "none"}
+    assert 'type="FakeQuantize"' in (tmp_path / "openvino_int8.xml").read_text()
+    plain = manifest_of(int8_bundle)["openvino_quantization"]
+    assert plain["tool"] == "nncf.quantize" and plain["accuracy_control"] is None
+
+
+def test_a_failed_ir_write_is_an_os_error(int8_bundle: Path, tmp_path: Path) -> None:
+    """Under a file-size limit smaller than the IR's weights, saving it raises OSError (which the export's `writing`
+    turns into one sentence), not OpenVINO's RuntimeError."""
+    script = f"""
+        import resource
+        from pathlib import Path
+        from sst2dist.engines import openvino
+        from sst2dist.export.openvino_int8 import save_ir
+        ov = openvino()
+        model = ov.Core().read_model({str(int8_bundle / "model.onnx")!r})
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        try:
+            save_ir(ov, model, Path({str(tmp_path / "openvino_int8.xml")!r}))
+        except OSError as err:
+            print("OSError:", err)
+        """
+    result = run_blocked(tmp_path, (), script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OSError: [Errno 5] OpenVINO could not write openvino_int8.xml" in result.stdout
