@@ -293,3 +293,73 @@ def test_verify_bundle_files_checks_what_the_manifest_records(tmp_path: Path) ->
 def test_clean_text_replaces_only_lone_surrogates() -> None:
     assert clean_text("a\ud800b\udfff") == "a\ufffdb\ufffd"
     assert clean_text("pair \U0001f600, café") == "pair \U0001f600, café"
+
+
+# --- what is hashed is what is loaded: a bundle replaced mid-load never gives a mixed classifier ----------------
+
+
+def with_other_tokenizer(bundle: Path, folder: Path) -> Path:
+    """`bundle` re-exported with a different tokenizer (two vocabulary ids swapped) and the same model files, its
+    manifest recording the new tokenizer's hash: what an `export-onnx --force` of another model can leave."""
+    other = Path(shutil.copytree(bundle, folder))
+    tokenizer = json.loads((other / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = tokenizer["model"]["vocab"]
+    vocab["film"], vocab["the"] = vocab["the"], vocab["film"]
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["files"]["tokenizer.json"]["sha256"] = hashlib.sha256((other / "tokenizer.json").read_bytes()).hexdigest()
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    return other
+
+
+class SwapOnOpen:
+    """At the `at`-th file opened under `bundle`, replace the bundle folder by `other` with `replace_dir`'s two
+    renames: an export landing while a Classifier loads. A real audit hook on Python's `open`, not a mock."""
+
+    installed: SwapOnOpen | None = None
+    hooked = False
+
+    def __init__(self, bundle: Path, other: Path, at: int):
+        self.bundle, self.other, self.at, self.opened = bundle, other, at, 0
+        if not SwapOnOpen.hooked:  # hooks cannot be removed: one for the session, pointed at the current swap
+            sys.addaudithook(SwapOnOpen.hook)
+            SwapOnOpen.hooked = True
+        SwapOnOpen.installed = self
+
+    @staticmethod
+    def hook(event: str, args: tuple) -> None:
+        swap = SwapOnOpen.installed
+        if swap is None or event != "open" or not str(args[0]).startswith(str(swap.bundle)):
+            return
+        swap.opened += 1
+        if swap.opened == swap.at:
+            SwapOnOpen.installed = None
+            swap.bundle.rename(swap.bundle.with_name("old"))
+            swap.other.rename(swap.bundle)
+
+
+def test_a_bundle_replaced_while_loading_never_mixes_tokenizer_and_model(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    """Whichever file the swap lands before, the classifier's tokenizer is the one its manifest records (the model
+    files are the same in both exports), or the load is refused."""
+    for at in range(1, 8):
+        case = tmp_path / str(at)
+        bundle = Path(shutil.copytree(tiny_bundle_dir, case / "bundle"))
+        other = with_other_tokenizer(bundle, case / "other")
+        encoding = {  # the ids of "the film" under each export's tokenizer, by the tokenizer hash its manifest records
+            recorded_sha256(json.loads((folder / "manifest.json").read_text()), "tokenizer.json"): Classifier(
+                folder, variant="fp32"
+            )
+            .encode(["the film"])["input_ids"]
+            .tolist()
+            for folder in (bundle, other)
+        }
+        SwapOnOpen(bundle, other, at)
+        try:
+            classifier = Classifier(bundle, variant="fp32")
+        except BundleError as err:
+            assert "export the bundle again" in str(err)
+            continue
+        finally:
+            SwapOnOpen.installed = None
+        loaded = classifier.encode(["the film"])["input_ids"].tolist()
+        assert loaded == encoding[recorded_sha256(classifier.manifest, "tokenizer.json")], f"mixed at open {at}"
