@@ -4,7 +4,6 @@ and the output folder (for `sst2dist.bench.run` and `sst2dist.bench.menu`)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from sst2dist.bench.measure import ALL_BACKENDS, ORT_BACKENDS, TORCH_BACKENDS, BenchError
 from sst2dist.config_fields import Options, non_negative, option, positive, positive_ints, split_commas
 from sst2dist.data import DEFAULT_DATA
-from sst2dist.environment import cpu_kind, supports_bf16
+from sst2dist.environment import cpu_kind, supports_bf16, usable_cpus
 
 CPU_PLACEHOLDER = "{cpu}"
 
@@ -46,7 +45,7 @@ class BenchSettings(Options):
     )
     threads: Sequence[int] | None = option(
         None,
-        "Comma-separated thread counts to measure. Default: 1 and all cores (--menu: the largest, default all cores).",
+        "Comma-separated thread counts to measure. Default: 1 and the usable CPUs (--menu: the largest, default all).",
         parse=parse_int_list,
         checks=[positive_ints],
     )
@@ -92,9 +91,11 @@ def check_counts(
     counts = {"threads": threads, "batch_sizes": batch_sizes, "max_samples": max_samples}
     for name, value in (counts | {"latency_samples": latency_samples, "warmup": warmup}).items():
         BenchSettings.check_value(name, value)
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     if max(threads) > cores:
-        raise BenchError(f"--threads {max(threads)} is more than this machine's {cores} CPU cores")
+        raise BenchError(
+            f"--threads {max(threads)} is more than the {cores} CPU(s) this process may use: ask for at most {cores}"
+        )
 
 
 def output_folder(output: str | None, default: Path) -> str:
@@ -125,7 +126,7 @@ def bundle_backends(bundle: str) -> tuple[dict, set[str]]:
 def check_settings(settings: BenchSettings) -> BenchSettings:
     """Validate everything before any work starts, and pick the default backends. Raises BenchError."""
     if settings.threads is None:
-        settings.threads = sorted({1, os.cpu_count() or 1})
+        settings.threads = sorted({1, usable_cpus()})
     check_counts(
         settings.threads, settings.batch_sizes, settings.max_samples, settings.latency_samples, settings.warmup
     )

@@ -222,7 +222,7 @@ def test_ort_only_bench_runs_without_torch(tiny_bundle_dir: Path, small_sst2: Pa
         (["--backends", ","], "--backends is empty"),
         (["--batch-sizes", "0,8"], "--batch-sizes must be whole numbers >= 1"),
         (["--batch-sizes", "8,x"], "--batch-sizes takes comma-separated whole numbers"),
-        (["--threads", str((os.cpu_count() or 1) + 1)], "CPU cores"),
+        (["--threads", str(len(os.sched_getaffinity(0)) + 1)], "CPU(s) this process may use"),
         (["--threads", "0"], "--threads must be whole numbers >= 1"),
         (["--backends", "torch-fp32", "--model", "/nonexistent/model"], "--model /nonexistent/model is not a folder"),
         (["--backends", "torch-fp32"], "the PyTorch backends need --model"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -363,3 +364,49 @@ def test_a_bundle_replaced_while_loading_never_mixes_tokenizer_and_model(tiny_bu
             SwapOnOpen.installed = None
         loaded = classifier.encode(["the film"])["input_ids"].tolist()
         assert loaded == encoding[recorded_sha256(classifier.manifest, "tokenizer.json")], f"mixed at open {at}"
+
+
+# --- one notion of usable CPUs: the process's affinity mask, not the machine's cores ---------------------------
+
+THREAD_PROBE = """
+import json, os, sys
+from sst2dist.runtime import Classifier
+from sst2dist.serve.limits import default_threads, default_workers
+from sst2dist.bench.settings import BenchError, check_counts
+
+tasks = lambda: len(os.listdir("/proc/self/task"))
+threads = int(sys.argv[2]) if len(sys.argv) > 2 else None
+before = tasks()
+classifier = Classifier(sys.argv[1], variant="fp32", threads=threads)
+loaded = tasks()
+classifier.encode(["a gripping, funny film about very little"] * 4000)
+try:
+    check_counts([2], [1], None, None, 0)
+    refused = None
+except BenchError as err:
+    refused = str(err)
+workers = default_workers()
+print(json.dumps({"session": loaded - before, "tokenizer": tasks() - loaded, "workers": workers,
+                  "threads": default_threads(workers), "refused": refused}))
+"""
+
+
+def thread_probe(bundle: Path, *args: str, cpus: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
+    command = [sys.executable, "-c", THREAD_PROBE, str(bundle), *args]
+    done = subprocess.run(
+        ["taskset", "-c", cpus, *command] if cpus else command, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin one")
+def test_defaults_and_thread_pools_follow_the_cpus_this_process_may_use(tiny_bundle_dir: Path) -> None:
+    pinned = thread_probe(tiny_bundle_dir, cpus="0")  # `taskset -c 0`: one usable CPU on a bigger machine
+    assert pinned["workers"] == 1 and pinned["threads"] == 1
+    assert pinned["session"] == 0, "an onnxruntime session without threads started a pool past the usable CPU"
+    assert pinned["tokenizer"] <= 1
+    assert pinned["refused"] and "--threads 2" in pinned["refused"] and "1 CPU" in pinned["refused"]
+    one_thread = thread_probe(tiny_bundle_dir, "1")  # every CPU usable, --threads 1
+    assert one_thread["session"] == 0 and one_thread["tokenizer"] <= 1, one_thread
