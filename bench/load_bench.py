@@ -41,8 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from sst2dist.data import load_sst2
+from sst2dist.environment import usable_cpus
 from sst2dist.runtime import Classifier, load_classifier
 from sst2dist.serve import default_threads, default_workers, plan_chunks
+from sst2dist.variant_choice import workload_for
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -139,7 +141,7 @@ def note_cpu(level: Level, pid: int, before: dict[int, float], after: dict[int, 
     level.worker_cpu_ms = round(sum(used.values()) * per_request, 3)
     level.client_cpu_ms = round(client_s * per_request, 3)
     busy = loop + sum(used.values()) + client_s
-    level.cpu_busy_pct = round(100 * busy / (level.seconds * (os.cpu_count() or 1)), 1)
+    level.cpu_busy_pct = round(100 * busy / (level.seconds * usable_cpus()), 1)
 
 
 TIMING_HEADERS = (b"x-queue-time", b"x-tokenization-time", b"x-inference-time")
@@ -400,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sentences = list(load_sst2(args.data)["validation"]["sentence"])
-    offline = load_classifier(args.bundle, args.variant, args.threads)  # the variant serve picks
+    offline = load_classifier(args.bundle, args.variant, args.threads, workload_for(args.max_batch_size))  # serve's
     if args.tolerance is None:
         args.tolerance = 1e-2 if offline.variant == "int8" else 1e-4
     probabilities = offline.predict_proba(sentences, batch_size=1)  # each sentence alone, as a lone request runs
@@ -437,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_seconds": args.max_seconds,
             "tolerance": args.tolerance,
             "quick": args.quick,
-            "cpus": os.cpu_count(),
+            "cpus": usable_cpus(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
             "load_average_before": round(load_before, 2),

@@ -95,6 +95,13 @@ class VariantChoice:
         return f"variant {self.variant}: {REASONS[self.reason]} (on {self.engine}; {self.detail})"
 
 
+def workload_for(batch_size: int) -> str:
+    """The workload a caller running batches of `batch_size` is chosen for: LATENCY at batch 1, else THROUGHPUT
+    (Classifier.logits sorts texts by length past one batch). serve, predict, predict-ray and the benches all
+    ask this one rule, so one bundle on one CPU runs the same variant for the same batch size everywhere."""
+    return LATENCY if batch_size <= 1 else THROUGHPUT
+
+
 def explicit(variant: str) -> VariantChoice:
     return VariantChoice(variant, "explicit", "asked for by name; no timing consulted")
 

@@ -35,14 +35,33 @@ except ImportError as err:  # the base install has no Ray
 
 from sst2dist.atomic import atomic_open, atomic_path
 from sst2dist.predict.ray_options import RayPredictOptions
-from sst2dist.predict.run import TEXT_FIELDS, WINDOW, BadLine, check_line_text, guess_format, read_texts
+from sst2dist.predict.run import (
+    ID_FIELDS,
+    OUTPUT_COLUMNS,
+    TEXT_FIELDS,
+    WINDOW,
+    BadLine,
+    Record,
+    check_line_text,
+    guess_format,
+    id_text,
+    read_records,
+)
 from sst2dist.runtime import Classifier, load_classifier, softmax
+from sst2dist.variant_choice import workload_for
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
 READ_CHUNK = 1 << 20  # bytes read from a file at a time
 # What a read task emits per input line; `error` and `fatal` are dropped before the output is written.
 ROW_SCHEMA = pa.schema(
-    [("file", pa.string()), ("line", pa.int64()), ("text", pa.string()), ("error", pa.string()), ("fatal", pa.bool_())]
+    [
+        ("file", pa.string()),
+        ("line", pa.int64()),
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("error", pa.string()),
+        ("fatal", pa.bool_()),
+    ]
 )
 
 
@@ -69,38 +88,39 @@ def _byte_lines(handle: Any, chunk: int = READ_CHUNK) -> Iterator[bytes]:
         yield pending
 
 
-def _rows(path: str, records: Iterable[tuple[int, str | BadLine]]) -> Iterator[tuple]:
-    """(file, line, text, error, fatal) per record; a BadLine raised by the reader (a CSV header without the
+def _rows(path: str, records: Iterable[Record]) -> Iterator[tuple]:
+    """(file, line, id, text, error, fatal) per record; a BadLine raised by the reader (a CSV header without the
     column) is a fatal error row: it cannot be skipped, as in `predict`."""
     try:
-        for number, text in records:
+        for number, text, record_id in records:
             if isinstance(text, BadLine):
-                yield path, number, None, str(text), False
+                yield path, number, record_id, None, str(text), False
             else:
-                yield path, number, text, None, False
+                yield path, number, record_id, text, None, False
     except BadLine as err:
-        yield path, err.line, None, str(err), True
+        yield path, err.line, None, None, str(err), True
 
 
-def _parquet_records(handle: Any, field_name: str | None) -> Iterator[tuple[int, str | BadLine]]:
+def _parquet_records(handle: Any, field_name: str | None) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(handle)
+    present = parquet.schema_arrow.names
     names = (field_name,) if field_name else TEXT_FIELDS
-    column = next((n for n in names if n in parquet.schema_arrow.names), None)
+    column = next((n for n in names if n in present), None)
     if column is None:
         wanted = " or ".join(repr(n) for n in names)
-        raise BadLine(
-            1, f"the columns {parquet.schema_arrow.names} have no {wanted} (use --column to choose one)", "row"
-        )
+        raise BadLine(1, f"the columns {present} have no {wanted} (use --column to choose one)", "row")
+    id_column = next((n for n in ID_FIELDS if n in present), None)
     number = 0
-    for batch in parquet.iter_batches(columns=[column], batch_size=WINDOW):
-        for value in batch.column(0).to_pylist():
+    for batch in parquet.iter_batches(columns=[column] + ([id_column] if id_column else []), batch_size=WINDOW):
+        ids = batch.column(1).to_pylist() if id_column else [None] * len(batch)
+        for value, record_id in zip(batch.column(0).to_pylist(), ids, strict=True):
             number += 1
             try:
-                yield number, check_line_text(number, value, "row")
+                yield Record(number, check_line_text(number, value, "row"), id_text(record_id))
             except BadLine as err:
-                yield number, err
+                yield Record(number, err, id_text(record_id))
 
 
 def _blocks(rows: Iterator[tuple], size: int = WINDOW) -> Iterator[pa.Table]:
@@ -136,7 +156,7 @@ class PredictTextDatasource(FileBasedDatasource):
         if self.fmt == "parquet":
             records = _parquet_records(handle, self.field_name)
         else:
-            records = read_texts(_byte_lines(handle), self.fmt, self.field_name)
+            records = read_records(_byte_lines(handle), self.fmt, self.field_name)
         yield from _blocks(_rows(path, records))
 
 
@@ -265,7 +285,8 @@ def run_predict_ray(
     line, text, label, score, scores (and file, when several files were read; logits with `options.logits`)."""
     options = replace(options, **fields) if options else RayPredictOptions(**fields)
     out_format = check_paths(input_path, output)
-    classifier = load_classifier(bundle, options.variant, options.threads_per_actor)
+    workload = workload_for(options.batch_size)  # the rule `predict` follows: the same bundle, the same variant
+    classifier = load_classifier(bundle, options.variant, options.threads_per_actor, workload)
     print(f"predict-ray: {classifier.choice.line()}", file=sys.stderr)
     variant, labels = classifier.variant, classifier.labels
     del classifier  # the actors load their own
@@ -278,9 +299,11 @@ def run_predict_ray(
 
 
 def output_schema(labels: list[str], logits: bool, several_files: bool) -> pa.Schema:
+    """`predict`'s OUTPUT_COLUMNS (file first when several files were read; logits last when asked for)."""
+    types = {"line": pa.int64(), "id": pa.string(), "text": pa.string(), "label": pa.string(), "score": pa.float64()}
+    types["scores"] = pa.struct([(label, pa.float64()) for label in labels])
     columns = [("file", pa.string())] if several_files else []
-    columns += [("line", pa.int64()), ("text", pa.string()), ("label", pa.string()), ("score", pa.float64())]
-    columns += [("scores", pa.struct([(label, pa.float64()) for label in labels]))]
+    columns += [(name, types[name]) for name in OUTPUT_COLUMNS]
     return pa.schema(columns + ([("logits", pa.list_(pa.float32()))] if logits else []))
 
 

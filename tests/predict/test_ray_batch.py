@@ -5,6 +5,7 @@ message; a missing bundle fails before Ray starts."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,7 +148,7 @@ def test_parquet_in_and_out_with_logits_through_the_command_line(
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
-    assert table.column_names == ["file", "line", "text", "label", "score", "scores", "logits"]
+    assert table.column_names == ["file", "line", "id", "text", "label", "score", "scores", "logits"]
     assert table.column("text").to_pylist() == sentences
     assert table.column("line").to_pylist() == list(range(1, 101)) + list(range(1, len(sentences) - 99))
     logits = np.array(table.column("logits").to_pylist())
@@ -183,3 +184,42 @@ def test_a_missing_column_stops_even_with_skip_bad(local_ray, tiny_bundle_dir: P
     source.write_text("review,stars\nfine,5\n", encoding="utf-8")
     with pytest.raises(BadRow, match=r"line 1: the header \['review', 'stars'\] has no 'text' or 'sentence' column"):
         run_predict_ray(str(tiny_bundle_dir), str(source), str(tmp_path / "o.jsonl"), skip_bad=True)
+
+
+def steered(bundle: Path, folder: Path) -> Path:
+    """A copy of `bundle` whose recorded timings (on this CPU) make fp32 fastest at batch 1 and optimized fastest
+    in sorted batches: a caller that chose by the wrong workload would run another variant."""
+    from sst2dist.environment import cpu_fingerprint
+
+    copy = Path(shutil.copytree(bundle, folder))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    timings = manifest["variant_timings"]
+    timings["cpu"] = cpu_fingerprint()
+    timings["ms_per_sentence"] = {"1": {"fp32": 1.0, "optimized": 2.0, "int8": 2.0}}
+    timings["batch_ms_per_sentence"] = {"1": {"fp32": 2.0, "optimized": 1.0, "int8": 2.0}}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.slow
+def test_predict_and_predict_ray_choose_alike_and_write_the_same_rows(
+    local_ray, tiny_bundle_dir: Path, sentences: list[str], tmp_path: Path
+) -> None:
+    """No variant pinned: both commands choose by the same workload rule, so they run the same variant and write
+    the same rows (line, id, text, label, score, scores), including after a skipped line."""
+    bundle = steered(tiny_bundle_dir, tmp_path / "bundle")
+    lines = [json.dumps({"id": f"r{i}", "text": t}) for i, t in enumerate(sentences[:60])]
+    lines[7] = json.dumps({"id": "r7", "text": "  "})
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    outputs = {name: tmp_path / f"{name}.jsonl" for name in ("predict", "ray")}
+    args = [str(bundle), "--input", str(source), "--skip-bad", "--output"]
+    single = CliRunner().invoke(main, ["predict", *args, str(outputs["predict"]), "--threads", "1"])
+    ray_run = CliRunner().invoke(main, ["predict-ray", *args, str(outputs["ray"]), "--actors", "1"])
+    assert single.exit_code == 0 and ray_run.exit_code == 0, single.output + ray_run.output
+    assert "variant optimized" in single.stderr and "variant optimized" in ray_run.stderr
+    rows = {name: [json.loads(line) for line in path.read_text().splitlines()] for name, path in outputs.items()}
+    assert rows["predict"] == rows["ray"]  # labels and scores equal, not merely close
+    assert list(rows["predict"][0]) == ["line", "id", "text", "label", "score", "scores"]
+    assert [row["line"] for row in rows["predict"]] == [n for n in range(1, 61) if n != 8]
+    assert [row["id"] for row in rows["predict"]] == [f"r{n - 1}" for n in range(1, 61) if n != 8]
