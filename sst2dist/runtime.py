@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 
 from sst2dist.engines import VARIANTS, missing_engine, open_session, thread_count, unavailable_reason
 from sst2dist.packaged import sha256_of
-from sst2dist.variant_choice import LATENCY, VariantChoice, candidates, choose_variant, explicit
+from sst2dist.variant_choice import LATENCY, VariantChoice, candidates, choose_variant, explicit, softmax
 
 VARIANT_FILES = {name: spec.file for name, spec in VARIANTS.items()}  # OpenVINO's variants read model.onnx
 MANIFEST_FILE = "manifest.json"
@@ -285,11 +285,6 @@ def clean_text(text: str) -> str:
     except UnicodeEncodeError:
         return LONE_SURROGATE.sub("\ufffd", text)
     return text
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

@@ -134,7 +134,8 @@ against PyTorch before this bundle was written. It runs on a CPU with onnxruntim
 
 Accuracy on {verification.get("samples", "the")} SST-2 validation sentences (`{verification.get("data", "?")}`);
 PyTorch scored {100 * verification.get("pytorch_accuracy", float("nan")):.2f} % on them. The default is
-`{manifest.get("default_variant", "?")}`, the fastest gated variant on the exporting CPU.
+`{manifest.get("default_variant", "?")}`: what `sst2dist serve` runs on the exporting CPU with its defaults (the
+fastest gated variant whose scores did not move with the batch there).
 
 {variant_table(manifest)}
 

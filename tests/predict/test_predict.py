@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from sst2dist import variant_choice
 from sst2dist.cli import main
 from sst2dist.predict.run import BadLine, predict_records, read_texts
 from sst2dist.runtime import VARIANT_FILES, load_classifier, recorded_sha256
@@ -50,8 +51,8 @@ def test_texts_as_arguments_to_stdout(bundle: Path, offline: list[dict]) -> None
     result = run(str(bundle), *TEXTS)
     assert result.exit_code == 0, result.output
     assert_predictions(records(result.stdout), TEXTS, offline)
-    variant = load_classifier(bundle, workload=THROUGHPUT).variant
-    assert f"predict: variant {variant}: recorded timing on matching CPU" in result.stderr  # which, and why
+    choice = load_classifier(bundle, workload=THROUGHPUT).choice
+    assert f"predict: variant {choice.variant}: {variant_choice.REASONS[choice.reason]}" in result.stderr  # which, why
 
 
 def test_an_explicit_variant_is_logged_as_such(bundle: Path) -> None:
