@@ -14,8 +14,11 @@ order (or is counted with `skip_bad`). Needs the `ray` extra: `pip install "sst2
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -34,10 +37,11 @@ except ImportError as err:  # the base install has no Ray
     raise ImportError(f"`sst2dist predict-ray` needs Ray Data ({err}): pip install 'sst2dist[ray]'") from err
 
 from sst2dist.atomic import atomic_open, atomic_path
-from sst2dist.predict.ray_options import RayPredictOptions
+from sst2dist.predict.ray_options import RAY_FORMATS, RayPredictOptions
 from sst2dist.predict.run import (
     ID_FIELDS,
     OUTPUT_COLUMNS,
+    SUFFIX_FORMATS,
     TEXT_FIELDS,
     WINDOW,
     BadLine,
@@ -222,20 +226,59 @@ def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def input_format(input_path: str, given: str | None) -> str:
-    """--format, else the suffix of the path (of the first file, for a local folder)."""
+GLOB_CHARACTERS = ("*", "?", "[")
+
+
+def input_paths(input_path: str) -> str | list[str]:
+    """What Ray Data reads: the path itself, or the files a glob matches (local, or on a remote filesystem that
+    pyarrow lists), sorted; a glob that matches nothing is a ValueError."""
+    if not any(character in input_path for character in GLOB_CHARACTERS):
+        return input_path
+    matches = remote_glob(input_path) if "://" in input_path else local_glob(input_path)
+    if not matches:
+        raise ValueError(f"--input {input_path} matches no file: check the pattern")
+    return matches
+
+
+def local_glob(pattern: str) -> list[str]:
+    return sorted(path for path in glob.glob(pattern, recursive=True) if Path(path).is_file())
+
+
+def remote_glob(pattern: str) -> list[str]:
+    """The files under the glob's fixed prefix on its filesystem (s3://, gs://, file://, ...) whose path matches it:
+    pyarrow lists them as `bucket/key` (or `/path` for file://), the form of the pattern after its scheme."""
+    from pyarrow import fs
+
+    scheme, wanted = pattern.split("://", 1)
+    prefix = re.split(r"[*?\[]", pattern, maxsplit=1)[0].rsplit("/", 1)[0]
+    filesystem, root = fs.FileSystem.from_uri(prefix)
+    infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
+    return sorted(f"{scheme}://{info.path}" for info in infos if info.is_file and fnmatch.fnmatch(info.path, wanted))
+
+
+def input_format(paths: str | list[str], given: str | None) -> str:
+    """--format, else the suffix of the path (of the first file, for a local folder or a glob); a remote folder
+    or file whose name gives no format is refused rather than read as text lines."""
     if given:
         return given
-    path = Path(input_path)
-    if path.is_dir():
+    first = paths[0] if isinstance(paths, list) else paths
+    path = Path(first.split("://", 1)[-1])
+    if "://" not in first and path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
         path = files[0] if files else path
-    return "parquet" if path.suffix.lower() == ".parquet" else guess_format(str(path), None)
+    suffix = path.suffix.lower()
+    if "://" in first and suffix not in (".parquet", *SUFFIX_FORMATS, ".txt"):
+        raise ValueError(
+            f"cannot tell the format of {first} from its name: pass --format (one of {', '.join(RAY_FORMATS)}) "
+            "or a glob such as 'prefix/*.parquet'"
+        )
+    return "parquet" if suffix == ".parquet" else guess_format(str(path), None)
 
 
 def check_paths(input_path: str, output: str) -> str:
     """The output format; a clear error for a local input that does not exist or an output that cannot be written."""
-    if "://" not in input_path and not Path(input_path).exists():
+    is_glob = any(character in input_path for character in GLOB_CHARACTERS)
+    if "://" not in input_path and not is_glob and not Path(input_path).exists():
         raise ValueError(f"input {input_path} does not exist: give a file, a folder or a glob Ray Data can read")
     suffix = Path(output).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
@@ -246,13 +289,13 @@ def check_paths(input_path: str, output: str) -> str:
 
 
 def classify_dataset(
-    bundle: str, input_path: str, options: RayPredictOptions, variant: str
+    bundle: str, paths: str | list[str], fmt: str, options: RayPredictOptions, variant: str
 ) -> tuple[ray.data.Dataset, bool]:
     """The lazy dataset of predictions, in input order, and whether it read several files."""
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().execution_options.preserve_order = True
-    source = PredictTextDatasource(input_path, input_format(input_path, options.fmt), options.field_name)
+    source = PredictTextDatasource(paths, fmt, options.field_name)
     threads = options.threads_per_actor
     if options.actors:
         pool = ActorPoolStrategy(size=options.actors)
@@ -285,13 +328,15 @@ def run_predict_ray(
     line, text, label, score, scores (and file, when several files were read; logits with `options.logits`)."""
     options = replace(options, **fields) if options else RayPredictOptions(**fields)
     out_format = check_paths(input_path, output)
+    paths = input_paths(input_path)
+    fmt = input_format(paths, options.fmt)
     workload = workload_for(options.batch_size)  # the rule `predict` follows: the same bundle, the same variant
     classifier = load_classifier(bundle, options.variant, options.threads_per_actor, workload)
     print(f"predict-ray: {classifier.choice.line()}", file=sys.stderr)
     variant, labels = classifier.variant, classifier.labels
     del classifier  # the actors load their own
     with ray_session(options.address, options.num_cpus):
-        dataset, several_files = classify_dataset(bundle, input_path, options, variant)
+        dataset, several_files = classify_dataset(bundle, paths, fmt, options, variant)
         batches = dataset.iter_batches(batch_format="pyarrow", batch_size=None)
         schema = output_schema(labels, options.logits, several_files)
         writer = write_parquet if out_format == "parquet" else write_jsonl

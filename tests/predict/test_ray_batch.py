@@ -224,3 +224,33 @@ def test_predict_and_predict_ray_choose_alike_and_write_the_same_rows(
     assert list(rows["predict"][0]) == ["line", "id", "text", "label", "score", "scores"]
     assert [row["line"] for row in rows["predict"]] == [n for n in range(1, 61) if n != 8]
     assert [row["id"] for row in rows["predict"]] == [f"r{n - 1}" for n in range(1, 61) if n != 8]
+
+
+@pytest.mark.slow
+def test_a_local_or_remote_style_glob_reads_every_matching_file(
+    local_ray, tiny_bundle_dir: Path, sentences: list[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for part, texts in enumerate((sentences[:30], sentences[30:50])):
+        (folder / f"part-{part}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), "utf-8")
+    (folder / "notes.md").write_text("# not input\n", encoding="utf-8")
+    for pattern in (f"{folder}/part-*.jsonl", f"file://{folder}/*.jsonl"):
+        out = tmp_path / "out.jsonl"
+        args = ["predict-ray", str(tiny_bundle_dir), "--input", pattern, "--output", str(out), "--variant", "fp32"]
+        result = CliRunner().invoke(main, [*args, "--actors", "1"])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [row["text"] for row in rows] == sentences[:50], pattern
+        assert [Path(row["file"]).name for row in rows] == ["part-0.jsonl"] * 30 + ["part-1.jsonl"] * 20
+
+
+def test_a_remote_folder_without_a_format_is_refused_in_one_sentence(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "parquet-folder"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["fine"]}), folder / "part-0.parquet")
+    for given, message in ((f"file://{folder}/", "cannot tell the format of"), (f"{folder}/*.csv", "matches no file")):
+        args = ["predict-ray", str(tiny_bundle_dir), "--input", given, "--output", str(tmp_path / "o.jsonl")]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
