@@ -37,6 +37,7 @@ except ImportError as err:  # the base install has no Ray
     raise ImportError(f"`sst2dist predict-ray` needs Ray Data ({err}): pip install 'sst2dist[ray]'") from err
 
 from sst2dist.atomic import atomic_open, atomic_path
+from sst2dist.environment import usable_cpus
 from sst2dist.predict.ray_options import RAY_FORMATS, RayPredictOptions
 from sst2dist.predict.run import (
     ID_FIELDS,
@@ -51,7 +52,7 @@ from sst2dist.predict.run import (
     id_text,
     read_records,
 )
-from sst2dist.runtime import Classifier, load_classifier, softmax
+from sst2dist.runtime import BundleError, Classifier, load_classifier, softmax
 from sst2dist.variant_choice import workload_for
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
@@ -171,8 +172,13 @@ class ClassifyBlock:
     """The map_batches callable: loads the bundle once per actor, then classifies one block per call. The
     Classifier sorts each block by token length, so its onnxruntime batches pad little."""
 
-    def __init__(self, bundle: str, variant: str, threads: int, batch_size: int, logits: bool):
+    def __init__(self, bundle: str, variant: str, threads: int, batch_size: int, logits: bool, files: dict):
         self.classifier = Classifier(bundle, variant=variant, threads=threads)
+        if loaded_files(self.classifier) != files:  # re-exported since the driver chose: never mix two exports
+            raise BundleError(
+                f"{bundle} changed while predict-ray ran (exported again?): the actors would not run the variant "
+                "the driver chose; run predict-ray again"
+            )
         self.batch_size, self.with_logits = batch_size, logits
 
     def __call__(self, block: pa.Table) -> pa.Table:
@@ -182,6 +188,15 @@ class ClassifyBlock:
         logits = np.full((len(texts), len(labels)), np.nan, dtype=np.float32)
         logits[good] = self.classifier.logits([texts[i] for i in good], self.batch_size)
         return append_predictions(block, logits, labels, self.with_logits, good)
+
+
+def loaded_files(classifier: Classifier) -> dict:
+    """The sha256s manifest.json records for what `classifier` loaded: its variant's model file and support files."""
+    manifest = classifier.manifest
+    return {
+        "variant": manifest["variants"][classifier.variant].get("sha256"),
+        **{name: entry.get("sha256") for name, entry in manifest.get("files", {}).items()},
+    }
 
 
 def append_predictions(
@@ -219,7 +234,7 @@ def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(num_cpus=num_cpus or usable_cpus(), include_dashboard=False)  # Ray itself counts every core
     try:
         yield
     finally:
@@ -289,7 +304,7 @@ def check_paths(input_path: str, output: str) -> str:
 
 
 def classify_dataset(
-    bundle: str, paths: str | list[str], fmt: str, options: RayPredictOptions, variant: str
+    bundle: str, paths: str | list[str], fmt: str, options: RayPredictOptions, variant: str, files: dict
 ) -> tuple[ray.data.Dataset, bool]:
     """The lazy dataset of predictions, in input order, and whether it read several files."""
     from ray.data import ActorPoolStrategy, DataContext
@@ -312,6 +327,7 @@ def classify_dataset(
             "threads": threads,
             "batch_size": options.batch_size,
             "logits": options.logits,
+            "files": files,
         },
         batch_size=WINDOW,
         batch_format="pyarrow",
@@ -333,10 +349,10 @@ def run_predict_ray(
     workload = workload_for(options.batch_size)  # the rule `predict` follows: the same bundle, the same variant
     classifier = load_classifier(bundle, options.variant, options.threads_per_actor, workload)
     print(f"predict-ray: {classifier.choice.line()}", file=sys.stderr)
-    variant, labels = classifier.variant, classifier.labels
-    del classifier  # the actors load their own
+    variant, labels, files = classifier.variant, classifier.labels, loaded_files(classifier)
+    del classifier  # the actors load their own, and check it is the same export
     with ray_session(options.address, options.num_cpus):
-        dataset, several_files = classify_dataset(bundle, paths, fmt, options, variant)
+        dataset, several_files = classify_dataset(bundle, paths, fmt, options, variant, files)
         batches = dataset.iter_batches(batch_format="pyarrow", batch_size=None)
         schema = output_schema(labels, options.logits, several_files)
         writer = write_parquet if out_format == "parquet" else write_jsonl

@@ -4,6 +4,7 @@ message; a missing bundle fails before Ray starts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -254,3 +255,21 @@ def test_a_remote_folder_without_a_format_is_refused_in_one_sentence(tiny_bundle
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_actor_refuses_a_bundle_exported_again_after_the_driver_chose(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    """The driver settles the variant; an actor that loads the bundle after an `export-onnx --force` replaced it
+    would run another export's files: it refuses, so no output mixes two exports."""
+    from sst2dist.predict.ray_batch import ClassifyBlock, loaded_files
+    from sst2dist.runtime import BundleError
+
+    bundle = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "bundle"))
+    files = loaded_files(load_classifier(bundle, "fp32", 1))
+    assert ClassifyBlock(str(bundle), "fp32", 1, 32, False, files).classifier.variant == "fp32"
+    tokenizer = bundle / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text(encoding="utf-8") + " ", encoding="utf-8")  # another export's
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["tokenizer.json"]["sha256"] = hashlib.sha256(tokenizer.read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="changed while predict-ray ran"):
+        ClassifyBlock(str(bundle), "fp32", 1, 32, False, files)
