@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -273,3 +274,23 @@ def test_an_actor_refuses_a_bundle_exported_again_after_the_driver_chose(tiny_bu
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="changed while predict-ray ran"):
         ClassifyBlock(str(bundle), "fp32", 1, 32, False, files)
+
+
+LOCAL_RAY_CPUS = """
+import ray
+from sst2dist.predict.ray_batch import ray_session
+with ray_session(None, None):
+    print("CPU", ray.cluster_resources()["CPU"])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin one")
+def test_a_local_ray_gets_the_cpus_this_process_may_use() -> None:
+    """Ray alone counts every core (2.0 under `taskset -c 0` on two); the local Ray predict-ray starts gets one."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", LOCAL_RAY_CPUS], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CPU 1.0" in done.stdout
