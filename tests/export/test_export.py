@@ -19,7 +19,7 @@ from sst2dist.export import bundle as export_module
 from sst2dist.export import int8 as int8_module
 from sst2dist.export.bundle import ExportError, export_bundle
 from sst2dist.runtime import VARIANT_FILES, Classifier, load_classifier, read_manifest
-from sst2dist.variant_choice import batch_dependent, pick, workload_for
+from sst2dist.variant_choice import batch_dependent, workload_for
 
 TEXTS = ["a gripping, funny film", "dull and lifeless", "it is a movie", ""]
 
