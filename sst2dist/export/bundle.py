@@ -271,8 +271,13 @@ def default_choice(manifest: dict, load, threads: int | None, batch_size: int) -
         workload=workload_for(batch_size),
     )
     logger.info("default at %s thread(s), batch %d: %s", threads or "all", batch_size, choice.line())
-    return {"variant": choice.variant, "threads": choice.threads, "batch_size": batch_size, "reason": choice.reason,
-            "detail": choice.detail}
+    return {
+        "variant": choice.variant,
+        "threads": choice.threads,
+        "batch_size": batch_size,
+        "reason": choice.reason,
+        "detail": choice.detail,
+    }
 
 
 def with_labels(staging: Path, labels: list[str]) -> None:
