@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from sst2dist.data import load_sst2
+from sst2dist.environment import usable_cpus
 from sst2dist.runtime import Classifier, load_classifier
 from sst2dist.serve import default_threads, default_workers, plan_chunks
-from sst2dist.variant_choice import THROUGHPUT
+from sst2dist.variant_choice import batch_dependent, workload_for
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -140,7 +141,7 @@ def note_cpu(level: Level, pid: int, before: dict[int, float], after: dict[int, 
     level.worker_cpu_ms = round(sum(used.values()) * per_request, 3)
     level.client_cpu_ms = round(client_s * per_request, 3)
     busy = loop + sum(used.values()) + client_s
-    level.cpu_busy_pct = round(100 * busy / (level.seconds * (os.cpu_count() or 1)), 1)
+    level.cpu_busy_pct = round(100 * busy / (level.seconds * usable_cpus()), 1)
 
 
 TIMING_HEADERS = (b"x-queue-time", b"x-tokenization-time", b"x-inference-time")
@@ -390,8 +391,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tolerance",
         type=float,
         default=None,
-        help="Largest score difference from the offline Classifier. Default: 1e-4, or 1e-2 for the dynamic int8 "
-        "variant, whose activation scales are computed per batch (so a score moves with its batch mates).",
+        help="Largest score difference from the offline Classifier. Default: 1e-4, or 1e-2 for a variant whose "
+        "scores moved with their batch mates when the export measured it (dynamic int8 in older bundles).",
     )
     parser.add_argument("--output", default=str(RESULTS), help="Folder for load_bench.json and load_bench.md.")
     parser.add_argument("--quick", action="store_true", help="Smoke run: 1, 4, 16 clients, 150 requests each.")
@@ -407,11 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     sentences = list(load_sst2(args.data)["validation"]["sentence"])
     workers = default_workers() if args.workers is None else args.workers
     threads = default_threads(workers) if args.threads is None else args.threads
-    # The variant `sst2dist serve` picks with these threads at its default (micro-batched, so THROUGHPUT); every
-    # server below then runs it by name.
-    offline = load_classifier(args.bundle, args.variant, threads, THROUGHPUT)
+    # The variant `sst2dist serve` picks with these threads at its batch size; every server below then runs it by name.
+    offline = load_classifier(args.bundle, args.variant, threads, workload_for(args.max_batch_size))
     if args.tolerance is None:
-        args.tolerance = 1e-2 if offline.variant == "int8" else 1e-4
+        args.tolerance = 1e-2 if batch_dependent(offline.manifest, offline.variant) else 1e-4
     probabilities = offline.predict_proba(sentences, batch_size=1)  # each sentence alone, as a lone request runs
     reference = [dict(zip(offline.labels, map(float, row), strict=True)) for row in probabilities]
     flags = ["--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096"]
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_seconds": args.max_seconds,
             "tolerance": args.tolerance,
             "quick": args.quick,
-            "cpus": os.cpu_count(),
+            "cpus": usable_cpus(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
             "load_average_before": round(load_before, 2),

@@ -61,7 +61,11 @@ def measure(args: argparse.Namespace, source: Path, work: Path) -> dict:
     from sst2dist.runtime import load_classifier
 
     rows, runs = args.rows, []
-    variant = args.variant or load_classifier(args.bundle, threads=1).variant  # one variant for every run
+    from sst2dist.predict.options import PredictOptions
+    from sst2dist.variant_choice import workload_for
+
+    workload = workload_for(PredictOptions.batch_size)  # predict's and predict-ray's rule at their batch size
+    variant = args.variant or load_classifier(args.bundle, threads=1, workload=workload).variant  # one for all runs
     reference = work / "plain.jsonl"
     for threads in sorted({1, args.num_cpus}):
         classifier = load_classifier(args.bundle, variant, threads)

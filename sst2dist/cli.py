@@ -291,7 +291,7 @@ def serve(bundle: str, **flags) -> None:
 @click.argument("texts", nargs=-1)
 @click_options(PredictOptions)
 def predict(bundle: str, texts: tuple[str, ...], **flags) -> None:
-    """Classify texts with a bundle, writing JSONL lines {"text", "label", "score"}.
+    """Classify texts with a bundle, writing JSONL rows {"line", "id", "text", "label", "score", "scores"}.
 
     \b
     Examples:
@@ -303,13 +303,13 @@ def predict(bundle: str, texts: tuple[str, ...], **flags) -> None:
 
     from sst2dist.predict.run import run_predict
     from sst2dist.runtime import load_classifier
-    from sst2dist.variant_choice import THROUGHPUT
+    from sst2dist.variant_choice import workload_for
 
     if not texts and not flags["input_path"] and sys.stdin.isatty():
         raise click.UsageError("give texts as arguments, --input FILE, or pipe text to stdin")
     try:
         options = PredictOptions.from_flags(**flags)
-        classifier = load_classifier(bundle, options.variant, options.threads, THROUGHPUT)  # sorted batches
+        classifier = load_classifier(bundle, options.variant, options.threads, workload_for(options.batch_size))
         summary = run_predict(classifier, options, texts=texts)
     except ValueError as err:  # OptionError, BadLine, BundleError, unreadable input
         raise click.ClickException(f"{err}; nothing was written" if flags["output"] else str(err)) from err

@@ -108,21 +108,27 @@ class Session(Protocol):
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """CPU settings: all graph optimizations, sequential execution, `threads` intra-op threads (None: all cores)."""
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    """CPU settings: all graph optimizations, sequential execution, `threads` intra-op threads (None: the usable
+    CPUs). Always explicit: onnxruntime's own default counts the machine's cores, not this process's."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads or 0
+    options.intra_op_num_threads = thread_count(threads)
     options.inter_op_num_threads = 1
     return options
 
 
+def thread_count(threads: int | None) -> int:
+    """`threads`, or the CPUs this process may use when None; a count below 1 is a ValueError."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return threads or usable_cpus()
+
+
 class OrtSession:
-    def __init__(self, path: Path, threads: int | None):
+    def __init__(self, model: bytes, threads: int | None):
         self.session = ort.InferenceSession(
-            str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            model, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
         )
         self.input_names = [i.name for i in self.session.get_inputs()]
 
@@ -137,7 +143,14 @@ class OpenVinoSession:
     workers): OpenVINO runs one call per stream, so there is a stream per `threads` cores, and each calling thread
     keeps its own infer request (one request must not be shared between threads)."""
 
-    def __init__(self, path: Path, precision: str, threads: int | None, cache_key: str | None = None):
+    def __init__(
+        self,
+        model: bytes,
+        precision: str,
+        threads: int | None,
+        cache_key: str | None = None,
+        weights: bytes | None = None,
+    ):
         ov = openvino()
         if ov is None:
             raise RuntimeError(f"OpenVINO is not installed: {INSTALL_OPENVINO}")
@@ -146,7 +159,9 @@ class OpenVinoSession:
         cache_dir = compiled_cache_dir(cache_key, precision)
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        core = ov.Core()
+        graph = core.read_model(model, weights) if weights is not None else core.read_model(model)
+        self.compiled = core.compile_model(graph, "CPU", config)
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.logits_index = next(i for i, port in enumerate(self.compiled.outputs) if "logits" in port.get_names())
         self._local = threading.local()
@@ -204,12 +219,14 @@ def compiled_cache_key(entry: dict) -> str | None:
     return hashlib.sha256(f"{sha}:{weights}".encode()).hexdigest()
 
 
-def open_session(path: Path, variant: str, threads: int | None, cache_key: str | None = None) -> Session:
-    """Load `variant`'s graph at `path` on its engine. `cache_key` (the file's sha256) lets OpenVINO reuse a
-    compiled blob from an earlier start."""
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+def open_session(
+    model: bytes, variant: str, threads: int | None, cache_key: str | None = None, weights: bytes | None = None
+) -> Session:
+    """Load `variant`'s graph from `model`, the bytes already read and verified (never the path again: the file may
+    have been replaced since), on its engine; `weights`: an OpenVINO IR's .bin bytes, verified the same way.
+    `cache_key` (`compiled_cache_key`) lets OpenVINO reuse a compiled blob from an earlier start."""
+    thread_count(threads)
     spec = VARIANTS[variant]
     if spec.engine == OPENVINO:
-        return OpenVinoSession(path, spec.precision, threads, cache_key)
-    return OrtSession(path, threads)
+        return OpenVinoSession(model, spec.precision, threads, cache_key, weights)
+    return OrtSession(model, threads)

@@ -11,10 +11,13 @@ its variants, where it is installed (`engines`).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +28,12 @@ from sst2dist.engines import (
     compiled_cache_key,
     missing_engine,
     open_session,
-    session_options,
+    thread_count,
     unavailable_reason,
     variant_files,
 )
 from sst2dist.packaged import sha256_of
-from sst2dist.variant_choice import LATENCY, VariantChoice, candidates, choose_variant, explicit
+from sst2dist.variant_choice import LATENCY, VariantChoice, candidates, choose_variant, explicit, softmax
 
 VARIANT_FILES = {name: spec.file for name, spec in VARIANTS.items()}  # OpenVINO's variants read model.onnx
 MANIFEST_FILE = "manifest.json"
@@ -72,12 +75,55 @@ def verify_bundle_files(bundle_dir: str | Path, manifest: dict, names: Sequence[
         path, expected = Path(bundle_dir) / name, recorded_sha256(manifest, name)
         if expected is None or not path.is_file():
             continue
-        actual = sha256_of(path)
-        if actual != expected:
-            raise BundleError(
-                f"{path} is corrupt: its sha256 is {actual}, but manifest.json records {expected}; "
-                "export the bundle again with `sst2dist export-onnx`"
-            )
+        check_sha256(path, sha256_of(path), expected)
+
+
+def check_sha256(path: Path, actual: str, expected: str | None) -> None:
+    if expected is not None and actual != expected:
+        raise BundleError(
+            f"{path} is corrupt: its sha256 is {actual}, but manifest.json records {expected}; "
+            "export the bundle again with `sst2dist export-onnx`"
+        )
+
+
+def read_verified(bundle_dir: Path, manifest: dict, name: str) -> bytes:
+    """The bytes of bundle file `name`, read once and checked against `manifest`'s sha256: what is loaded is what
+    was hashed, even if an export replaces the folder meanwhile (the caller never reads the path again)."""
+    path = bundle_dir / name
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise BundleError(f"{path} is missing or unreadable ({err.strerror}): export the bundle again") from err
+    check_sha256(path, hashlib.sha256(data).hexdigest(), recorded_sha256(manifest, name))
+    return data
+
+
+@dataclass(frozen=True)
+class BundleFiles:
+    """One reading of a bundle: its manifest and the verified bytes of its support files. Every model file read
+    later is checked against this manifest, so a Classifier never mixes files of two exports."""
+
+    folder: Path
+    manifest: dict
+    support: dict[str, bytes]
+
+    @classmethod
+    def read(cls, bundle_dir: str | Path) -> BundleFiles:
+        folder = Path(bundle_dir)
+        manifest = read_manifest(folder)
+        return cls(folder, manifest, {name: read_verified(folder, manifest, name) for name in SUPPORT_FILES})
+
+    def variant_bytes(self, variant: str) -> tuple[bytes, bytes | None]:
+        """`variant`'s graph, and an OpenVINO IR's weights (else None), each checked against this manifest."""
+        graph, *weights = (read_verified(self.folder, self.manifest, name) for name in variant_files(variant))
+        return graph, (weights[0] if weights else None)
+
+
+def limit_tokenizer_threads(threads: int | None) -> None:
+    """Bound the tokenizer's encode_batch pool (Rayon, started at its first parallel call and sized once by
+    RAYON_NUM_THREADS, else by the machine) to `threads`, or the usable CPUs; a RAYON_NUM_THREADS already set
+    wins."""
+    os.environ.setdefault("RAYON_NUM_THREADS", str(thread_count(threads)))
 
 
 class Classifier:
@@ -85,7 +131,8 @@ class Classifier:
 
     Without `variant`, the fastest variant that passed the export gate on this CPU (see `variant_choice`): by the
     bundle's recorded timings when they were taken on this CPU, else re-timed here. `batch_invariant` leaves out
-    dynamic int8, whose scores move with their batch mates. `self.choice` says which and why."""
+    the variants whose scores move with their batch mates (as measured at export). `self.choice` says which and
+    why. Every file is read once, checked against the manifest's sha256, and loaded from those bytes."""
 
     def __init__(
         self,
@@ -95,48 +142,48 @@ class Classifier:
         *,
         batch_invariant: bool = False,
         workload: str = LATENCY,
+        files: BundleFiles | None = None,
     ):
-        self.bundle_dir = Path(bundle_dir)
-        self.manifest = read_manifest(self.bundle_dir)
-        verify_bundle_files(self.bundle_dir, self.manifest, SUPPORT_FILES)
-        self.labels = self._read_labels()
+        thread_count(threads)  # a bad thread count fails here, before anything is read
+        files = files or BundleFiles.read(bundle_dir)
+        self.bundle_dir, self.manifest = files.folder, files.manifest
+        self.labels = self._read_labels(files.support.get("config.json"))
         self.max_length = int(self.manifest["max_length"])
-        self.choice, timed = self._choose(variant, threads, batch_invariant, workload)
+        self.choice, timed = self._choose(files, variant, threads, batch_invariant, workload)
         self.variant = self.choice.variant
-        path = self._variant_path()
-        if self.variant in timed:  # loaded (and verified) to re-time it: the same file and threads
+        self._check_variant()
+        if self.variant in timed:  # loaded (and verified) to re-time it: the same bytes and threads
             self.session = timed[self.variant].session
         else:
-            verify_bundle_files(self.bundle_dir, self.manifest, variant_files(self.variant))
             key = compiled_cache_key(self.manifest["variants"][self.variant])
-            self.session = open_session(path, self.variant, threads, cache_key=key)
+            model, weights = files.variant_bytes(self.variant)
+            self.session = open_session(model, self.variant, threads, cache_key=key, weights=weights)
         self.input_names = self.session.input_names
-        self._tokenizer = self._load_tokenizer()
+        limit_tokenizer_threads(threads)
+        self._tokenizer = self._load_tokenizer(files.support.get("tokenizer.json"))
         self._untruncated = Tokenizer.from_str(self._tokenizer.to_str())
         self._untruncated.no_truncation()
         self._untruncated.no_padding()
 
     def _choose(
-        self, variant: str | None, threads: int | None, batch_invariant: bool, workload: str
+        self, files: BundleFiles, variant: str | None, threads: int | None, batch_invariant: bool, workload: str
     ) -> tuple[VariantChoice, dict[str, Classifier]]:
         if variant:
             return explicit(variant), {}
         if not candidates(self.manifest, batch_invariant):
             raise BundleError("no variant in this bundle passed the export verification gate: export it again")
-        session_options(threads)  # a bad thread count fails here, before any timing
 
         def load(name: str) -> Classifier:
-            return Classifier(self.bundle_dir, variant=name, threads=threads)
+            return Classifier(self.bundle_dir, variant=name, threads=threads, files=files)
 
         return choose_variant(self.manifest, threads, batch_invariant=batch_invariant, load=load, workload=workload)
 
-    def _variant_path(self) -> Path:
+    def _check_variant(self) -> None:
         if self.variant not in VARIANT_FILES:
             known = ", ".join(VARIANT_FILES)
             raise BundleError(f"unknown variant {self.variant!r}: choose one of {known}")
         entry = self.manifest.get("variants", {}).get(self.variant)
-        path = self.bundle_dir / VARIANT_FILES[self.variant]
-        if entry is None or not path.is_file():
+        if entry is None or not (self.bundle_dir / VARIANT_FILES[self.variant]).is_file():
             present = ", ".join(self.manifest.get("variants", {})) or "none"
             raise BundleError(f"variant {self.variant!r} is not in {self.bundle_dir} (it has: {present})")
         lost = [name for name in variant_files(self.variant) if not (self.bundle_dir / name).is_file()]
@@ -151,20 +198,18 @@ class Classifier:
                 f"variant {self.variant!r} failed the export verification gate; see manifest.json",
                 stacklevel=3,
             )
-        return path
 
-    def _read_labels(self) -> list[str]:
+    def _read_labels(self, config: bytes | None) -> list[str]:
         try:
-            config = json.loads((self.bundle_dir / "config.json").read_text(encoding="utf-8"))
-            id2label = config["id2label"]
-        except (OSError, KeyError, json.JSONDecodeError) as err:
+            id2label = json.loads(config.decode("utf-8"))["id2label"]
+            return [id2label[str(i)] for i in range(len(id2label))]
+        except (AttributeError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise BundleError(f"{self.bundle_dir}/config.json has no readable id2label ({err})") from err
-        return [id2label[str(i)] for i in range(len(id2label))]
 
-    def _load_tokenizer(self) -> Tokenizer:
+    def _load_tokenizer(self, data: bytes | None) -> Tokenizer:
         path = self.bundle_dir / "tokenizer.json"
         try:
-            tokenizer = Tokenizer.from_file(str(path))
+            tokenizer = Tokenizer.from_str(data.decode("utf-8"))
         except Exception as err:  # tokenizers raises a bare Exception on bad files
             raise BundleError(f"{path} is missing or unreadable ({err}): export the bundle again") from err
         # tokenizer.json may carry a fixed padding/truncation (MiniLM's says 128); transformers ignores it
@@ -256,11 +301,6 @@ def clean_text(text: str) -> str:
     except UnicodeEncodeError:
         return LONE_SURROGATE.sub("\ufffd", text)
     return text
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

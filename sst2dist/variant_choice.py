@@ -20,6 +20,8 @@ never candidates.
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,7 +34,11 @@ from sst2dist.environment import cpu_fingerprint, usable_cpus
 
 # Most preferred first; within a tier the fastest, across tiers a later one only when clearly faster.
 TIERS = (("optimized", "fp32", "openvino-f32"), ("static-int8", "openvino-bf16", "openvino-int8"), ("int8",))
-BATCH_DEPENDENT = ("int8",)  # one activation scale per batch: a text's scores move with its batch mates
+BATCH_DEPENDENT = ("int8",)  # assumed batch-dependent only in bundles exported before invariance was measured
+INVARIANCE_BATCHES = (1, 8, 32)  # batch sizes whose scores of the same sentence are compared at export
+INVARIANCE_SENTENCES = 64
+INVARIANCE_TOLERANCE = 1e-4  # the largest score change across batch sizes that still counts as batch-invariant
+QUIET_CPU_SHARE = 0.8  # below this share of a CPU for a 1-thread timing, the machine was busy: timings not trusted
 CLEARLY_FASTER = 0.9  # a less preferred variant must take at most 90 % of the time of the current choice
 LATENCY, THROUGHPUT = "latency", "throughput"
 WORKLOADS = (LATENCY, THROUGHPUT)
@@ -65,11 +71,13 @@ REASONS = {
 
 
 class Runner(Protocol):
-    """What timing needs of a loaded variant (the runtime Classifier has both)."""
+    """What timing and the invariance check need of a loaded variant (the runtime Classifier has all three)."""
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]: ...
 
     def run(self, encoded: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray: ...
 
 
 @dataclass
@@ -95,13 +103,20 @@ class VariantChoice:
         return f"variant {self.variant}: {REASONS[self.reason]} (on {self.engine}; {self.detail})"
 
 
+def workload_for(batch_size: int) -> str:
+    """The workload a caller running batches of `batch_size` is chosen for: LATENCY at batch 1, else THROUGHPUT
+    (Classifier.logits sorts texts by length past one batch). serve, predict, predict-ray and the benches all
+    ask this one rule, so one bundle on one CPU runs the same variant for the same batch size everywhere."""
+    return LATENCY if batch_size <= 1 else THROUGHPUT
+
+
 def explicit(variant: str) -> VariantChoice:
     return VariantChoice(variant, "explicit", "asked for by name; no timing consulted")
 
 
 def candidates(manifest: dict, batch_invariant: bool = False) -> list[str]:
-    """The variants that passed the gate and can run here, most preferred first; with `batch_invariant`, dynamic
-    int8 only if nothing else passed."""
+    """The variants that passed the gate and can run here, most preferred first; with `batch_invariant`, those
+    whose scores moved with the batch at export only if nothing else passed."""
     variants = manifest.get("variants", {})
     passed = [
         name
@@ -110,8 +125,38 @@ def candidates(manifest: dict, batch_invariant: bool = False) -> list[str]:
         if variants.get(name, {}).get("passed") and unavailable_reason(name) is None
     ]
     if batch_invariant:
-        return [name for name in passed if name not in BATCH_DEPENDENT] or passed
+        return [name for name in passed if not batch_dependent(manifest, name)] or passed
     return passed
+
+
+def batch_dependent(manifest: dict, name: str) -> bool:
+    """Whether `name`'s scores moved with their batch mates when measured at export (`batch_invariance`); bundles
+    exported before it was measured fall back to what the engine implies (dynamic int8)."""
+    measured = manifest.get("variants", {}).get(name, {}).get("batch_invariance")
+    if isinstance(measured, dict) and "invariant" in measured:
+        return not measured["invariant"]
+    return name in BATCH_DEPENDENT
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def batch_invariance(runner: Runner, texts: Sequence[str]) -> dict:
+    """manifest["variants"][name]["batch_invariance"]: the largest change of any sentence's scores between batch 1
+    and sorted batches of 8 and 32 (other batch mates, other padding), and whether it is within the tolerance."""
+    texts = list(texts)[:INVARIANCE_SENTENCES]
+    scores = {size: softmax(runner.logits(texts, size)) for size in INVARIANCE_BATCHES}
+    alone = scores[INVARIANCE_BATCHES[0]]
+    diff = max(float(np.abs(scores[size] - alone).max()) for size in INVARIANCE_BATCHES[1:])
+    return {
+        "batch_sizes": list(INVARIANCE_BATCHES),
+        "sentences": len(texts),
+        "max_score_diff": diff,
+        "tolerance": INVARIANCE_TOLERANCE,
+        "invariant": diff <= INVARIANCE_TOLERANCE,
+    }
 
 
 def pick(ms: Mapping[str, float]) -> str:
@@ -157,16 +202,32 @@ def time_variants(
     return {name: round(float(np.median(values)), 4) for name, values in passes.items()}
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def record_timings(load: Callable[[str, int | None], Runner], names: Sequence[str], texts: Sequence[str]) -> dict:
-    """manifest["variant_timings"]: the variants `names` timed on `texts` at 1 thread and at all cores (threads
-    None: the runtime's default session), keyed by thread count: at batch 1 (ms_per_sentence) and in sorted
-    batches of THROUGHPUT_BATCH (batch_ms_per_sentence)."""
-    texts = list(texts)
-    latency, throughput = {}, {}
-    for key, threads in {"1": 1, str(usable_cpus()): None}.items():
+    """manifest["variant_timings"]: the variants `names` timed on `texts` at 1 thread and at all usable CPUs
+    (threads None: the runtime's default session), keyed by thread count: at batch 1 (ms_per_sentence) and in
+    sorted batches of THROUGHPUT_BATCH (batch_ms_per_sentence); with the machine's load while they ran. A busy
+    recording is measured once more; still busy, it is kept but flagged, and the choice re-times at load."""
+    timings = timed_once(load, names, list(texts))
+    if timings["machine"]["busy"]:
+        timings = timed_once(load, names, list(texts))
+    return timings
+
+
+def timed_once(load: Callable[[str, int | None], Runner], names: Sequence[str], texts: list[str]) -> dict:
+    latency, throughput, machine = {}, {}, {}
+    counts = {"1": 1} | ({str(usable_cpus()): None} if usable_cpus() > 1 else {})
+    for key, threads in counts.items():
         runners = {name: load(name, threads) for name in names}
+        started, cpu = time.perf_counter(), cpu_seconds()
         latency[key] = time_variants(runners, texts[:EXPORT_SENTENCES], EXPORT_ROUNDS)
         throughput[key] = time_variants(runners, texts[:EXPORT_BATCH_SENTENCES], EXPORT_ROUNDS, THROUGHPUT_BATCH)
+        if threads == 1:  # one busy thread: the share of a CPU it got says how contended the machine was
+            machine = machine_load((cpu_seconds() - cpu) / (time.perf_counter() - started))
     return {
         "cpu": cpu_fingerprint(),
         "batch_size": 1,
@@ -178,6 +239,18 @@ def record_timings(load: Callable[[str, int | None], Runner], names: Sequence[st
         "engines": {name: engine_of(name) for name in names},
         "ms_per_sentence": latency,
         "batch_ms_per_sentence": throughput,
+        "machine": machine,
+    }
+
+
+def machine_load(cpu_share: float) -> dict:
+    """The recording's quietness: the share of a CPU the 1-thread timings got, and the load averages after."""
+    return {
+        "cpu_share_1_thread": round(cpu_share, 3),
+        "loadavg": [round(value, 2) for value in os.getloadavg()],
+        "usable_cpus": usable_cpus(),
+        "quiet_cpu_share": QUIET_CPU_SHARE,
+        "busy": cpu_share < QUIET_CPU_SHARE,
     }
 
 
@@ -202,6 +275,10 @@ def recorded_timings(
         return None, "the bundle has no recorded timings: it was exported before export-onnx timed its variants"
     if not same_cpu(timings.get("cpu"), here):
         return None, f"the bundle was timed on {describe_cpu(timings.get('cpu'))}, this is {describe_cpu(here)}"
+    machine = timings.get("machine") or {}
+    if machine.get("busy"):
+        share = machine.get("cpu_share_1_thread", 0.0)
+        return None, f"the bundle was timed on a busy machine (a 1-thread timing got {share:.0%} of a CPU)"
     batched = workload == THROUGHPUT and bool(timings.get(TIMINGS_KEY[THROUGHPUT]))
     by_threads = timings.get(TIMINGS_KEY[THROUGHPUT if batched else LATENCY]) or {}
     batch = batch_words(THROUGHPUT if batched else LATENCY, timings.get("throughput_batch_size", THROUGHPUT_BATCH))

@@ -102,7 +102,9 @@ def check_counts(
         BenchSettings.check_value(name, value)
     cores = usable_cpus()
     if max(threads) > cores:
-        raise BenchError(f"--threads {max(threads)} is more than the {cores} CPU(s) this process may use")
+        raise BenchError(
+            f"--threads {max(threads)} is more than the {cores} CPU(s) this process may use: ask for at most {cores}"
+        )
 
 
 def output_folder(output: str | None, default: Path) -> str:

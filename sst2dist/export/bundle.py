@@ -33,7 +33,7 @@ from sst2dist.export.manifest import add_openvino_variants, add_support_files, a
 from sst2dist.export.openvino_int8 import add_openvino_int8
 from sst2dist.export.options import ExportOptions
 from sst2dist.runtime import MANIFEST_FILE, VARIANT_FILES, Classifier
-from sst2dist.variant_choice import choose_variant, record_timings
+from sst2dist.variant_choice import batch_invariance, choose_variant, record_timings, workload_for
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -241,18 +241,56 @@ def fusion_report(path: Path) -> dict:
 
 
 def time_gated_variants(staging: Path, manifest: dict, validation: Dataset) -> None:
-    """Record how fast each variant that passed the gate runs here (with this CPU's fingerprint), and the default
-    variant those timings give a `Classifier` on this CPU."""
+    """Record, for each variant that passed the gate, whether its scores move with the batch and how fast it runs
+    here (with this CPU's fingerprint and load), then the variant serve, predict and predict-ray run by default on
+    this CPU: manifest["default_variants"], and serve's as manifest["default_variant"] (what the card states)."""
     write_manifest(staging, manifest)  # the Classifier reads it
     passed = [name for name, entry in manifest["variants"].items() if entry["passed"]]
 
     def load(name: str, threads: int | None = None) -> Classifier:
         return Classifier(staging, variant=name, threads=threads)
 
+    for name in passed:
+        manifest["variants"][name]["batch_invariance"] = batch_invariance(load(name), validation["sentence"])
     manifest["variant_timings"] = record_timings(load, passed, validation["sentence"])
-    choice, _ = choose_variant(manifest, None, batch_invariant=False, load=load)
-    manifest["default_variant"] = choice.variant
-    logger.info("default %s", choice.line())
+    manifest["default_variants"] = {
+        command: default_choice(manifest, load, threads, batch_size)
+        for command, (threads, batch_size) in command_defaults().items()
+    }
+    manifest["default_variant"] = manifest["default_variants"]["serve"]["variant"]
+
+
+def command_defaults() -> dict[str, tuple[int | None, int]]:
+    """(threads per session, batch size) each command runs with by default."""
+    from sst2dist.predict.options import PredictOptions
+    from sst2dist.predict.ray_options import RayPredictOptions
+    from sst2dist.serve.limits import ServeLimits, default_threads, default_workers
+
+    return {
+        "serve": (default_threads(default_workers()), ServeLimits.max_batch_size),
+        "predict": (PredictOptions.threads, PredictOptions.batch_size),
+        "predict-ray": (RayPredictOptions.threads_per_actor, RayPredictOptions.batch_size),
+    }
+
+
+def default_choice(manifest: dict, load, threads: int | None, batch_size: int) -> dict:
+    """What `load_classifier` (serve, predict, predict-ray) chooses here at `threads` and `batch_size`: the same
+    function with the same arguments, so what the export records is what those commands run on this CPU."""
+    choice, _ = choose_variant(
+        manifest,
+        threads,
+        batch_invariant=True,
+        load=lambda name: load(name, threads),
+        workload=workload_for(batch_size),
+    )
+    logger.info("default at %s thread(s), batch %d: %s", threads or "all", batch_size, choice.line())
+    return {
+        "variant": choice.variant,
+        "threads": choice.threads,
+        "batch_size": batch_size,
+        "reason": choice.reason,
+        "detail": choice.detail,
+    }
 
 
 def with_labels(staging: Path, labels: list[str]) -> None:

@@ -163,7 +163,8 @@ against PyTorch before this bundle was written. It runs on a CPU with onnxruntim
 Accuracy on {verify_set_name(verification)} (`{verification.get("data", "?")}`);
 PyTorch scored {100 * verification.get("pytorch_accuracy", float("nan")):.2f} % on them.
 {selection_note(config, verification)} The default is
-`{manifest.get("default_variant", "?")}`, the fastest gated variant on the exporting CPU.
+`{manifest.get("default_variant", "?")}`: what `sst2dist serve` runs on the exporting CPU with its defaults (the
+fastest gated variant whose scores did not move with the batch there).
 
 {variant_table(manifest)}
 

@@ -26,6 +26,8 @@ class PredictOptions(Options):
     )
     output: str | None = option(None, "JSONL file to write atomically (default: stdout).")
     variant: str | None = option(None, VARIANT_HELP)
-    threads: int | None = option(None, "onnxruntime intra-op threads (default: all cores).", checks=[positive])
+    threads: int | None = option(
+        None, "onnxruntime intra-op and tokenizer threads (default: the CPUs this process may use).", checks=[positive]
+    )
     batch_size: int = option(32, "Texts per onnxruntime call.", checks=[positive])
     skip_bad: bool = option(False, "Skip lines that give no text (counted on stderr) instead of stopping.")

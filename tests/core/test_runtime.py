@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def test_default_skips_a_variant_that_failed_the_gate(tiny_bundle_dir: Path, tmp
     bundle = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "bundle"))
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["variants"]["int8"]["passed"] = False
+    manifest["variant_timings"]["machine"] = {"busy": False}  # recorded on a quiet machine
     for by_variant in manifest["variant_timings"]["ms_per_sentence"].values():  # int8 would be by far the fastest
         by_variant.update({"int8": 0.01, "optimized": 1.0, "fp32": 2.0})
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -293,3 +295,119 @@ def test_verify_bundle_files_checks_what_the_manifest_records(tmp_path: Path) ->
 def test_clean_text_replaces_only_lone_surrogates() -> None:
     assert clean_text("a\ud800b\udfff") == "a\ufffdb\ufffd"
     assert clean_text("pair \U0001f600, café") == "pair \U0001f600, café"
+
+
+# --- what is hashed is what is loaded: a bundle replaced mid-load never gives a mixed classifier ----------------
+
+
+def with_other_tokenizer(bundle: Path, folder: Path) -> Path:
+    """`bundle` re-exported with a different tokenizer (two vocabulary ids swapped) and the same model files, its
+    manifest recording the new tokenizer's hash: what an `export-onnx --force` of another model can leave."""
+    other = Path(shutil.copytree(bundle, folder))
+    tokenizer = json.loads((other / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = tokenizer["model"]["vocab"]
+    vocab["film"], vocab["the"] = vocab["the"], vocab["film"]
+    (other / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["files"]["tokenizer.json"]["sha256"] = hashlib.sha256((other / "tokenizer.json").read_bytes()).hexdigest()
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    return other
+
+
+class SwapOnOpen:
+    """At the `at`-th file opened under `bundle`, replace the bundle folder by `other` with `replace_dir`'s two
+    renames: an export landing while a Classifier loads. A real audit hook on Python's `open`, not a mock."""
+
+    installed: SwapOnOpen | None = None
+    hooked = False
+
+    def __init__(self, bundle: Path, other: Path, at: int):
+        self.bundle, self.other, self.at, self.opened = bundle, other, at, 0
+        if not SwapOnOpen.hooked:  # hooks cannot be removed: one for the session, pointed at the current swap
+            sys.addaudithook(SwapOnOpen.hook)
+            SwapOnOpen.hooked = True
+        SwapOnOpen.installed = self
+
+    @staticmethod
+    def hook(event: str, args: tuple) -> None:
+        swap = SwapOnOpen.installed
+        if swap is None or event != "open" or not str(args[0]).startswith(str(swap.bundle)):
+            return
+        swap.opened += 1
+        if swap.opened == swap.at:
+            SwapOnOpen.installed = None
+            swap.bundle.rename(swap.bundle.with_name("old"))
+            swap.other.rename(swap.bundle)
+
+
+def test_a_bundle_replaced_while_loading_never_mixes_tokenizer_and_model(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    """Whichever file the swap lands before, the classifier's tokenizer is the one its manifest records (the model
+    files are the same in both exports), or the load is refused."""
+    for at in range(1, 8):
+        case = tmp_path / str(at)
+        bundle = Path(shutil.copytree(tiny_bundle_dir, case / "bundle"))
+        other = with_other_tokenizer(bundle, case / "other")
+        encoding = {  # the ids of "the film" under each export's tokenizer, by the tokenizer hash its manifest records
+            recorded_sha256(json.loads((folder / "manifest.json").read_text()), "tokenizer.json"): Classifier(
+                folder, variant="fp32"
+            )
+            .encode(["the film"])["input_ids"]
+            .tolist()
+            for folder in (bundle, other)
+        }
+        SwapOnOpen(bundle, other, at)
+        try:
+            classifier = Classifier(bundle, variant="fp32")
+        except BundleError as err:
+            assert "export the bundle again" in str(err)
+            continue
+        finally:
+            SwapOnOpen.installed = None
+        loaded = classifier.encode(["the film"])["input_ids"].tolist()
+        assert loaded == encoding[recorded_sha256(classifier.manifest, "tokenizer.json")], f"mixed at open {at}"
+
+
+# --- one notion of usable CPUs: the process's affinity mask, not the machine's cores ---------------------------
+
+THREAD_PROBE = """
+import json, os, sys
+from sst2dist.runtime import Classifier
+from sst2dist.serve.limits import default_threads, default_workers
+from sst2dist.bench.settings import BenchError, check_counts
+
+tasks = lambda: len(os.listdir("/proc/self/task"))
+threads = int(sys.argv[2]) if len(sys.argv) > 2 else None
+before = tasks()
+classifier = Classifier(sys.argv[1], variant="fp32", threads=threads)
+loaded = tasks()
+classifier.encode(["a gripping, funny film about very little"] * 4000)
+try:
+    check_counts([2], [1], None, None, 0)
+    refused = None
+except BenchError as err:
+    refused = str(err)
+workers = default_workers()
+print(json.dumps({"session": loaded - before, "tokenizer": tasks() - loaded, "workers": workers,
+                  "threads": default_threads(workers), "refused": refused}))
+"""
+
+
+def thread_probe(bundle: Path, *args: str, cpus: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
+    command = [sys.executable, "-c", THREAD_PROBE, str(bundle), *args]
+    done = subprocess.run(
+        ["taskset", "-c", cpus, *command] if cpus else command, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin one")
+def test_defaults_and_thread_pools_follow_the_cpus_this_process_may_use(tiny_bundle_dir: Path) -> None:
+    pinned = thread_probe(tiny_bundle_dir, cpus="0")  # `taskset -c 0`: one usable CPU on a bigger machine
+    assert pinned["workers"] == 1 and pinned["threads"] == 1
+    assert pinned["session"] == 0, "an onnxruntime session without threads started a pool past the usable CPU"
+    assert pinned["tokenizer"] <= 1
+    assert pinned["refused"] and "--threads 2" in pinned["refused"] and "1 CPU" in pinned["refused"]
+    one_thread = thread_probe(tiny_bundle_dir, "1")  # every CPU usable, --threads 1
+    assert one_thread["session"] == 0 and one_thread["tokenizer"] <= 1, one_thread

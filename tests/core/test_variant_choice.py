@@ -5,7 +5,10 @@ tiny ones; only the manifest's timing numbers and CPU fingerprint are made up, t
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,7 @@ def with_timings(bundle: Path, by_threads: dict[str, dict[str, float]], cpu: dic
     def change(manifest: dict) -> None:
         manifest["variant_timings"]["cpu"] = cpu or cpu_fingerprint()
         manifest["variant_timings"]["ms_per_sentence"] = by_threads
+        manifest["variant_timings"]["machine"] = {"busy": False}  # recorded on a quiet machine
 
     return edit_manifest(bundle, change)
 
@@ -86,9 +90,13 @@ def test_export_records_timings_with_the_cpu_fingerprint(tiny_bundle_dir: Path) 
     assert set(timings["ms_per_sentence"]) == {"1", str(usable_cpus())}
     for by_variant in timings["ms_per_sentence"].values():
         assert set(by_variant) == {"fp32", "optimized", "int8"} and all(ms > 0 for ms in by_variant.values())
+    assert timings["machine"]["cpu_share_1_thread"] > 0 and len(timings["machine"]["loadavg"]) == 3
     default = Classifier(tiny_bundle_dir)
-    assert default.choice.reason == "recorded" and default.variant == manifest["default_variant"]
-    assert default.variant == pick(timings["ms_per_sentence"][str(usable_cpus())])
+    if timings["machine"]["busy"]:  # a busy recording is not trusted: re-timed here
+        assert default.choice.reason == "re-timed" and "timed on a busy machine" in default.choice.detail
+    else:
+        assert default.choice.reason == "recorded"
+        assert default.variant == pick(timings["ms_per_sentence"][str(usable_cpus())])
 
 
 def test_recorded_timings_on_this_cpu_choose_per_thread_count(bundle: Path) -> None:
@@ -182,3 +190,101 @@ def test_the_bench_reports_what_serve_would_run_here_without_loading_it(bundle: 
     elsewhere = variant_choice.recorded_choice(read_manifest(bundle), threads=1)
     assert (elsewhere["variant"], elsewhere["reason"]) == (None, "re-timed")
     assert "Imaginary CPU 9000" in default_variant_lines({"default_variant": elsewhere})[0]
+
+
+# --- measured at export, used for the choice: batch invariance, machine load, the recorded default ----------
+
+
+def test_export_measures_batch_invariance_of_every_gated_variant(tiny_bundle_dir: Path) -> None:
+    manifest = json.loads((tiny_bundle_dir / "manifest.json").read_text())
+    for name, entry in manifest["variants"].items():
+        measured = entry["batch_invariance"]
+        assert measured["batch_sizes"] == [1, 8, 32] and measured["sentences"] > 32, name
+        assert measured["invariant"] == (measured["max_score_diff"] <= measured["tolerance"]), name
+    for exact in ("fp32", "optimized"):  # padding and batch mates change nothing measurable in fp32
+        assert manifest["variants"][exact]["batch_invariance"]["invariant"], manifest["variants"][exact]
+
+
+def with_invariance(bundle: Path, invariant: dict[str, bool]) -> Path:
+    def change(manifest: dict) -> None:
+        for name, value in invariant.items():
+            manifest["variants"][name]["batch_invariance"] = {"invariant": value, "max_score_diff": 0.0}
+
+    return edit_manifest(bundle, change)
+
+
+def test_the_measured_invariance_decides_which_variants_serve_may_run_not_the_engine(bundle: Path) -> None:
+    with_timings(bundle, {"1": {"fp32": 2.0, "optimized": 2.0, "int8": 2.0}})
+    with_invariance(bundle, {"fp32": False, "optimized": False, "int8": True})  # as if measured so at export
+    assert candidates(json.loads((bundle / "manifest.json").read_text()), batch_invariant=True) == ["int8"]
+    assert load_classifier(bundle, threads=1).variant == "int8"
+    with_invariance(bundle, {"fp32": True, "optimized": False, "int8": False})
+    assert load_classifier(bundle, threads=1).variant == "fp32"
+
+
+def test_the_recorded_default_is_what_load_classifier_runs(bundle: Path) -> None:
+    """int8 is fastest at batch 1 and moved with the batch; serve and predict run optimized: the export records
+    what they run, not the fastest at batch 1."""
+    from sst2dist.export.bundle import default_choice
+    from sst2dist.variant_choice import THROUGHPUT
+
+    def change(manifest: dict) -> None:
+        manifest["variant_timings"]["batch_ms_per_sentence"] = {"1": {"fp32": 3.0, "optimized": 2.0, "int8": 1.9}}
+
+    with_timings(bundle, {"1": {"fp32": 3.0, "optimized": 2.0, "int8": 0.5}})
+    edit_manifest(bundle, change)
+    with_invariance(bundle, {"fp32": True, "optimized": True, "int8": False})
+    manifest = json.loads((bundle / "manifest.json").read_text())
+
+    def load(name: str, threads: int | None = None) -> Classifier:
+        return Classifier(bundle, variant=name, threads=threads)
+
+    recorded = default_choice(manifest, load, 1, 32)
+    assert recorded["variant"] == load_classifier(bundle, threads=1, workload=THROUGHPUT).variant == "optimized"
+    assert default_choice(manifest, load, 1, 1)["variant"] == load_classifier(bundle, threads=1).variant
+
+
+def test_the_export_records_each_command_s_default(tiny_bundle_dir: Path) -> None:
+    manifest = json.loads((tiny_bundle_dir / "manifest.json").read_text())
+    defaults = manifest["default_variants"]
+    assert set(defaults) == {"serve", "predict", "predict-ray"}
+    assert manifest["default_variant"] == defaults["serve"]["variant"]
+    assert all(not variant_choice.batch_dependent(manifest, d["variant"]) for d in defaults.values())
+    card = (tiny_bundle_dir / "README.md").read_text()
+    assert f"The default is\n`{manifest['default_variant']}`: what `sst2dist serve` runs" in card
+
+
+BUSY_PROBE = """
+import json, sys
+from sst2dist.runtime import Classifier
+from sst2dist.variant_choice import record_timings
+load = lambda name, threads=None: Classifier(sys.argv[1], variant=name, threads=threads)
+texts = ["a gripping, funny film about very little, told at length"] * 64
+print(json.dumps(record_timings(load, ["fp32"], texts)))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin one")
+def test_a_busy_recording_is_flagged_and_re_timed_at_load(tiny_bundle_dir: Path, bundle: Path) -> None:
+    """Timings taken while another process shares the CPU (both pinned to CPU 0) are flagged busy, measured a
+    second time, and then not trusted: the choice re-times where it loads."""
+    hog = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", "while True: pass"])
+    try:
+        done = subprocess.run(
+            ["taskset", "-c", "0", sys.executable, "-c", BUSY_PROBE, str(tiny_bundle_dir)],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        hog.kill()
+        hog.wait()
+    assert done.returncode == 0, done.stderr[-2000:]
+    timings = json.loads(done.stdout.splitlines()[-1])
+    assert timings["machine"]["busy"] and timings["machine"]["cpu_share_1_thread"] < 0.8, timings["machine"]
+
+    def change(manifest: dict) -> None:
+        manifest["variant_timings"] = timings | {"cpu": cpu_fingerprint()}
+
+    edit_manifest(bundle, change)
+    choice = Classifier(bundle, threads=1).choice
+    assert choice.reason == "re-timed" and "timed on a busy machine" in choice.detail

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from sst2dist import variant_choice
 from sst2dist.cli import main
 from sst2dist.predict.run import BadLine, predict_records, read_texts
 from sst2dist.runtime import VARIANT_FILES, load_classifier, recorded_sha256
@@ -42,7 +43,7 @@ def records(text: str) -> list[dict]:
 def assert_predictions(lines: list[dict], texts: list[str], offline: list[dict]) -> None:
     assert [line["text"] for line in lines] == texts
     for line, want in zip(lines, offline, strict=True):
-        assert set(line) == {"text", "label", "score"}
+        assert list(line) == ["line", "id", "text", "label", "score", "scores"]
         assert line["label"] == want["label"] and abs(line["score"] - want["score"]) < 1e-5
 
 
@@ -50,8 +51,8 @@ def test_texts_as_arguments_to_stdout(bundle: Path, offline: list[dict]) -> None
     result = run(str(bundle), *TEXTS)
     assert result.exit_code == 0, result.output
     assert_predictions(records(result.stdout), TEXTS, offline)
-    variant = load_classifier(bundle, workload=THROUGHPUT).variant
-    assert f"predict: variant {variant}: recorded timing on matching CPU" in result.stderr  # which, and why
+    choice = load_classifier(bundle, workload=THROUGHPUT).choice
+    assert f"predict: variant {choice.variant}: {variant_choice.REASONS[choice.reason]}" in result.stderr  # which, why
 
 
 def test_an_explicit_variant_is_logged_as_such(bundle: Path) -> None:
@@ -259,3 +260,27 @@ def test_a_flipped_byte_in_the_bundle_is_refused(bundle: Path, tmp_path: Path) -
         assert result.exit_code != 0 and not (tmp_path / "out.jsonl").exists()
         assert f"{copy / name} is corrupt" in result.output and recorded_sha256(manifest, name) in result.output
         shutil.copy2(bundle / name, copy / name)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("in.jsonl", '{"id": 10, "text": "fine"}\n{"id": 11, "text": " "}\n{"id": 12, "text": "also fine"}\n'),
+        ("in.csv", "id,text\n10,fine\n11,\n12,also fine\n"),
+        ("in.txt", "fine\n \nalso fine\n"),
+    ],
+)
+def test_skipped_lines_leave_rows_that_still_name_their_line_and_id(
+    bundle: Path, tmp_path: Path, name: str, content: str
+) -> None:
+    source = tmp_path / name
+    source.write_text(content, encoding="utf-8")
+    result = run(str(bundle), "--input", str(source), "--skip-bad")
+    assert result.exit_code == 0, result.output
+    rows = records(result.stdout)
+    first_data_line = 2 if name.endswith(".csv") else 1  # the CSV header is line 1
+    assert [row["line"] for row in rows] == [first_data_line, first_data_line + 2]
+    assert [row["id"] for row in rows] == ([None, None] if name.endswith(".txt") else ["10", "12"])
+    assert [row["text"] for row in rows] == ["fine", "also fine"]
+    for row in rows:
+        assert row["scores"][row["label"]] == row["score"] and abs(sum(row["scores"].values()) - 1) < 1e-6

@@ -4,7 +4,10 @@ message; a missing bundle fails before Ray starts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,7 +150,7 @@ def test_parquet_in_and_out_with_logits_through_the_command_line(
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
-    assert table.column_names == ["file", "line", "text", "label", "score", "scores", "logits"]
+    assert table.column_names == ["file", "line", "id", "text", "label", "score", "scores", "logits"]
     assert table.column("text").to_pylist() == sentences
     assert table.column("line").to_pylist() == list(range(1, 101)) + list(range(1, len(sentences) - 99))
     logits = np.array(table.column("logits").to_pylist())
@@ -183,3 +186,111 @@ def test_a_missing_column_stops_even_with_skip_bad(local_ray, tiny_bundle_dir: P
     source.write_text("review,stars\nfine,5\n", encoding="utf-8")
     with pytest.raises(BadRow, match=r"line 1: the header \['review', 'stars'\] has no 'text' or 'sentence' column"):
         run_predict_ray(str(tiny_bundle_dir), str(source), str(tmp_path / "o.jsonl"), skip_bad=True)
+
+
+def steered(bundle: Path, folder: Path) -> Path:
+    """A copy of `bundle` whose recorded timings (on this CPU) make fp32 fastest at batch 1 and optimized fastest
+    in sorted batches: a caller that chose by the wrong workload would run another variant."""
+    from sst2dist.environment import cpu_fingerprint
+
+    copy = Path(shutil.copytree(bundle, folder))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    timings = manifest["variant_timings"]
+    timings["cpu"] = cpu_fingerprint()
+    timings["machine"] = {"busy": False}  # recorded on a quiet machine
+    timings["ms_per_sentence"] = {"1": {"fp32": 1.0, "optimized": 2.0, "int8": 2.0}}
+    timings["batch_ms_per_sentence"] = {"1": {"fp32": 2.0, "optimized": 1.0, "int8": 2.0}}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.slow
+def test_predict_and_predict_ray_choose_alike_and_write_the_same_rows(
+    local_ray, tiny_bundle_dir: Path, sentences: list[str], tmp_path: Path
+) -> None:
+    """No variant pinned: both commands choose by the same workload rule, so they run the same variant and write
+    the same rows (line, id, text, label, score, scores), including after a skipped line."""
+    bundle = steered(tiny_bundle_dir, tmp_path / "bundle")
+    lines = [json.dumps({"id": f"r{i}", "text": t}) for i, t in enumerate(sentences[:60])]
+    lines[7] = json.dumps({"id": "r7", "text": "  "})
+    source = tmp_path / "reviews.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    outputs = {name: tmp_path / f"{name}.jsonl" for name in ("predict", "ray")}
+    args = [str(bundle), "--input", str(source), "--skip-bad", "--output"]
+    single = CliRunner().invoke(main, ["predict", *args, str(outputs["predict"]), "--threads", "1"])
+    ray_run = CliRunner().invoke(main, ["predict-ray", *args, str(outputs["ray"]), "--actors", "1"])
+    assert single.exit_code == 0 and ray_run.exit_code == 0, single.output + ray_run.output
+    assert "variant optimized" in single.stderr and "variant optimized" in ray_run.stderr
+    rows = {name: [json.loads(line) for line in path.read_text().splitlines()] for name, path in outputs.items()}
+    assert rows["predict"] == rows["ray"]  # labels and scores equal, not merely close
+    assert list(rows["predict"][0]) == ["line", "id", "text", "label", "score", "scores"]
+    assert [row["line"] for row in rows["predict"]] == [n for n in range(1, 61) if n != 8]
+    assert [row["id"] for row in rows["predict"]] == [f"r{n - 1}" for n in range(1, 61) if n != 8]
+
+
+@pytest.mark.slow
+def test_a_local_or_remote_style_glob_reads_every_matching_file(
+    local_ray, tiny_bundle_dir: Path, sentences: list[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for part, texts in enumerate((sentences[:30], sentences[30:50])):
+        (folder / f"part-{part}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), "utf-8")
+    (folder / "notes.md").write_text("# not input\n", encoding="utf-8")
+    for pattern in (f"{folder}/part-*.jsonl", f"file://{folder}/*.jsonl"):
+        out = tmp_path / "out.jsonl"
+        args = ["predict-ray", str(tiny_bundle_dir), "--input", pattern, "--output", str(out), "--variant", "fp32"]
+        result = CliRunner().invoke(main, [*args, "--actors", "1"])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [row["text"] for row in rows] == sentences[:50], pattern
+        assert [Path(row["file"]).name for row in rows] == ["part-0.jsonl"] * 30 + ["part-1.jsonl"] * 20
+
+
+def test_a_remote_folder_without_a_format_is_refused_in_one_sentence(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "parquet-folder"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["fine"]}), folder / "part-0.parquet")
+    for given, message in ((f"file://{folder}/", "cannot tell the format of"), (f"{folder}/*.csv", "matches no file")):
+        args = ["predict-ray", str(tiny_bundle_dir), "--input", given, "--output", str(tmp_path / "o.jsonl")]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_actor_refuses_a_bundle_exported_again_after_the_driver_chose(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    """The driver settles the variant; an actor that loads the bundle after an `export-onnx --force` replaced it
+    would run another export's files: it refuses, so no output mixes two exports."""
+    from sst2dist.predict.ray_batch import ClassifyBlock, loaded_files
+    from sst2dist.runtime import BundleError
+
+    bundle = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "bundle"))
+    files = loaded_files(load_classifier(bundle, "fp32", 1))
+    assert ClassifyBlock(str(bundle), "fp32", 1, 32, False, files).classifier.variant == "fp32"
+    tokenizer = bundle / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text(encoding="utf-8") + " ", encoding="utf-8")  # another export's
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["tokenizer.json"]["sha256"] = hashlib.sha256(tokenizer.read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="changed while predict-ray ran"):
+        ClassifyBlock(str(bundle), "fp32", 1, 32, False, files)
+
+
+LOCAL_RAY_CPUS = """
+import ray
+from sst2dist.predict.ray_batch import ray_session
+with ray_session(None, None):
+    print("CPU", ray.cluster_resources()["CPU"])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin one")
+def test_a_local_ray_gets_the_cpus_this_process_may_use() -> None:
+    """Ray alone counts every core (2.0 under `taskset -c 0` on two); the local Ray predict-ray starts gets one."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", LOCAL_RAY_CPUS], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CPU 1.0" in done.stdout
