@@ -135,6 +135,9 @@ def install_forward_fixes(model: PreTrainedModel, architecture: Architecture) ->
         if layer.intermediate.dense.out_features == 0:
             layer.intermediate.forward = skip_intermediate
             layer.output.forward = functools.partial(ffn_without_neurons, layer.output.dense, layer.output.LayerNorm)
+    for parameter in model.parameters():
+        if parameter.numel() == 0:  # an emptied block's matrices: nothing to learn, and DDP wants a gradient
+            parameter.requires_grad_(False)
 
 
 def slice_position_bias(attention: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -294,3 +294,25 @@ def test_a_pruned_student_recovers_by_matching_its_sources_hidden_states_and_att
         trained.config.intermediate_sizes == [6, 0]
         and trained.base_model.encoder.layer[0].attention.self.query.out_features == 24
     )
+
+
+@pytest.mark.slow
+def test_a_pruned_model_with_empty_blocks_trains_on_two_processes(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    """DDP needs a gradient for every trainable parameter; an emptied block's zero-size matrices get none."""
+    import subprocess
+    import sys
+
+    source = tiny_bert(tmp_path / "source")
+    model = load_model(str(source))
+    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
+    model.save_pretrained(tmp_path / "pruned")
+    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
+    run = tmp_path / "run"
+    options = ["--data", sst2_sample_dir, "--model", tmp_path / "pruned", "--output-dir", run, "--max-steps", 2]
+    options += ["--batch-size", 8, "--eval-every", 0, "--save-every", 0, "--mixed-precision", "no"]
+    command = [Path(sys.executable).parent / "sst2dist", "train", "--num-processes", 2, *options]
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["num_processes"] == 2
+    trained = load_model(str(run / "model"))
+    assert trained.config.intermediate_sizes == [6, 0]
