@@ -109,6 +109,16 @@ def load_data(
     return train_set, sort_by_length(tokenized["validation"]), meta, rows_sha256
 
 
+def load_student(config: TrainConfig) -> torch.nn.Module:
+    """--model, cut to its --init-layers when given (for training and for --eval-only alike)."""
+    from sst2dist.modeling import keep_layers, load_model
+
+    model = load_model(config.model)
+    if config.init_layers:
+        keep_layers(model, parse_layers(config.init_layers))
+    return model
+
+
 def make_sentence_projection(student: torch.nn.Module, train_set: Dataset):  # -> torch.nn.Linear | None
     """--distill-sentence: the learned student -> teacher width map (Patient-KD); None when the widths agree or the
     option is off. Trained with the student and kept in checkpoints, so --resume stays exact."""
@@ -175,7 +185,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
-    from sst2dist.modeling import keep_layers, load_accuracy_metric, load_model, load_tokenizer
+    from sst2dist.modeling import load_accuracy_metric, load_tokenizer
 
     resume_from = prepare_output_dir(config, accelerator)
     set_seed(config.seed)
@@ -186,9 +196,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     keep_fingerprint(config, accelerator, fingerprint, resuming=resume_from is not None)
     train_loader, sampler = make_train_loader(config, train_set, tokenizer.pad_token_id)
     eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
-    model = load_model(config.model)
-    if config.init_layers:
-        keep_layers(model, parse_layers(config.init_layers))
+    model = load_student(config)
     layer_teacher = load_layer_teacher(config, model, tokenizer, accelerator)
     sentence_projection = make_sentence_projection(model, train_set)
     if config.compile:
@@ -351,7 +359,7 @@ def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
     """--eval-only: the accuracy of --model on the validation split, written to eval_metrics.json."""
     from accelerate.utils import set_seed
 
-    from sst2dist.modeling import load_accuracy_metric, load_model, load_tokenizer
+    from sst2dist.modeling import load_accuracy_metric, load_tokenizer
 
     set_seed(config.seed)  # a base model's new classification head is random
 
@@ -359,7 +367,7 @@ def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
     eval_config = dataclasses.replace(config, max_train_samples=1, teacher=None)
     _, eval_set, *_ = load_data(eval_config, tokenizer, accelerator)
     eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
-    model, eval_loader = accelerator.prepare(load_model(config.model), eval_loader)
+    model, eval_loader = accelerator.prepare(load_student(config), eval_loader)
     accuracy, counted = evaluate(model, eval_loader, accelerator, load_accuracy_metric())
     metrics = {"model": config.model, "eval_accuracy": accuracy, "eval_samples": counted}
     metrics |= {"num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision}
