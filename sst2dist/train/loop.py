@@ -34,7 +34,7 @@ from sst2dist.train.config import (
     parse_layers,
     resolve_mixed_precision,
 )
-from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eval_loader
+from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eval_loader, stopped_early
 from sst2dist.train.fingerprint import array_sha256, keep_fingerprint, run_fingerprint, splits_sha256
 from sst2dist.train.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
 from sst2dist.train.log import LOSS_TERMS, RunLog, Window
@@ -258,7 +258,7 @@ def fit(run: Run, state: TrainState) -> bool:
     )
     run.progress = tqdm(total=run.total_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     window = Window(accelerator.device, first_step=state.step + 1)
-    stop = False
+    stop = stopped_early(config, state)  # resumed from the last checkpoint of a run that stopped early
     model.train()
     while state.step < run.total_steps and not stop:
         # The prepared loader re-sets its sampler's epoch from its own counter on every pass: set both.

@@ -315,3 +315,17 @@ def test_eval_only_evaluates_the_layers_init_layers_keeps(sst2_sample_dir: Path,
 
     assert accuracy(full) != accuracy(tmp_path / "cut")  # the cut model answers otherwise: the check means something
     assert accuracy(full, "--init-layers", 0) == accuracy(tmp_path / "cut")
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_further(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    options = tiny_run(sst2_sample_dir, tiny_model_dir, out, "--max-steps", 20, "--eval-every", 1)
+    options += ["--early-stopping-patience", 1, "--save-every", 1, "--keep-checkpoints", 1]
+    assert in_process(*options) == 0
+    stopped = json.loads((out / "metrics.json").read_text())
+    assert stopped["stopped_early"] and stopped["steps"] < 20
+    assert in_process(*options, "--resume") == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert (again["steps"], again["stopped_early"]) == (stopped["steps"], True)
