@@ -242,6 +242,9 @@ def test_bad_costs_a_pruned_source_and_an_occupied_output_are_refused(sst2_sampl
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     assert "pass --force" in prune("--output", str(tmp_path / "taken"), "--cost", "0.5")
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    # --force replaces --output, so an --output that holds the source (its run folder) would delete the source
+    assert "holds the source model" in prune("--output", str(tmp_path), "--cost", "0.5", "--force")
+    assert load_model(str(source)) is not None
 
     model = load_model(str(source))
     prune_model(model, [[0], [0]], [list(range(64))] * 2)
