@@ -169,12 +169,12 @@ def require_shared_folder(folder: Path, accelerator: Accelerator) -> None:
     from accelerate.utils import broadcast_object_list
 
     folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / ".shared-by-every-process"
     token = [uuid.uuid4().hex if accelerator.is_main_process else None]
+    broadcast_object_list(token)
+    probe = folder / f".shared-by-every-process-{token[0]}"  # per launch: concurrent runs share the cache
     if accelerator.is_main_process:
         with atomic_open(probe, "the shared-folder probe") as handle:
             handle.write(token[0])
-    broadcast_object_list(token)
     accelerator.wait_for_everyone()
     try:
         seen = probe.read_text(encoding="utf-8") == token[0]
