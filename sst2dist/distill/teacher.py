@@ -113,6 +113,9 @@ def logits_from_file(path: Path, data_sha256: str, rows: int) -> tuple[np.ndarra
             f"{meta.get('key', {}).get('data_sha256', '?')[:12]}…); this run has {rows} training rows. "
             "Use the same --data, or pass the teacher's model folder to --teacher to compute logits for this data"
         )
+    if logits.ndim != 2 or logits.shape[1] != 2:  # e.g. the sentence vectors cached beside the logits
+        width = logits.shape[1] if logits.ndim == 2 else "?"
+        raise TeacherError(f"{path} holds {width} values per row, not 2 logits: pass a teacher-logits .npz")
     return logits, meta
 
 
