@@ -83,6 +83,7 @@ def test_the_neighbour_table_holds_the_nearest_words_by_cosine(tiny_model_dir: P
         assert table[word] == [words[i] for i in np.argsort(-similarity, kind="stable")[:5]]
 
 
+@pytest.mark.slow  # two neighbour tables of the whole vocabulary: ~20 s on 2 cores
 def test_a_pruned_model_gives_the_same_neighbours_as_its_source(tiny_model_dir: Path, tmp_path: Path) -> None:
     from sst2dist.modeling import load_model, load_tokenizer
     from sst2dist.pruned import prune_model
