@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import SHORT_RUN, make_tiny_model, make_tiny_mpnet, run_train
+from conftest import SHORT_RUN, make_tiny_model, make_tiny_mpnet, resume_copy, run_train
 from torch.utils.flop_counter import FlopCounterMode
 
 from sst2dist.bench.measure import flops_counter
@@ -319,3 +319,27 @@ def test_a_pruned_model_with_empty_blocks_trains_on_two_processes(sst2_sample_di
     assert json.loads((run / "metrics.json").read_text())["num_processes"] == 2
     trained = load_model(str(run / "model"))
     assert trained.config.intermediate_sizes == [6, 0]
+
+
+@pytest.mark.slow
+def test_a_pruned_model_with_empty_blocks_resumes_to_the_same_weights(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    """Every zero-size tensor shares one null storage, and Accelerate's checkpoints keep one tensor per storage."""
+    from safetensors.torch import load_file
+
+    source = tiny_bert(tmp_path / "source")
+    model = load_model(str(source))
+    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
+    model.save_pretrained(tmp_path / "pruned")
+    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+
+    def options(out: Path) -> list[object]:
+        return ["--data", sst2_sample_dir, "--model", tmp_path / "pruned", "--output-dir", out, *SHORT_RUN]
+
+    result = run_train(*options(straight))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = resume_copy(straight, resumed, 3, options(resumed))
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (load_file(run / "model" / "model.safetensors") for run in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert load_model(str(resumed / "model")).config.intermediate_sizes == [6, 0]
