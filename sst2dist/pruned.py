@@ -135,6 +135,18 @@ def install_forward_fixes(model: PreTrainedModel, architecture: Architecture) ->
         if layer.intermediate.dense.out_features == 0:
             layer.intermediate.forward = skip_intermediate
             layer.output.forward = functools.partial(ffn_without_neurons, layer.output.dense, layer.output.LayerNorm)
+    drop_empty_parameters(model)
+
+
+def drop_empty_parameters(model: PreTrainedModel) -> None:
+    """An emptied block's zero-size matrices become non-persistent buffers: nothing to learn (DDP wants a gradient
+    for every parameter) and nothing to save (all zero-size tensors share one null storage, and Accelerate's
+    checkpoints keep one tensor per storage, so a resume would miss the others)."""
+    for module in model.modules():
+        for name, parameter in list(module.named_parameters(recurse=False)):
+            if parameter.numel() == 0:
+                del module._parameters[name]
+                module.register_buffer(name, parameter.detach(), persistent=False)
 
 
 def slice_position_bias(attention: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -177,8 +189,11 @@ def load_pruned(source: str | Path, config: PretrainedConfig) -> PreTrainedModel
     for layer, width in zip(architecture.layers(model), ffn_widths(config), strict=True):
         narrow_ffn(layer, range(width))
     install_forward_fixes(model, architecture)
+    expected = model.state_dict()
+    # Folders saved before `drop_empty_parameters` hold the zero-size tensors too: nothing to load from them.
+    state = {name: tensor for name, tensor in load_file(weights).items() if tensor.numel() or name in expected}
     try:
-        model.load_state_dict(load_file(weights), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise PruneError(f"{weights} does not fit the pruned shapes its config.json describes ({err})") from err
     return model.eval()

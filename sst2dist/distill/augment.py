@@ -39,11 +39,16 @@ def neighbour_table(model: str, k: int) -> dict[str, list[str]]:
     """Each whole-word vocabulary entry → its k nearest whole words by cosine of the input embeddings, nearest
     first. Computed in float64 with a stable sort, so that every CPU draws the same table (and the same
     sentences, which the shipped teacher logits depend on)."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from sst2dist.pruned import is_pruned, load_pruned
 
     source = resolve_model(model)
     vocab = AutoTokenizer.from_pretrained(source).get_vocab()
-    weights = AutoModel.from_pretrained(source).get_input_embeddings().weight.detach().double().numpy()
+    config = AutoConfig.from_pretrained(source)
+    # A pruned folder (sst2dist prune) has FFN shapes that a plain from_pretrained refuses; its embeddings are whole.
+    encoder = load_pruned(source, config) if is_pruned(config) else AutoModel.from_pretrained(source)
+    weights = encoder.get_input_embeddings().weight.detach().double().numpy()
     words = sorted(word for word in vocab if word.isalpha() and len(word) > 1)
     vectors = weights[[vocab[word] for word in words]]
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12

@@ -139,6 +139,9 @@ def logits_from_file(path: Path, data_sha256: str, rows: int) -> tuple[np.ndarra
             f"{meta.get('key', {}).get('data_sha256', '?')[:12]}…); this run has {rows} training rows. "
             "Use the same --data, or pass the teacher's model folder to --teacher to compute logits for this data"
         )
+    if logits.ndim != 2 or logits.shape[1] != 2:  # e.g. the sentence vectors cached beside the logits
+        width = logits.shape[1] if logits.ndim == 2 else "?"
+        raise TeacherError(f"{path} holds {width} values per row, not 2 logits: pass a teacher-logits .npz")
     return logits, meta
 
 
@@ -195,12 +198,12 @@ def require_shared_folder(folder: Path, accelerator: Accelerator) -> None:
     from accelerate.utils import broadcast_object_list
 
     folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / ".shared-by-every-process"
     token = [uuid.uuid4().hex if accelerator.is_main_process else None]
+    broadcast_object_list(token)
+    probe = folder / f".shared-by-every-process-{token[0]}"  # per launch: concurrent runs share the cache
     if accelerator.is_main_process:
         with atomic_open(probe, "the shared-folder probe") as handle:
             handle.write(token[0])
-    broadcast_object_list(token)
     accelerator.wait_for_everyone()
     try:
         seen = probe.read_text(encoding="utf-8") == token[0]

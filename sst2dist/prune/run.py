@@ -61,8 +61,11 @@ def check_source(model_dir: str) -> None:
 def check_output(output: Path, source: Path, force: bool) -> None:
     if output.is_file():
         raise PruneError(f"--output {output} is a file: give a folder path for the pruned model")
-    if output.exists() and output.resolve() == source.expanduser().resolve():
+    source = source.expanduser().resolve()
+    if output.exists() and output.resolve() == source:
         raise PruneError(f"--output {output} is the source model folder: write the pruned model to a new folder")
+    if output.exists() and output.resolve() in source.parents:  # --force would delete the source with it
+        raise PruneError(f"--output {output} holds the source model {source}: write the pruned model to a new folder")
     if output.is_dir() and any(output.iterdir()) and not force:
         raise PruneError(f"{output} already exists and is not empty: pass --force to replace it")
 

@@ -55,5 +55,10 @@ def evaluate_and_keep_best(run: Run, state: TrainState) -> bool:
     run.log.write(record | {"best_accuracy": state.best_accuracy})
     if run.progress is not None:
         run.progress.set_postfix(acc=f"{accuracy:.4f}", best=f"{state.best_accuracy:.4f}")
-    patience = run.config.early_stopping_patience
+    return stopped_early(run.config, state)
+
+
+def stopped_early(config: TrainConfig, state: TrainState) -> bool:
+    """Early stopping says stop (also true of a finished run's last checkpoint, so --resume trains no further)."""
+    patience = config.early_stopping_patience
     return bool(patience) and state.evals_without_improvement >= patience

@@ -35,7 +35,7 @@ from sst2dist.train.config import (
     parse_layers,
     resolve_mixed_precision,
 )
-from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eval_loader
+from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eval_loader, stopped_early
 from sst2dist.train.fingerprint import array_sha256, keep_fingerprint, run_fingerprint, splits_sha256
 from sst2dist.train.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
 from sst2dist.train.log import LOSS_TERMS, RunLog, Window, installed_trackers, start_trackers
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from torch.utils.data import DataLoader
     from transformers import PreTrainedTokenizerBase
+
+    from sst2dist.labels import LabelSet
 
 
 class NonFiniteLossError(RuntimeError):
@@ -112,6 +114,16 @@ def load_data(
     if vectors is not None:  # after tokenizing: `map` would copy the 768 floats of every row through Python
         train_set = with_row_vectors(train_set, "teacher_sentence", vectors[: len(train_set)])
     return train_set, sort_by_length(tokenized["validation"]), meta, rows_sha256
+
+
+def load_student(config: TrainConfig, labels: LabelSet) -> torch.nn.Module:
+    """--model with a head of `labels`, cut to its --init-layers when given (for training and --eval-only alike)."""
+    from sst2dist.modeling import keep_layers, load_model
+
+    model = load_model(config.model, labels)
+    if config.init_layers:
+        keep_layers(model, parse_layers(config.init_layers))
+    return model
 
 
 def make_sentence_projection(student: torch.nn.Module, train_set: Dataset):  # -> torch.nn.Linear | None
@@ -180,7 +192,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
-    from sst2dist.modeling import keep_layers, load_accuracy_metric, load_model, load_tokenizer
+    from sst2dist.modeling import load_accuracy_metric, load_tokenizer
 
     resume_from = prepare_output_dir(config, accelerator)
     set_seed(config.seed)
@@ -191,9 +203,7 @@ def setup(config: TrainConfig, accelerator: Accelerator, started: float | None =
     keep_fingerprint(config, accelerator, fingerprint, resuming=resume_from is not None)
     train_loader, sampler = make_train_loader(config, train_set, tokenizer.pad_token_id)
     eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
-    model = load_model(config.model, split_labels(train_set))
-    if config.init_layers:
-        keep_layers(model, parse_layers(config.init_layers))
+    model = load_student(config, split_labels(train_set))
     layer_teacher = load_layer_teacher(config, model, tokenizer, accelerator)
     sentence_projection = make_sentence_projection(model, train_set)
     if config.compile:
@@ -255,7 +265,7 @@ def fit(run: Run, state: TrainState) -> bool:
     )
     run.progress = tqdm(total=run.total_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     window = Window(accelerator.device, first_step=state.step + 1)
-    stop = False
+    stop = stopped_early(config, state)  # resumed from the last checkpoint of a run that stopped early
     model.train()
     while state.step < run.total_steps and not stop:
         # The prepared loader re-sets its sampler's epoch from its own counter on every pass: set both.
@@ -356,7 +366,7 @@ def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
     """--eval-only: the accuracy of --model on the validation split, written to eval_metrics.json."""
     from accelerate.utils import set_seed
 
-    from sst2dist.modeling import load_accuracy_metric, load_model, load_tokenizer
+    from sst2dist.modeling import load_accuracy_metric, load_tokenizer
 
     set_seed(config.seed)  # a base model's new classification head is random
 
@@ -364,7 +374,7 @@ def evaluate_only(config: TrainConfig, accelerator: Accelerator) -> dict:
     eval_config = dataclasses.replace(config, max_train_samples=1, teacher=None)
     _, eval_set, *_ = load_data(eval_config, tokenizer, accelerator)
     eval_loader = make_eval_loader(config, eval_set, tokenizer.pad_token_id)
-    model, eval_loader = accelerator.prepare(load_model(config.model, split_labels(eval_set)), eval_loader)
+    model, eval_loader = accelerator.prepare(load_student(config, split_labels(eval_set)), eval_loader)
     accuracy, counted = evaluate(model, eval_loader, accelerator, load_accuracy_metric())
     metrics = {"model": config.model, "eval_accuracy": accuracy, "eval_samples": counted}
     metrics |= {"num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision}

@@ -83,6 +83,18 @@ def test_the_neighbour_table_holds_the_nearest_words_by_cosine(tiny_model_dir: P
         assert table[word] == [words[i] for i in np.argsort(-similarity, kind="stable")[:5]]
 
 
+@pytest.mark.slow  # two neighbour tables of the whole vocabulary: ~20 s on 2 cores
+def test_a_pruned_model_gives_the_same_neighbours_as_its_source(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sst2dist.modeling import load_model, load_tokenizer
+    from sst2dist.pruned import prune_model
+
+    pruned = load_model(str(tiny_model_dir))
+    prune_model(pruned, [[0], [0, 1]], [list(range(10)), list(range(64))])  # narrower FFNs: a non-standard shape
+    pruned.save_pretrained(tmp_path / "pruned")
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(tmp_path / "pruned")
+    assert neighbour_table(str(tmp_path / "pruned"), 3) == neighbour_table(str(tiny_model_dir), 3)
+
+
 def test_top_k_keeps_a_stable_sorts_order_through_ties() -> None:
     scores = np.random.default_rng(0).integers(0, 4, size=(50, 40)).astype(np.float64)
     scores[:, 7] = -np.inf

@@ -106,3 +106,14 @@ def test_the_command_line_needs_a_teacher_model_for_sentences(sst2_sample_dir: P
     )  # fmt: skip
     assert result.returncode == 1 and "is not a model folder (no config.json)" in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_sentence_vectors_file_passed_as_teacher_logits_is_refused(tmp_path: Path, accelerator) -> None:
+    from sst2dist.distill.teacher import teacher_logits
+
+    teacher, cache = make_tiny_mpnet(tmp_path / "mpnet", hidden_size=48), tmp_path / "cache"
+    labels = [1, 0, 0]
+    teacher_sentence_vectors(str(teacher), {"sentence": SENTENCES, "label": labels}, 128, accelerator, cache)
+    (vectors_file,) = cache.glob("sentences-*.npz")  # beside the logits in the cache: an easy file to mistake
+    with pytest.raises(TeacherError, match="48 values per row, not 2 logits"):
+        teacher_logits(str(vectors_file), SENTENCES, labels, 128, accelerator)

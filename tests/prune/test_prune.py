@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import SHORT_RUN, make_tiny_model, make_tiny_mpnet, run_train
+from conftest import SHORT_RUN, make_tiny_model, make_tiny_mpnet, resume_copy, run_train
 from torch.utils.flop_counter import FlopCounterMode
 
 from sst2dist.bench.measure import flops_counter
@@ -242,6 +242,9 @@ def test_bad_costs_a_pruned_source_and_an_occupied_output_are_refused(sst2_sampl
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     assert "pass --force" in prune("--output", str(tmp_path / "taken"), "--cost", "0.5")
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    # --force replaces --output, so an --output that holds the source (its run folder) would delete the source
+    assert "holds the source model" in prune("--output", str(tmp_path), "--cost", "0.5", "--force")
+    assert load_model(str(source)) is not None
 
     model = load_model(str(source))
     prune_model(model, [[0], [0]], [list(range(64))] * 2)
@@ -294,3 +297,49 @@ def test_a_pruned_student_recovers_by_matching_its_sources_hidden_states_and_att
         trained.config.intermediate_sizes == [6, 0]
         and trained.base_model.encoder.layer[0].attention.self.query.out_features == 24
     )
+
+
+@pytest.mark.slow
+def test_a_pruned_model_with_empty_blocks_trains_on_two_processes(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    """DDP needs a gradient for every trainable parameter; an emptied block's zero-size matrices get none."""
+    import subprocess
+    import sys
+
+    source = tiny_bert(tmp_path / "source")
+    model = load_model(str(source))
+    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
+    model.save_pretrained(tmp_path / "pruned")
+    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
+    run = tmp_path / "run"
+    options = ["--data", sst2_sample_dir, "--model", tmp_path / "pruned", "--output-dir", run, "--max-steps", 2]
+    options += ["--batch-size", 8, "--eval-every", 0, "--save-every", 0, "--mixed-precision", "no"]
+    command = [Path(sys.executable).parent / "sst2dist", "train", "--num-processes", 2, *options]
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["num_processes"] == 2
+    trained = load_model(str(run / "model"))
+    assert trained.config.intermediate_sizes == [6, 0]
+
+
+@pytest.mark.slow
+def test_a_pruned_model_with_empty_blocks_resumes_to_the_same_weights(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    """Every zero-size tensor shares one null storage, and Accelerate's checkpoints keep one tensor per storage."""
+    from safetensors.torch import load_file
+
+    source = tiny_bert(tmp_path / "source")
+    model = load_model(str(source))
+    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
+    model.save_pretrained(tmp_path / "pruned")
+    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+
+    def options(out: Path) -> list[object]:
+        return ["--data", sst2_sample_dir, "--model", tmp_path / "pruned", "--output-dir", out, *SHORT_RUN]
+
+    result = run_train(*options(straight))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = resume_copy(straight, resumed, 3, options(resumed))
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (load_file(run / "model" / "model.safetensors") for run in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert load_model(str(resumed / "model")).config.intermediate_sizes == [6, 0]

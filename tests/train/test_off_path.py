@@ -275,3 +275,57 @@ def test_resume_refuses_a_machine_where_auto_resolves_to_another_precision(
     error = capsys.readouterr().err
     assert "(--mixed-precision: the run had bf16, this launch has no)" in error
     assert launch("--mixed-precision", "bf16", "--resume") == 0
+
+
+# ------------------------------------------------------------------------------------------ review (rev25)
+
+
+def with_wide_weights(model_dir: Path, seed: int = 0) -> Path:
+    """The random model's linear weights drawn wide enough that its predictions depend on every layer."""
+    import torch
+
+    from sst2dist.modeling import load_model
+
+    model = load_model(str(model_dir))
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.weight.data.normal_(0, 0.3)
+    model.save_pretrained(model_dir)
+    return model_dir
+
+
+def test_eval_only_evaluates_the_layers_init_layers_keeps(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from sst2dist.modeling import keep_layers, load_model
+
+    full = with_wide_weights(make_tiny_model(tmp_path / "full"))
+    cut = load_model(str(full))
+    keep_layers(cut, [0])
+    cut.save_pretrained(tmp_path / "cut")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(full / name, tmp_path / "cut" / name)
+
+    def accuracy(model_dir: Path, *extra: object) -> float:
+        out = tmp_path / f"eval-{len(list(tmp_path.iterdir()))}"
+        options = ["--data", sst2_sample_dir, "--model", model_dir, "--output-dir", out, "--eval-only"]
+        assert in_process(*options, *extra) == 0
+        return json.loads((out / "eval_metrics.json").read_text())["eval_accuracy"]
+
+    assert accuracy(full) != accuracy(tmp_path / "cut")  # the cut model answers otherwise: the check means something
+    assert accuracy(full, "--init-layers", 0) == accuracy(tmp_path / "cut")
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_further(
+    sst2_sample_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    options = tiny_run(sst2_sample_dir, tiny_model_dir, out, "--max-steps", 20, "--eval-every", 1)
+    options += ["--early-stopping-patience", 1, "--save-every", 1, "--keep-checkpoints", 1]
+    assert in_process(*options) == 0
+    stopped = json.loads((out / "metrics.json").read_text())
+    assert stopped["stopped_early"] and stopped["steps"] < 20
+    assert in_process(*options, "--resume") == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert (again["steps"], again["stopped_early"]) == (stopped["steps"], True)
