@@ -134,6 +134,17 @@ def column_to_data_id(model_labels: Sequence[str], data_labels: Sequence[str] = 
     )
 
 
+def check_scorable(model_labels: Sequence[str], data_labels: Sequence[str] = SST2_NAMES) -> None:
+    """Refuse, in one sentence, a model trained on other labels than the data's (by name, as `column_to_data_id`
+    maps them). Raises LabelMappingError."""
+    if len(model_labels) != len(data_labels):
+        raise LabelMappingError(
+            f"the model was trained on {len(model_labels)} labels ({', '.join(map(str, model_labels))}) but the "
+            f"data has {len(data_labels)} ({', '.join(data_labels)}): pass the --data it was trained on"
+        )
+    column_to_data_id(model_labels, data_labels)
+
+
 def predicted_label_ids(
     logits: np.ndarray, model_labels: Sequence[str], data_labels: Sequence[str] = SST2_NAMES
 ) -> np.ndarray:

@@ -52,16 +52,17 @@ def export_bundle(
     interrupted export leaves nothing behind and an existing bundle is replaced only with `force`. `options` (or
     `ExportOptions` fields as keywords: `opset=17`, `quantize="static"`, ...) are checked first (OptionError).
     """
-    from sst2dist.data import DEFAULT_DATA, load_sst2, take_first
+    from sst2dist.data import DEFAULT_DATA, load_sst2, split_labels, take_first
 
     options = replace(options, **fields) if options else ExportOptions(**fields)
     model_dir, output_dir = Path(model_dir).expanduser(), Path(output_dir).expanduser()
     weights = check_model_dir(model_dir)
     check_output_dir(output_dir, options.force)
     model, tokenizer = load_source(model_dir)
-    check_label_names([model.config.id2label[i] for i in range(model.config.num_labels)])
     data = options.data or DEFAULT_DATA
-    splits = load_sst2(data)
+    splits = load_sst2(data, columns=options.columns, labels=options.label_order)
+    data_labels = split_labels(splits["validation"]).names
+    check_label_names([model.config.id2label[i] for i in range(model.config.num_labels)], data_labels)
     validation = take_first(splits["validation"], options.max_verify_samples)
     verify_set = described_verify_set(data, len(validation), len(splits["validation"]))
 
@@ -77,8 +78,10 @@ def export_bundle(
             build_variants(staging, model, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
             add_openvino_variants(manifest, staging, options.openvino)
             limits = {"max_accuracy_drop": options.max_accuracy_drop}
-            limits["min_label_agreement"] = options.min_label_agreement
-            manifest["verification"] = verify_bundle(staging, model, tokenizer, validation, manifest, verify_set, **limits)
+            limits |= {"min_label_agreement": options.min_label_agreement, "data_labels": data_labels}
+            manifest["verification"] = verify_bundle(
+                staging, model, tokenizer, validation, manifest, verify_set, **limits
+            )
             check_gate(manifest, options.keep_failed)
             time_gated_variants(staging, manifest, validation)
             write_manifest(staging, manifest)
