@@ -200,7 +200,10 @@ def prune_command(model_dir: str, output: str, **flags) -> None:
 def bench(
     model: str | None, bundle: str | None, menu: tuple[str, ...], anchors: bool, class_reference: str, **flags
 ) -> None:
-    """Benchmark PyTorch against every ONNX variant of a bundle, side by side on SST-2.
+    """Benchmark PyTorch against every ONNX variant of a bundle, side by side on the validation split of --data.
+
+    --data is SST-2 by default, or your own data of 2 or more labels (--text-column, --label-column, --labels, as in
+    training); accuracy scores labels by name, and a model trained on other labels is refused.
 
     Writes results.json, report.md and chart.png to --output and prints the table. With --menu, compares
     several bundles instead (accuracy against latency) and writes menu.json, menu.md and menu.png.

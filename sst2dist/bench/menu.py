@@ -119,7 +119,16 @@ def check_menu(settings: MenuSettings) -> list[Entry]:
     if settings.anchors:
         settings.anchor_table = tuple(settings.anchor_table or STOCK_ANCHORS)
         check_anchor_table(settings.anchor_table, list(settings.bundles))
+        check_buildable(settings.anchor_table, cache_root(settings.output), anchor_labels(settings))
     return entries
+
+
+def anchor_labels(settings: MenuSettings) -> list[str]:
+    """The anchors are classifiers of the labels the menu's models name (its first bundle's: every bundle is checked
+    against the data's labels), so they are scored like them."""
+    from sst2dist.runtime import read_manifest
+
+    return read_manifest(next(iter(settings.bundles.values())))["labels"]
 
 
 def bundle_entries(name: str, bundle: str, wanted: list[str]) -> list[Entry]:
@@ -131,9 +140,10 @@ def bundle_entries(name: str, bundle: str, wanted: list[str]) -> list[Entry]:
     return [Entry(name, ORT_BACKENDS[b], bundle, bool(variants[ORT_BACKENDS[b]].get("passed"))) for b in chosen]
 
 
-def anchor_entries(settings: MenuSettings, menu_variants: Sequence[str], labels: Sequence[str]) -> list[Entry]:
+def anchor_entries(settings: MenuSettings, menu_variants: Sequence[str]) -> list[Entry]:
     """Every anchor through each variant (engine and precision) that the menu's bundles are timed in and that runs
-    here, the anchors (classifiers of the data's `labels`) built (or found in the cache) now."""
+    here, the anchors (classifiers of `anchor_labels`) built (or found in the cache) now."""
+    labels = anchor_labels(settings)
     say = (lambda line: print(line, file=sys.stderr)) if settings.progress else (lambda _: None)
     reading = {"text_column": settings.text_column, "label_column": settings.label_column, "labels": settings.labels}
     bundles = anchor_bundles(settings.anchor_table, cache_root(settings.output), settings.data, say, labels, **reading)
@@ -160,8 +170,7 @@ def run_menu(settings: MenuSettings) -> dict:
     check_labels(bundles, label_set.names)
     settings.latency_samples = min(settings.latency_samples or len(sentences), len(sentences))
     if settings.anchors:
-        check_buildable(settings.anchor_table, cache_root(settings.output), label_set.names)
-        entries += anchor_entries(settings, [e.variant for e in entries], label_set.names)
+        entries += anchor_entries(settings, [e.variant for e in entries])
         if label_set.names != SST2_NAMES:
             settings.notes.append(
                 "the anchors' accuracies are their published SST-2 figures, not this data's: compare their latency"
