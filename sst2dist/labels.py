@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -66,6 +67,15 @@ class LabelSet:
 
     def describe(self) -> str:
         return ", ".join(self.names)
+
+
+def data_name(data: str | None, label_names: Sequence[str] | None) -> str:
+    """How reports name what was read: "SST-2" for SST-2's labels (or none recorded), else the --data value, a local
+    folder by its name ("reviews")."""
+    if not data or label_names is None or tuple(label_names) == SST2_NAMES:
+        return "SST-2"
+    path = Path(data).expanduser()
+    return path.resolve().name if path.exists() else data
 
 
 def label_key(value: object) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sst2dist.labels import SST2_NAMES
+from sst2dist.labels import SST2_NAMES, data_name
 
 CARD_FILE = "README.md"
 LICENSE = "apache-2.0"  # sst2dist's, and that of both packaged base models (MiniLM-L6 and MPNet)
@@ -52,16 +52,13 @@ def is_sst2(verification: dict) -> bool:
 
 def dataset_id(verification: dict) -> str:
     """The card's dataset: SST-2's hub id for SST-2's labels, else the user's --data (a local folder by its name)."""
-    data = verification.get("data")
-    if not data or is_sst2(verification):
-        return DATASET
-    return Path(data).resolve().name if Path(data).expanduser().exists() else data
+    return DATASET if is_sst2(verification) else data_name(verification.get("data"), verification.get("labels"))
 
 
 def verify_set_name(verification: dict) -> str:
     """The sentences the gate ran, e.g. "SST-2 validation: the first 64 of 872 sentences of dev.tsv"."""
     samples, total, file = verification.get("samples"), verification.get("split_size"), verification.get("file")
-    dataset = "SST-2" if is_sst2(verification) else dataset_id(verification)
+    dataset = data_name(verification.get("data"), verification.get("labels"))
     if samples is None:
         return f"{dataset} validation"
     share = f"all {samples}" if samples == total else f"the first {samples} of {total or '?'}"

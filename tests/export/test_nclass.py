@@ -111,6 +111,7 @@ def test_bench_and_menu_score_the_3_class_bundle_by_name(exported: tuple, review
     args = ["bench", "--model", str(model), "--bundle", str(bundle), "--backends", "torch-fp32,ort-fp32,ort-int8"]
     result = CliRunner().invoke(main, [*args, *common, "--output", str(tmp_path / "bench")])
     assert result.exit_code == 0, result.output
+    assert "Accuracy on 15 reviews validation sentences" in result.output
     results = json.loads((tmp_path / "bench" / "results.json").read_text(encoding="utf-8"))
     assert results["dataset"]["label_names"] == ["bad", "good", "meh"]
     assert results["dataset"]["label_counts"] == {"bad": 5, "good": 5, "meh": 5}
@@ -121,6 +122,7 @@ def test_bench_and_menu_score_the_3_class_bundle_by_name(exported: tuple, review
     menu = ["bench", "--menu", f"three={bundle}", "--backends", "ort-fp32", "--output", str(tmp_path / "menu")]
     result = CliRunner().invoke(main, [*menu, *common])
     assert result.exit_code == 0, result.output
+    assert "Accuracy on 15 reviews validation sentences" in (tmp_path / "menu" / "menu.md").read_text(encoding="utf-8")
     row = json.loads((tmp_path / "menu" / "menu.json").read_text(encoding="utf-8"))["rows"][0]
     assert row["accuracy"] == pytest.approx(manifest["variants"]["fp32"]["verification"]["accuracy"])
 
