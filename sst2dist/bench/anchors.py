@@ -159,23 +159,23 @@ def anchor_bundles(
     root: Path,
     data: str,
     say: Callable[[str], None] = lambda _: None,
-    labels: Sequence[str] = SST2_NAMES,
+    label_names: Sequence[str] = SST2_NAMES,
     **reading: str | None,
 ) -> dict[str, Path]:
-    """Every anchor's bundle folder, built now when it is not cached: a classifier of the data's `labels`, verified
+    """Every anchor's bundle folder, built now when it is not cached: a classifier of `label_names`, verified
     on `data` read as `reading` says (export-onnx's text_column, label_column and labels)."""
     bundles = {}
     for anchor in anchors:
-        folder = anchor_folder(anchor, root, labels)
+        folder = anchor_folder(anchor, root, label_names)
         if not is_built(folder):
             say(f"building anchor {anchor.name} ({anchor.shape}, untrained) in {folder}")
-            build_anchor(anchor, folder, data, labels, **reading)
+            build_anchor(anchor, folder, data, label_names, **reading)
         bundles[anchor.name] = folder
     return bundles
 
 
 def build_anchor(
-    anchor: Anchor, bundle: Path, data: str, labels: Sequence[str] = SST2_NAMES, **reading: str | None
+    anchor: Anchor, bundle: Path, data: str, label_names: Sequence[str] = SST2_NAMES, **reading: str | None
 ) -> None:
     """An untrained model of the anchor's shape, saved with the uncased WordPiece tokenizer, then exported like a
     real bundle with every variant (the same int8 recipes, OpenVINO where installed), the gate run on a few
@@ -189,7 +189,7 @@ def build_anchor(
         ignore.write_text("*\n", encoding="utf-8")
     work = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=root))
     try:
-        model_dir = save_untrained(anchor, work / "model", labels)
+        model_dir = save_untrained(anchor, work / "model", label_names)
         export_bundle(
             model_dir,
             bundle,

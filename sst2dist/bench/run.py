@@ -1,4 +1,5 @@
-"""Benchmark PyTorch against every onnxruntime variant of a bundle, side by side, on the real SST-2 sentences.
+"""Benchmark PyTorch against every onnxruntime variant of a bundle, side by side, on the validation sentences of
+--data (SST-2 by default).
 
     results = run_bench(BenchSettings(model="runs/minilm/model", bundle="export/minilm", data="../shared/data/sst2"))
 

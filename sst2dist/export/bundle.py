@@ -2,7 +2,7 @@
 
     model folder ──► model.onnx (Optimum main_export) ──► model_optimized.onnx (ORTOptimizer)
                           └──► model_quantized.onnx (dynamic int8) [+ model_static_quantized.onnx]
-    every variant ──► verified against PyTorch on real SST-2 sentences ──► the ones that passed timed on this CPU
+    every variant ──► verified against PyTorch on real validation sentences ──► the ones that passed timed on this CPU
                   ──► manifest.json (with the timings and the CPU fingerprint) ──► README.md (model card)
                   ──► rename into place
 
