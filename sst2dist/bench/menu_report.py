@@ -193,7 +193,8 @@ def menu_figure(menu: dict):  # -> matplotlib.figure.Figure
     if max(latencies) < 20 * min(latencies):  # minor tick labels only where they do not crowd
         axes.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     axes.set_xlabel(f"batch-1 p50 latency, ms (log scale), {menu['settings']['threads']} thread(s)")
-    axes.set_ylabel(f"{data_name(menu['dataset']['data'], menu['dataset'].get('label_names'))} dev accuracy, %")
+    dataset = menu.get("dataset", {})  # a menu drawn by hand may leave it out: SST-2
+    axes.set_ylabel(f"{data_name(dataset.get('data'), dataset.get('label_names'))} dev accuracy, %")
     axes.set_title(
         "Accuracy against latency: square fp32 graphs, circle int8, grey failed the gate,\n"
         f"dashed the Pareto frontier, star an anchor at its published accuracy ({PUBLISHED_NOTE})",
