@@ -110,10 +110,11 @@ def augment(data: str, output: str, **flags) -> None:
 def export_onnx(model_dir: str, output: str, **flags) -> None:
     """Export MODEL_DIR to a verified ONNX bundle: fp32, optimized, int8 (and static-int8, OpenVINO) variants.
 
-    Every variant is checked against PyTorch on the SST-2 validation sentences: the exact ones by their logits,
-    the lossy ones (int8, static-int8, openvino-bf16) by --max-accuracy-drop and --min-label-agreement. A failed
-    fp32/optimized variant stops the export and nothing is written; so does a failed int8 variant unless
-    --keep-failed; a failed OpenVINO variant is kept, marked failed, and never chosen.
+    Every variant is checked against PyTorch on the validation sentences of --data (SST-2 by default, or your own
+    data of 2 or more labels, scored by label name; macro-F1 is reported too with more than 2): the exact ones by
+    their logits, the lossy ones (int8, static-int8, openvino-bf16) by --max-accuracy-drop and
+    --min-label-agreement. A failed fp32/optimized variant stops the export and nothing is written; so does a failed
+    int8 variant unless --keep-failed; a failed OpenVINO variant is kept, marked failed, and never chosen.
 
     \b
     Example:
@@ -129,9 +130,10 @@ def export_onnx(model_dir: str, output: str, **flags) -> None:
     for name, entry in manifest["variants"].items():
         result = entry["verification"]
         status = "passed" if entry["passed"] else "FAILED"
+        f1 = f"  macro-F1 {100 * result['macro_f1']:.2f}%" if "macro_f1" in result else ""
         click.echo(
             f"  {name:<13} {entry['size_bytes'] / 1e6:7.1f} MB  max|Δlogit| {result['max_abs_logit_diff']:.2e}  "
-            f"agreement {100 * result['label_agreement']:6.2f}%  accuracy {100 * result['accuracy']:.2f}%  {status}"
+            f"agreement {100 * result['label_agreement']:6.2f}%  accuracy {100 * result['accuracy']:.2f}%{f1}  {status}"
         )
 
 
@@ -198,7 +200,10 @@ def prune_command(model_dir: str, output: str, **flags) -> None:
 def bench(
     model: str | None, bundle: str | None, menu: tuple[str, ...], anchors: bool, class_reference: str, **flags
 ) -> None:
-    """Benchmark PyTorch against every ONNX variant of a bundle, side by side on SST-2.
+    """Benchmark PyTorch against every ONNX variant of a bundle, side by side on the validation split of --data.
+
+    --data is SST-2 by default, or your own data of 2 or more labels (--text-column, --label-column, --labels, as in
+    training); accuracy scores labels by name, and a model trained on other labels is refused.
 
     Writes results.json, report.md and chart.png to --output and prints the table. With --menu, compares
     several bundles instead (accuracy against latency) and writes menu.json, menu.md and menu.png.

@@ -300,26 +300,28 @@ def count_empty_sentences(dataset: Dataset) -> int:
 # --- the standard-library side: what the bench and the menu read ------------------------------------------------
 
 
-def load_validation(
+def load_validation(data: str, limit: int | None = None, **reading) -> tuple[list[str], np.ndarray]:
+    """`read_validation` without the label set (`reading`: its columns and labels)."""
+    return read_validation(data, limit, **reading)[:2]
+
+
+def read_validation(
     data: str,
     limit: int | None = None,
     columns: Columns = Columns(),
     labels: LabelSet | Sequence[str] | None = None,
-) -> tuple[list[str], np.ndarray]:
-    """The first `limit` validation texts and their label ids (`read_splits`), for the bench, the menu and bench
-    scripts; pass the model's `LabelSet.from_config(config)` as `labels` to get its ids. A local TSV/CSV/JSONL
-    folder needs only the standard library; a hub id, JSON or Parquet needs `datasets`."""
+) -> tuple[list[str], np.ndarray, LabelSet]:
+    """The first `limit` validation texts, their label ids (`read_splits`; the model's `LabelSet` as `labels` gives
+    its ids) and the label set the ids index. A local TSV/CSV/JSONL folder needs only the standard library."""
     import numpy as np
 
     try:
-        splits, _ = read_splits(data, columns, labels)
+        splits, label_set = read_splits(data, columns, labels)
     except ImportError as err:
-        raise DataError(
-            f"reading --data {data} needs `datasets` (pip install 'sst2dist[train]'); "
-            "or point --data at a local folder with dev.tsv"
-        ) from err
+        hint = "or point --data at a local folder with dev.tsv"
+        raise DataError(f"reading --data {data} needs `datasets` (pip install 'sst2dist[train]'); {hint}") from err
     validation = splits["validation"]
-    return validation.texts[:limit], np.asarray(validation.ids[:limit], dtype=np.int64)
+    return validation.texts[:limit], np.asarray(validation.ids[:limit], dtype=np.int64), label_set
 
 
 def read_delimited(file: Path) -> tuple[list[str], list[dict]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -66,6 +67,15 @@ class LabelSet:
 
     def describe(self) -> str:
         return ", ".join(self.names)
+
+
+def data_name(data: str | None, label_names: Sequence[str] | None) -> str:
+    """How reports name what was read: "SST-2" for SST-2's labels (or none recorded), else the --data value, a local
+    folder by its name ("reviews")."""
+    if not data or label_names is None or tuple(label_names) == SST2_NAMES:
+        return "SST-2"
+    path = Path(data).expanduser()
+    return path.resolve().name if path.exists() else data
 
 
 def label_key(value: object) -> str | None:
@@ -132,6 +142,17 @@ def column_to_data_id(model_labels: Sequence[str], data_labels: Sequence[str] = 
         f"the model's labels {list(model_labels)} do not name the data's labels {list(data_labels)}: "
         "set id2label in the model's config.json to those names"
     )
+
+
+def check_scorable(model_labels: Sequence[str], data_labels: Sequence[str] = SST2_NAMES) -> None:
+    """Refuse, in one sentence, a model trained on other labels than the data's (by name, as `column_to_data_id`
+    maps them). Raises LabelMappingError."""
+    if len(model_labels) != len(data_labels):
+        raise LabelMappingError(
+            f"the model was trained on {len(model_labels)} labels ({', '.join(map(str, model_labels))}) but the "
+            f"data has {len(data_labels)} ({', '.join(data_labels)}): pass the --data it was trained on"
+        )
+    column_to_data_id(model_labels, data_labels)
 
 
 def predicted_label_ids(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from sst2dist.bench.measure import BenchError
 from sst2dist.environment import acceleration_flags, package_versions
+from sst2dist.labels import SST2_NAMES, LabelSet
 from sst2dist.packaged import CACHE_ENV
 
 PUBLISHED_NOTE = "published, not measured here"
@@ -112,19 +113,22 @@ def cache_root(output: str) -> Path:
     return (Path(base).expanduser() if base else Path(output)) / "anchors"
 
 
-def anchor_key(anchor: Anchor, recipe_files: Sequence[Path] = RECIPE_FILES) -> str:
+def anchor_key(anchor: Anchor, recipe_files: Sequence[Path] = RECIPE_FILES, labels: Sequence[str] = SST2_NAMES) -> str:
     """What decides the exported graphs: the shape, the seed, the export options, the int8 recipe's code, the
-    exporter's versions and the CPU's int8 flags. The published accuracy is not part of it."""
+    exporter's versions, the CPU's int8 flags and the labels (other than SST-2's: the head's width). The published
+    accuracy is not part of it."""
     shape = {k: v for k, v in asdict(anchor).items() if k not in ("name", "accuracy", "source", "split")}
     recipe = {"shape": shape, "vocab": VOCAB_SIZE, "seed": SEED, "packages": package_versions(KEY_PACKAGES)}
     recipe |= {"machine": platform.machine(), "flags": acceleration_flags(), "export": ANCHOR_EXPORT}
     recipe["int8_recipe"] = [hashlib.sha256(Path(file).read_bytes()).hexdigest() for file in recipe_files]
+    if tuple(labels) != SST2_NAMES:  # SST-2's keep the keys of the anchors built before labels were
+        recipe["labels"] = list(labels)
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def anchor_folder(anchor: Anchor, root: Path) -> Path:
+def anchor_folder(anchor: Anchor, root: Path, labels: Sequence[str] = SST2_NAMES) -> Path:
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in anchor.name)
-    return root / f"{slug}-{anchor_key(anchor)}"
+    return root / f"{slug}-{anchor_key(anchor, labels=labels)}"
 
 
 def is_built(folder: Path) -> bool:
@@ -132,9 +136,9 @@ def is_built(folder: Path) -> bool:
     return (folder / "manifest.json").is_file()
 
 
-def check_buildable(anchors: Sequence[Anchor], root: Path) -> None:
+def check_buildable(anchors: Sequence[Anchor], root: Path, labels: Sequence[str] = SST2_NAMES) -> None:
     """Anchors not cached yet need the train extra to build. Raises BenchError before any work starts."""
-    missing = [a.name for a in anchors if not is_built(anchor_folder(a, root))]
+    missing = [a.name for a in anchors if not is_built(anchor_folder(a, root, labels))]
     stack = ("torch", "transformers", "optimum")
     if missing and not all(importable(name) for name in stack):
         raise BenchError(
@@ -151,20 +155,28 @@ def importable(name: str) -> bool:
 
 
 def anchor_bundles(
-    anchors: Sequence[Anchor], root: Path, data: str, say: Callable[[str], None] = lambda _: None
+    anchors: Sequence[Anchor],
+    root: Path,
+    data: str,
+    say: Callable[[str], None] = lambda _: None,
+    label_names: Sequence[str] = SST2_NAMES,
+    **reading: str | None,
 ) -> dict[str, Path]:
-    """Every anchor's bundle folder, built now when it is not cached."""
+    """Every anchor's bundle folder, built now when it is not cached: a classifier of `label_names`, verified
+    on `data` read as `reading` says (export-onnx's text_column, label_column and labels)."""
     bundles = {}
     for anchor in anchors:
-        folder = anchor_folder(anchor, root)
+        folder = anchor_folder(anchor, root, label_names)
         if not is_built(folder):
             say(f"building anchor {anchor.name} ({anchor.shape}, untrained) in {folder}")
-            build_anchor(anchor, folder, data)
+            build_anchor(anchor, folder, data, label_names, **reading)
         bundles[anchor.name] = folder
     return bundles
 
 
-def build_anchor(anchor: Anchor, bundle: Path, data: str) -> None:
+def build_anchor(
+    anchor: Anchor, bundle: Path, data: str, label_names: Sequence[str] = SST2_NAMES, **reading: str | None
+) -> None:
     """An untrained model of the anchor's shape, saved with the uncased WordPiece tokenizer, then exported like a
     real bundle with every variant (the same int8 recipes, OpenVINO where installed), the gate run on a few
     sentences."""
@@ -177,11 +189,12 @@ def build_anchor(anchor: Anchor, bundle: Path, data: str) -> None:
         ignore.write_text("*\n", encoding="utf-8")
     work = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=root))
     try:
-        model_dir = save_untrained(anchor, work / "model")
+        model_dir = save_untrained(anchor, work / "model", label_names)
         export_bundle(
             model_dir,
             bundle,
             data=data,
+            **reading,
             **ANCHOR_EXPORT,
             max_verify_samples=VERIFY_SAMPLES,
             # untrained weights: the lossy variants' limits are lifted (their logits sit near zero, so labels flip)
@@ -193,13 +206,12 @@ def build_anchor(anchor: Anchor, bundle: Path, data: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def anchor_config(anchor: Anchor):  # -> transformers.PretrainedConfig
-    """The transformers config of the anchor's shape, with SST-2's two labels."""
+def anchor_config(anchor: Anchor, names: Sequence[str] = SST2_NAMES):  # -> transformers.PretrainedConfig
+    """The transformers config of the anchor's shape, with SST-2's two labels or the data's `names`."""
     from transformers import BertConfig, DistilBertConfig
 
-    from sst2dist.modeling import ID2LABEL, LABEL2ID
-
-    labels = {"num_labels": len(ID2LABEL), "id2label": ID2LABEL, "label2id": LABEL2ID}
+    label_set = LabelSet.from_names(names)
+    labels = {"num_labels": len(label_set), "id2label": label_set.id2label, "label2id": label_set.label2id}
     if anchor.architecture == "distilbert":
         return DistilBertConfig(
             vocab_size=VOCAB_SIZE,
@@ -219,7 +231,7 @@ def anchor_config(anchor: Anchor):  # -> transformers.PretrainedConfig
     )
 
 
-def save_untrained(anchor: Anchor, folder: Path) -> Path:
+def save_untrained(anchor: Anchor, folder: Path, labels: Sequence[str] = SST2_NAMES) -> Path:
     """A randomly initialised classifier of the anchor's shape and its tokenizer, saved for export."""
     import torch
     from transformers import AutoModelForSequenceClassification, BertTokenizerFast, DistilBertTokenizerFast
@@ -227,7 +239,7 @@ def save_untrained(anchor: Anchor, folder: Path) -> Path:
     from sst2dist.modeling import DEFAULT_MODEL, resolve_model
 
     torch.manual_seed(SEED)
-    model = AutoModelForSequenceClassification.from_config(anchor_config(anchor)).eval()
+    model = AutoModelForSequenceClassification.from_config(anchor_config(anchor, labels)).eval()
     model.save_pretrained(folder)
     tokenizer = BertTokenizerFast.from_pretrained(resolve_model(DEFAULT_MODEL))
     if anchor.architecture == "distilbert":  # the same vocabulary, in the class that drops token_type_ids

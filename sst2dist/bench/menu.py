@@ -43,17 +43,21 @@ from sst2dist.bench.measure import (
     measure_throughput,
     warm_up,
 )
-from sst2dist.bench.run import environment, load_average, run_header
+from sst2dist.bench.run import check_labels, environment, load_average, run_header
 from sst2dist.bench.settings import bundle_backends, check_counts, output_folder
-from sst2dist.data import DEFAULT_DATA, load_validation
+from sst2dist.data import DEFAULT_DATA, read_validation
+from sst2dist.data_options import DataColumns, label_column_option, labels_option, text_column_option
 from sst2dist.environment import usable_cpus
-from sst2dist.labels import predicted_label_ids
+from sst2dist.labels import SST2_NAMES, predicted_label_ids
 
 
 @dataclass
-class MenuSettings:
+class MenuSettings(DataColumns):
     bundles: dict[str, str]  # model name -> bundle folder
     data: str = DEFAULT_DATA
+    text_column: str = text_column_option()
+    label_column: str = label_column_option()
+    labels: str | None = labels_option()
     backends: Sequence[str] | None = None  # ORT backends (ort-fp32, ort-int8, ...); None: every variant present
     threads: int | None = None  # None: every core
     batch_size: int = 32  # the length-sorted throughput pass, which also gives the accuracy
@@ -115,8 +119,16 @@ def check_menu(settings: MenuSettings) -> list[Entry]:
     if settings.anchors:
         settings.anchor_table = tuple(settings.anchor_table or STOCK_ANCHORS)
         check_anchor_table(settings.anchor_table, list(settings.bundles))
-        check_buildable(settings.anchor_table, cache_root(settings.output))
+        check_buildable(settings.anchor_table, cache_root(settings.output), anchor_labels(settings))
     return entries
+
+
+def anchor_labels(settings: MenuSettings) -> list[str]:
+    """The anchors are classifiers of the labels the menu's models name (its first bundle's: every bundle is checked
+    against the data's labels), so they are scored like them."""
+    from sst2dist.runtime import read_manifest
+
+    return read_manifest(next(iter(settings.bundles.values())))["labels"]
 
 
 def bundle_entries(name: str, bundle: str, wanted: list[str]) -> list[Entry]:
@@ -130,9 +142,11 @@ def bundle_entries(name: str, bundle: str, wanted: list[str]) -> list[Entry]:
 
 def anchor_entries(settings: MenuSettings, menu_variants: Sequence[str]) -> list[Entry]:
     """Every anchor through each variant (engine and precision) that the menu's bundles are timed in and that runs
-    here, the anchors built (or found in the cache) now."""
+    here, the anchors (classifiers of `anchor_labels`) built (or found in the cache) now."""
+    labels = anchor_labels(settings)
     say = (lambda line: print(line, file=sys.stderr)) if settings.progress else (lambda _: None)
-    bundles = anchor_bundles(settings.anchor_table, cache_root(settings.output), settings.data, say)
+    reading = {"text_column": settings.text_column, "label_column": settings.label_column, "labels": settings.labels}
+    bundles = anchor_bundles(settings.anchor_table, cache_root(settings.output), settings.data, say, labels, **reading)
     entries = []
     for anchor in settings.anchor_table:
         manifest, present = bundle_backends(str(bundles[anchor.name]))
@@ -146,14 +160,24 @@ def anchor_entries(settings: MenuSettings, menu_variants: Sequence[str]) -> list
 def run_menu(settings: MenuSettings) -> dict:
     """Measure every (model, variant), write menu.json, menu.md and menu.png to settings.output; return the menu."""
     from sst2dist.bench.menu_report import write_menu
+    from sst2dist.runtime import read_manifest
 
     entries = check_menu(settings)
-    sentences, labels = load_validation(settings.data, settings.max_samples)
+    sentences, labels, label_set = read_validation(
+        settings.data, settings.max_samples, settings.columns, settings.label_order
+    )
+    bundles = {f"--menu {name}={bundle}": read_manifest(bundle)["labels"] for name, bundle in settings.bundles.items()}
+    check_labels(bundles, label_set.names)
     settings.latency_samples = min(settings.latency_samples or len(sentences), len(sentences))
-    entries += anchor_entries(settings, [e.variant for e in entries]) if settings.anchors else []
+    if settings.anchors:
+        entries += anchor_entries(settings, [e.variant for e in entries])
+        if label_set.names != SST2_NAMES:
+            settings.notes.append(
+                "the anchors' accuracies are their published SST-2 figures, not this data's: compare their latency"
+            )
     load_before, started = load_average(), time.perf_counter()
     measured = measure_menu(settings, entries, sentences)
-    rows = menu_rows(entries, measured, labels)
+    rows = menu_rows(entries, measured, labels, label_set.names)
     reference = add_classes(rows, settings.class_reference, settings.notes)
     menu = {
         **run_header(settings),
@@ -162,6 +186,7 @@ def run_menu(settings: MenuSettings) -> dict:
             "split": "validation",
             "sentences": len(sentences),
             "latency_sentences": settings.latency_samples,
+            "label_names": list(label_set.names),
             "labels": labels.tolist(),
         },
         "environment": environment([settings.threads], load_before, settings.notes),
@@ -205,13 +230,16 @@ def bundle_config(bundle: str) -> dict:
     return json.loads((Path(bundle) / "config.json").read_text(encoding="utf-8"))
 
 
-def menu_rows(entries: list[Entry], measured: dict[str, dict], labels: np.ndarray) -> list[dict]:
-    """One row per (model, variant), sorted by batch-1 p50, with the ratio to the fastest p50."""
+def menu_rows(
+    entries: list[Entry], measured: dict[str, dict], labels: np.ndarray, data_labels: Sequence[str] = SST2_NAMES
+) -> list[dict]:
+    """One row per (model, variant), sorted by batch-1 p50, with the ratio to the fastest p50; accuracy by label
+    name against `data_labels`."""
     rows = []
     for entry in entries:
         figures = measured[entry.key]
         passes = figures["throughput"]
-        predictions = predicted_label_ids(passes["logits"], figures["labels"])
+        predictions = predicted_label_ids(passes["logits"], figures["labels"], data_labels)
         size = sum(Path(p).stat().st_size for p in figures["files"])
         rows.append(
             {

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sst2dist.bench.anchors import PUBLISHED_NOTE
 from sst2dist.bench.report import Table, cpu_line, markdown_table, plain_table, pyplot, times, write_files
+from sst2dist.labels import data_name
 
 
 def menu_table(menu: dict) -> Table:
@@ -91,8 +92,9 @@ def menu_caption(menu: dict) -> str:
     reference = menu.get("class_reference")
     classes = f"; `class` = p50 / the p50 of {reference} in this run" if reference else ""
     return (
-        f"Accuracy on {data['sentences']} SST-2 validation sentences (from the sorted batch-{settings['batch_size']} "
-        f"pass); batch-1 latency over {data['latency_sentences']} sentences, tokenization included, all models "
+        f"Accuracy on {data['sentences']} {data_name(data['data'], data.get('label_names'))} validation sentences "
+        f"(from the sorted batch-{settings['batch_size']} pass); batch-1 latency over {data['latency_sentences']} "
+        "sentences, tokenization included, all models "
         f"interleaved; {settings['threads']} thread(s); `x fastest` = p50 / the fastest p50 of this run{classes}."
     )
 
@@ -191,7 +193,8 @@ def menu_figure(menu: dict):  # -> matplotlib.figure.Figure
     if max(latencies) < 20 * min(latencies):  # minor tick labels only where they do not crowd
         axes.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     axes.set_xlabel(f"batch-1 p50 latency, ms (log scale), {menu['settings']['threads']} thread(s)")
-    axes.set_ylabel("SST-2 dev accuracy, %")
+    dataset = menu.get("dataset", {})  # a menu drawn by hand may leave it out: SST-2
+    axes.set_ylabel(f"{data_name(dataset.get('data'), dataset.get('label_names'))} dev accuracy, %")
     axes.set_title(
         "Accuracy against latency: square fp32 graphs, circle int8, grey failed the gate,\n"
         f"dashed the Pareto frontier, star an anchor at its published accuracy ({PUBLISHED_NOTE})",

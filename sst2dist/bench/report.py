@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sst2dist.atomic import atomic_open, atomic_path
+from sst2dist.labels import data_name
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -166,7 +167,8 @@ def render_terminal(results: dict) -> str:
     data = results["dataset"]
     parts = [
         cpu_line(results["environment"]["cpu"]),
-        f"Accuracy on {data['sentences']} SST-2 validation sentences; (x) = value / {results['baseline']}",
+        f"Accuracy on {data['sentences']} {data_name(data['data'], data.get('label_names'))} validation sentences; "
+        f"(x) = value / {results['baseline']}",
         plain_table(*summary_table(results)),
     ]
     for threads in results["backends"][results["baseline"]]["metrics"]["threads"]:

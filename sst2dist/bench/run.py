@@ -1,4 +1,5 @@
-"""Benchmark PyTorch against every onnxruntime variant of a bundle, side by side, on the real SST-2 sentences.
+"""Benchmark PyTorch against every onnxruntime variant of a bundle, side by side, on the validation sentences of
+--data (SST-2 by default).
 
     results = run_bench(BenchSettings(model="runs/minilm/model", bundle="export/minilm", data="../shared/data/sst2"))
 
@@ -29,6 +30,7 @@ import numpy as np
 from sst2dist.bench.measure import (
     ALL_BACKENDS,
     PRECISION,
+    TORCH_BACKENDS,
     BenchError,
     cold_start,
     cold_start_child,
@@ -40,9 +42,9 @@ from sst2dist.bench.measure import (
     warm_up,
 )
 from sst2dist.bench.settings import BenchSettings, check_settings, parse_int_list
-from sst2dist.data import load_validation
+from sst2dist.data import read_validation
 from sst2dist.environment import VectorPeak, clock_mhz, cpu_info, package_versions, peak_gops, vector_peaks
-from sst2dist.labels import predicted_label_ids
+from sst2dist.labels import LabelMappingError, check_scorable, predicted_label_ids
 
 # The public names of the bench, wherever they are defined.
 __all__ = ["ALL_BACKENDS", "BenchError", "BenchSettings", "parse_int_list", "run_bench"]
@@ -70,7 +72,10 @@ def run_bench(settings: BenchSettings) -> dict:
     from sst2dist.bench.report import write_outputs
 
     settings = check_settings(settings)
-    sentences, labels = load_validation(settings.data, settings.max_samples)
+    sentences, labels, label_set = read_validation(
+        settings.data, settings.max_samples, settings.columns, settings.label_order
+    )
+    check_labels(models_labels(settings), label_set.names)
     settings.latency_samples = min(settings.latency_samples or len(sentences), len(sentences))
     baseline = BASELINE if BASELINE in settings.backends else settings.backends[0]
     if baseline != BASELINE:
@@ -79,15 +84,17 @@ def run_bench(settings: BenchSettings) -> dict:
     started = time.perf_counter()
     runs, colds, bundle = measure_all(settings, sentences)
     backends = {
-        name: backend_results(name, {t: runs[t][name] for t in settings.threads}, colds[name], labels, settings)
+        name: backend_results(
+            name, {t: runs[t][name] for t in settings.threads}, colds[name], labels, label_set.names, settings
+        )
         for name in settings.backends
     }
-    add_comparisons(backends, baseline, predictions(runs, settings))
+    add_comparisons(backends, baseline, predictions(runs, settings, label_set.names))
     env = environment(settings.threads, load_before, settings.notes)
     results = {
         **run_header(settings),
         "baseline": baseline,
-        "dataset": dataset_summary(settings, sentences, labels),
+        "dataset": dataset_summary(settings, sentences, labels, label_set.names),
         "bundle": bundle,
         "environment": env,
         "duration_seconds": time.perf_counter() - started,
@@ -96,6 +103,28 @@ def run_bench(settings: BenchSettings) -> dict:
     results["peak_estimate"] = peak_estimate(results)
     write_outputs(results, Path(settings.output))
     return results
+
+
+def models_labels(settings: BenchSettings) -> dict[str, list[str]]:
+    """The label names of the bundle and, when a torch backend runs, of --model, by the flag that names each."""
+    from sst2dist.runtime import read_manifest
+
+    named = {f"--bundle {settings.bundle}": read_manifest(settings.bundle)["labels"]}
+    if settings.model and any(name in TORCH_BACKENDS for name in settings.backends):
+        config = json.loads((Path(settings.model) / "config.json").read_text(encoding="utf-8"))
+        id2label = config.get("id2label") or {}
+        named[f"--model {settings.model}"] = [id2label[str(i)] for i in range(len(id2label))]
+    return named
+
+
+def check_labels(named: dict[str, Sequence[str]], data_labels: Sequence[str]) -> None:
+    """Refuse, before timing anything, a model trained on other labels than the data's (bench and menu score by
+    label name). Raises BenchError."""
+    for model, model_labels in named.items():
+        try:
+            check_scorable(model_labels, data_labels)
+        except LabelMappingError as err:
+            raise BenchError(f"{model}: {err}") from err
 
 
 def run_header(settings) -> dict:
@@ -175,10 +204,13 @@ def bench_threads(
     }
 
 
-def predictions(runs: dict[int, dict], settings: BenchSettings) -> dict[str, np.ndarray]:
-    """Labels from the input-order pass at the most threads and the largest batch."""
+def predictions(runs: dict[int, dict], settings: BenchSettings, data_labels: Sequence[str]) -> dict[str, np.ndarray]:
+    """Labels (the data's ids, by name) from the input-order pass at the most threads and the largest batch."""
     top, widest = runs[max(settings.threads)], max(settings.batch_sizes)
-    return {name: predicted_label_ids(top[name]["throughput"][widest]["logits"], top[name]["labels"]) for name in top}
+    return {
+        name: predicted_label_ids(top[name]["throughput"][widest]["logits"], top[name]["labels"], data_labels)
+        for name in top
+    }
 
 
 def load_average() -> list[float] | None:
@@ -218,12 +250,15 @@ def environment(threads: Sequence[int], load_before: list[float] | None, notes: 
 # --- results --------------------------------------------------------------------------------------------------
 
 
-def backend_results(name: str, runs: dict[int, dict], cold: dict, labels: np.ndarray, settings) -> dict:
-    """Raw figures and the summary metrics of one backend; ratios are added once the baseline is known."""
+def backend_results(
+    name: str, runs: dict[int, dict], cold: dict, labels: np.ndarray, data_labels: Sequence[str], settings
+) -> dict:
+    """Raw figures and the summary metrics of one backend (accuracy by label name against `data_labels`); ratios
+    are added once the baseline is known."""
     figures = runs[max(settings.threads)]
     size = sum(Path(p).stat().st_size for p in figures["files"])
     accuracy_by_batch = {
-        str(b): float((predicted_label_ids(t["logits"], figures["labels"]) == labels).mean())
+        str(b): float((predicted_label_ids(t["logits"], figures["labels"], data_labels) == labels).mean())
         for b, t in figures["throughput"].items()
     }
     metrics = {
@@ -351,13 +386,17 @@ def peak_estimate(
     return estimate
 
 
-def dataset_summary(settings: BenchSettings, sentences: list[str], labels: np.ndarray) -> dict:
+def dataset_summary(
+    settings: BenchSettings, sentences: list[str], labels: np.ndarray, data_labels: Sequence[str]
+) -> dict:
+    """What was read; `labels` are ids into `label_names`."""
     return {
         "data": settings.data,
         "split": "validation",
         "sentences": len(sentences),
         "latency_sentences": settings.latency_samples,
-        "positive_fraction": float(labels.mean()),
+        "label_names": list(data_labels),
+        "label_counts": {name: int((labels == i).sum()) for i, name in enumerate(data_labels)},
         "labels": labels.tolist(),
         "mean_characters": float(np.mean([len(s) for s in sentences])),
     }

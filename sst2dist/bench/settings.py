@@ -11,6 +11,7 @@ from pathlib import Path
 from sst2dist.bench.measure import ALL_BACKENDS, ORT_BACKENDS, TORCH_BACKENDS, BenchError
 from sst2dist.config_fields import Options, non_negative, option, positive, positive_ints, split_commas
 from sst2dist.data import DEFAULT_DATA
+from sst2dist.data_options import DataColumns, label_column_option, labels_option, text_column_option
 from sst2dist.environment import cpu_kind, supports_bf16, usable_cpus
 
 CPU_PLACEHOLDER = "{cpu}"
@@ -30,7 +31,7 @@ def parse_int_list(text: str, flag: str) -> list[int]:
 
 
 @dataclass
-class BenchSettings(Options):
+class BenchSettings(DataColumns, Options):
     """What `sst2dist bench` measures; each field is the flag of the same name (--menu builds a MenuSettings)."""
 
     error = BenchError
@@ -38,8 +39,14 @@ class BenchSettings(Options):
     bundle: str = option(help="Bundle folder written by `sst2dist export-onnx`.")
     model: str | None = option(None, "Trained model folder (the PyTorch baseline).")
     data: str = option(
-        DEFAULT_DATA, "SST-2 hub id or local folder (e.g. ../shared/data/sst2). Default: the hub.", show_default=False
+        DEFAULT_DATA,
+        "Dataset hub id or local folder with train and dev files (e.g. ../shared/data/sst2). Default: SST-2 from the "
+        "hub.",
+        show_default=False,
     )
+    text_column: str = text_column_option()
+    label_column: str = label_column_option()
+    labels: str | None = labels_option()
     backends: Sequence[str] | None = option(
         None,
         f"Comma-separated subset of {', '.join(ALL_BACKENDS)}. Default: torch-fp32 and the bundle's variants that "

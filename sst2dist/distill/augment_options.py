@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sst2dist.config_fields import Options, in_range, option, positive
+from sst2dist.data_options import label_column_option, labels_option, text_column_option
 
 DEFAULT_EMBEDDINGS = "packaged:all-MiniLM-L6-v2"
 
@@ -20,11 +21,9 @@ class AugmentOptions(Options):
 
     data: str  # the command's --data and --output are required, so written there by hand
     output: str
-    text_column: str = option("sentence", "Column holding the text (`text` is read when `sentence` is absent).")
-    label_column: str = option("label", "Column holding the label (integers or text).")
-    labels: str | None = option(
-        None, "The labels as written in the data, in the model's id order (default: sorted); as given to train."
-    )
+    text_column: str = text_column_option()
+    label_column: str = label_column_option()
+    labels: str | None = labels_option()
     teacher: str | None = option(
         None, "Fine-tuned teacher that labels the new sentences: its model folder, or its bundle (export-onnx)."
     )

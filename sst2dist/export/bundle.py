@@ -3,7 +3,7 @@
     model folder ──► model.onnx (Optimum main_export) ──► model_optimized.onnx (ORTOptimizer)
                           └──► model_quantized.onnx (dynamic int8) [+ model_static_quantized.onnx]
                           └──► openvino_int8.xml + .bin (NNCF int8, where OpenVINO and NNCF are installed)
-    every variant ──► verified against PyTorch on real SST-2 sentences ──► the ones that passed timed on this CPU
+    every variant ──► verified against PyTorch on real validation sentences ──► the ones that passed timed on this CPU
                   ──► manifest.json (with the timings and the CPU fingerprint) ──► README.md (model card)
                   ──► rename into place
 
@@ -54,16 +54,17 @@ def export_bundle(
     interrupted export leaves nothing behind and an existing bundle is replaced only with `force`. `options` (or
     `ExportOptions` fields as keywords: `opset=17`, `quantize="static"`, ...) are checked first (OptionError).
     """
-    from sst2dist.data import DEFAULT_DATA, load_sst2, take_first
+    from sst2dist.data import DEFAULT_DATA, load_sst2, split_labels, take_first
 
     options = replace(options, **fields) if options else ExportOptions(**fields)
     model_dir, output_dir = Path(model_dir).expanduser(), Path(output_dir).expanduser()
     weights = check_model_dir(model_dir)
     check_output_dir(output_dir, options.force)
     model, tokenizer = load_source(model_dir)
-    check_label_names([model.config.id2label[i] for i in range(model.config.num_labels)])
     data = options.data or DEFAULT_DATA
-    splits = load_sst2(data)
+    splits = load_sst2(data, columns=options.columns, labels=options.label_order)
+    data_labels = split_labels(splits["validation"]).names
+    check_label_names([model.config.id2label[i] for i in range(model.config.num_labels)], data_labels)
     validation = take_first(splits["validation"], options.max_verify_samples)
     verify_set = described_verify_set(data, len(validation), len(splits["validation"]))
 
@@ -80,7 +81,7 @@ def export_bundle(
             add_openvino_variants(manifest, staging, options.openvino)
             add_openvino_int8(manifest, staging, options, splits["train"], tokenizer)
             limits = {"max_accuracy_drop": options.max_accuracy_drop}
-            limits["min_label_agreement"] = options.min_label_agreement
+            limits |= {"min_label_agreement": options.min_label_agreement, "data_labels": data_labels}
             manifest["verification"] = verify_bundle(
                 staging, model, tokenizer, validation, manifest, verify_set, **limits
             )

@@ -1,7 +1,8 @@
 """The bundle's README.md: a Hugging Face model card built with `huggingface_hub`'s `ModelCard` / `ModelCardData`.
 
-Its metadata carries the license, the base model, the dataset, `pipeline_tag: text-classification`,
-`library_name: onnx` and a `model-index` with the dev accuracy of every gated variant; its text says what the model
+Its metadata carries the license, the base model, the dataset (SST-2, or the user's: its hub id or folder name),
+`pipeline_tag: text-classification`, `library_name: onnx` and a `model-index` with the dev accuracy of every gated
+variant (and its macro-F1 with more than 2 labels); its text says what the model
 is for, what it is not for, each variant's latency as timed at export (with the CPU) and how to serve or predict.
 The base model and teacher come from the run's `train_config.json` beside the model folder, when there is one. The
 manifest's hashes do not cover the card, so editing it never breaks the bundle.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from sst2dist.labels import SST2_NAMES, data_name
 
 CARD_FILE = "README.md"
 LICENSE = "apache-2.0"  # sst2dist's, and that of both packaged base models (MiniLM-L6 and MPNet)
@@ -42,34 +45,50 @@ def base_model(model_dir: Path, depth: int = 3) -> str | None:
     return HUB_IDS.get(name, name)
 
 
+def is_sst2(verification: dict) -> bool:
+    """Whether the gate scored SST-2's labels (a manifest from before label sets were recorded did)."""
+    return tuple(verification.get("labels", SST2_NAMES)) == SST2_NAMES
+
+
+def dataset_id(verification: dict) -> str:
+    """The card's dataset: SST-2's hub id for SST-2's labels, else the user's --data (a local folder by its name)."""
+    return DATASET if is_sst2(verification) else data_name(verification.get("data"), verification.get("labels"))
+
+
 def verify_set_name(verification: dict) -> str:
     """The sentences the gate ran, e.g. "SST-2 validation: the first 64 of 872 sentences of dev.tsv"."""
     samples, total, file = verification.get("samples"), verification.get("split_size"), verification.get("file")
+    dataset = data_name(verification.get("data"), verification.get("labels"))
     if samples is None:
-        return "SST-2 validation"
+        return f"{dataset} validation"
     share = f"all {samples}" if samples == total else f"the first {samples} of {total or '?'}"
-    return f"SST-2 validation: {share} sentences" + (f" of {file}" if file else "")
+    return f"{dataset} validation: {share} sentences" + (f" of {file}" if file else "")
 
 
 def eval_results(manifest: dict) -> list:
-    """One accuracy per gated variant on the validation sentences the export gate ran, named as read: the --data
-    value (hub id or local folder), the split and how many of its sentences."""
+    """Per gated variant, its accuracy (and macro-F1 with more than 2 labels) on the validation sentences the
+    export gate ran, named as read: the --data value (hub id or local folder), the split and how many sentences."""
     from huggingface_hub import EvalResult
 
     verification = manifest.get("verification", {})
+    metrics = ("accuracy", "macro_f1")
+    task = "Sentiment classification" if is_sst2(verification) else "Text classification"
     return [
         EvalResult(
             task_type="text-classification",
-            task_name="Sentiment classification",
+            task_name=task,
             dataset_type=verification.get("data") or DATASET,
             dataset_name=verify_set_name(verification),
             dataset_split=verification.get("split", "validation"),
-            metric_type="accuracy",
-            metric_name=f"accuracy ({name})",
-            metric_value=round(entry["verification"]["accuracy"], 6),
+            metric_type="f1" if metric == "macro_f1" else metric,
+            metric_name=f"{metric.replace('_', '-')} ({name})",
+            metric_value=round(entry["verification"][metric], 6),
+            **({"metric_args": {"average": "macro"}} if metric == "macro_f1" else {}),
         )
         for name, entry in manifest["variants"].items()
         if entry.get("passed")
+        for metric in metrics
+        if metric in entry["verification"]
     ]
 
 
@@ -77,13 +96,15 @@ def card_data(manifest: dict, model_dir: Path, name: str):
     from huggingface_hub import ModelCardData
 
     config = train_config(model_dir)
-    tags = ["onnx", "sst2dist", "sentiment-analysis"] + (["distillation"] if config.get("teacher") else [])
+    verification = manifest.get("verification", {})
+    tags = ["onnx", "sst2dist", "sentiment-analysis" if is_sst2(verification) else "text-classification"]
+    tags += ["distillation"] if config.get("teacher") else []
     return ModelCardData(
         model_name=name,
         language="en",
         license=LICENSE,
         base_model=base_model(model_dir),
-        datasets=[DATASET],
+        datasets=[dataset_id(verification)],
         pipeline_tag="text-classification",
         library_name="onnx",
         tags=tags,
@@ -97,13 +118,16 @@ def variant_table(manifest: dict) -> str:
     single = timings.get("ms_per_sentence", {})
     batched = timings.get("batch_ms_per_sentence", {})
     threads = sorted(single, key=int)
-    head = ["variant", "gate", "dev accuracy", "size"]
+    f1 = any("macro_f1" in entry.get("verification", {}) for entry in manifest["variants"].values())
+    head = ["variant", "gate", "dev accuracy"] + ["dev macro-F1"] * f1 + ["size"]
     head += [f"batch 1, {n} thread(s)" for n in threads] + [f"sorted batches, {n} thread(s)" for n in sorted(batched)]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, entry in manifest["variants"].items():
-        accuracy = entry.get("verification", {}).get("accuracy")
+        verification = entry.get("verification", {})
+        scores = [verification.get("accuracy")] + [verification.get("macro_f1")] * f1
         cells = [f"`{variant}`", "passed" if entry.get("passed") else "failed"]
-        cells += [f"{100 * accuracy:.2f} %" if accuracy is not None else "", f"{entry['size_bytes'] / 1e6:.1f} MB"]
+        cells += [f"{100 * score:.2f} %" if score is not None else "" for score in scores]
+        cells += [f"{entry['size_bytes'] / 1e6:.1f} MB"]
         cells += [_ms(single[n].get(variant)) for n in threads] + [
             _ms(batched[n].get(variant)) for n in sorted(batched)
         ]
@@ -149,19 +173,20 @@ def selection_note(config: dict, verification: dict) -> str:
 def card_text(manifest: dict, model_dir: Path, name: str) -> str:
     config, verification = train_config(model_dir), manifest.get("verification", {})
     labels = " / ".join(f"`{label}`" for label in manifest["labels"])
+    kind = "An English sentiment classifier" if is_sst2(verification) else "A text classifier"
     teacher = config.get("teacher")
     distilled = f"\nDistilled from the teacher `{teacher}` (its logits, `--teacher`).\n" if teacher else ""
     trained = f"from `{config['model']}` on `{config.get('data')}`" if config.get("model") else "(run unknown)"
     return f"""
 # {name}
 
-An English sentiment classifier ({labels}) fine-tuned {trained} with sst2dist, exported to ONNX and verified
+{kind} ({labels}) fine-tuned {trained} with sst2dist, exported to ONNX and verified
 against PyTorch before this bundle was written. It runs on a CPU with onnxruntime alone (no torch).
 {distilled}
 ## Variants
 
 Accuracy on {verify_set_name(verification)} (`{verification.get("data", "?")}`);
-PyTorch scored {100 * verification.get("pytorch_accuracy", float("nan")):.2f} % on them.
+PyTorch scored {pytorch_scores(verification)} on them.
 {selection_note(config, verification)} The default is
 `{manifest.get("default_variant", "?")}`: what `sst2dist serve` runs on the exporting CPU with its defaults (the
 fastest gated variant whose scores did not move with the batch there).
@@ -183,21 +208,39 @@ sst2dist predict-ray {name} --input reviews.parquet --output predictions.parquet
 ```python
 from sst2dist.runtime import Classifier
 
-Classifier("{name}").predict(["a gripping, funny film"])  # [{{"label": "positive", "score": ...}}]
+Classifier("{name}").predict(["a gripping, funny film"])  # [{{"label": "{manifest["labels"][-1]}", "score": ...}}]
 ```
 
 ## Intended use and limitations
 
-- Intended for the polarity of short English texts such as movie-review sentences: what SST-2 holds.
-- Two labels only: neutral or mixed texts are forced to one side, and the score is not a calibrated probability
-  outside SST-2's domain. Texts are cut at {manifest.get("max_length", "?")} tokens.
-- Accuracy was measured on SST-2's validation split only; measure it on your own data before relying on it, and
-  do not use it alone for decisions about people.
+{limitations(manifest, verification)}
 - The dynamic `int8` variant's scores move slightly with their batch mates; `serve` and `predict` only run it
   when asked by name.
 
 `manifest.json` holds the hashes, the package versions, the verification per batch size and the raw timings.
 """
+
+
+def pytorch_scores(verification: dict) -> str:
+    accuracy = f"{100 * verification.get('pytorch_accuracy', float('nan')):.2f} %"
+    f1 = verification.get("pytorch_macro_f1")
+    return accuracy if f1 is None else f"{accuracy} accuracy and {100 * f1:.2f} % macro-F1"
+
+
+def limitations(manifest: dict, verification: dict) -> str:
+    max_length = manifest.get("max_length", "?")
+    if is_sst2(verification):
+        return f"""- Intended for the polarity of short English texts such as movie-review sentences: what SST-2 holds.
+- Two labels only: neutral or mixed texts are forced to one side, and the score is not a calibrated probability
+  outside SST-2's domain. Texts are cut at {max_length} tokens.
+- Accuracy was measured on SST-2's validation split only; measure it on your own data before relying on it, and
+  do not use it alone for decisions about people."""
+    dataset = dataset_id(verification)
+    return f"""- Intended for texts like those of `{dataset}`, the data it was trained and verified on.
+- {len(manifest["labels"])} labels only: a text that fits none of them is forced into one, and the score is not a
+  calibrated probability outside that data's domain. Texts are cut at {max_length} tokens.
+- Accuracy was measured on `{dataset}`'s validation split only; measure it on other data before relying on it,
+  and do not use it alone for decisions about people."""
 
 
 def write_card(bundle_dir: Path, manifest: dict, model_dir: Path, name: str) -> None:

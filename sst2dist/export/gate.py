@@ -1,7 +1,9 @@
 """The export's verification gate: every variant against PyTorch on real validation sentences, at several batch
 sizes, judged by its limits (logits for the exact variants fp32/optimized/openvino-f32; for int8, static-int8 and
 openvino-bf16 both the net accuracy drop and a floor on label agreement with PyTorch, so flips in both directions
-cannot cancel out). Labels are scored by name (the model's id2label, `sst2dist.labels`). A failure stops the
+cannot cancel out). Labels are scored by name (the model's id2label against the data's labels, `sst2dist.labels`),
+for any number of classes; with more than 2, macro-F1 is reported beside accuracy (the limits stay on accuracy and
+agreement). A failure stops the
 export, except an OpenVINO variant's (the bundle serves without OpenVINO, so a failed one is kept, marked failed,
 and never chosen) and an int8 variant's under --keep-failed."""
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from sst2dist.engines import OPENVINO, engine_of
 from sst2dist.export.manifest import write_manifest
-from sst2dist.labels import SST2_NAMES, LabelMappingError, column_to_data_id, label_accuracy
+from sst2dist.labels import SST2_NAMES, LabelMappingError, check_scorable, label_accuracy, predicted_label_ids
 from sst2dist.runtime import Classifier
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ INT8_TARGET_SIZE_RATIO = 0.30
 # The committed real manifests' lossy variants agree with PyTorch on 98.5-100 % of dev; 98 % bounds the flips that
 # a net accuracy drop of 0.5 points cannot see (up to 1.5 % each way would still pass that limit alone).
 MIN_LABEL_AGREEMENT = 98.0
+F1_METRIC_PATH = str(Path(__file__).resolve().parents[1] / "metrics" / "f1")
 
 
 class ExportError(ValueError):
@@ -50,47 +53,72 @@ def verify_bundle(
     verify_set: dict,
     max_accuracy_drop: float,
     min_label_agreement: float = MIN_LABEL_AGREEMENT,
+    data_labels: Sequence[str] = SST2_NAMES,
 ) -> dict:
     """PyTorch vs every variant on the validation sentences, at several batch sizes (1 and padded batches).
 
     Each variant runs through the runtime Classifier, so its tokenizer is checked too. fp32 and optimized
     must match PyTorch's logits within LOGIT_TOLERANCE and agree on every label; int8 variants and
     openvino-bf16 may lose at most `max_accuracy_drop` accuracy points and must agree with PyTorch's labels on at
-    least `min_label_agreement` % of the sentences (max |Δlogit| is recorded too). Results go into each variant's
+    least `min_label_agreement` % of the sentences (max |Δlogit| is recorded too). Predictions are scored against
+    `data_labels` (the data's label names, the ids of `validation`'s labels) by name. Results go into each variant's
     manifest entry.
     """
     write_manifest(bundle, manifest)  # the Classifier reads max_length and labels from it
     texts, labels = list(validation["sentence"]), np.array(validation["label"])
     reference = {size: pytorch_logits(model, tokenizer, texts, size) for size in VERIFY_BATCH_SIZES}
-    model_labels = manifest["labels"]
-    check_label_names(model_labels)
-    reference_accuracy = label_accuracy(reference[VERIFY_BATCH_SIZES[-1]], labels, model_labels)
+    scoring = Scoring(manifest["labels"], data_labels)
+    reference_scores = scoring.scores(reference[VERIFY_BATCH_SIZES[-1]], labels)
     for name, entry in manifest["variants"].items():
         started = time.perf_counter()
         classifier = Classifier(bundle, variant=name, threads=1)  # no thread spinning beside PyTorch
         results = [
-            compare(classifier.logits(texts, size), reference[size], labels, model_labels)
+            compare(classifier.logits(texts, size), reference[size], labels, scoring=scoring)
             for size in VERIFY_BATCH_SIZES
         ]
-        entry["verification"] = worst_over_batch_sizes(results, reference_accuracy)
+        entry["verification"] = worst_over_batch_sizes(results, reference_scores["accuracy"])
         entry["verification"]["seconds"] = round(time.perf_counter() - started, 1)
         judge(name, entry, manifest, max_accuracy_drop, min_label_agreement)
     return {
         **verify_set,
         "batch_sizes": list(VERIFY_BATCH_SIZES),
-        "pytorch_accuracy": reference_accuracy,
+        "labels": list(data_labels),
+        **{f"pytorch_{metric}": value for metric, value in reference_scores.items()},
         "max_accuracy_drop": max_accuracy_drop,
         "min_label_agreement": min_label_agreement,
         "logit_tolerance": LOGIT_TOLERANCE,
     }
 
 
-def check_label_names(model_labels: Sequence[str]) -> None:
+def check_label_names(model_labels: Sequence[str], data_labels: Sequence[str] = SST2_NAMES) -> None:
     """The gate scores by label name: refuse, before any work, a model whose names are not the data's."""
     try:
-        column_to_data_id(model_labels)
+        check_scorable(model_labels, data_labels)
     except LabelMappingError as err:
         raise ExportError(str(err)) from err
+
+
+class Scoring:
+    """Accuracy, and macro-F1 (the local `evaluate` module) when there are more than 2 labels, of a model's logits
+    against the data's label ids, mapped by name."""
+
+    def __init__(self, model_labels: Sequence[str], data_labels: Sequence[str] = SST2_NAMES) -> None:
+        self.model_labels, self.data_labels = list(model_labels), list(data_labels)
+        self.f1 = load_f1_metric() if len(data_labels) > 2 else None
+
+    def scores(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        figures = {"accuracy": label_accuracy(logits, labels, self.model_labels, self.data_labels)}
+        if self.f1 is not None:
+            predicted = predicted_label_ids(logits, self.model_labels, self.data_labels)
+            classes = list(range(len(self.data_labels)))
+            figures["macro_f1"] = self.f1.compute(predictions=predicted, references=labels, labels=classes)["f1"]
+        return figures
+
+
+def load_f1_metric():  # -> evaluate.EvaluationModule
+    import evaluate
+
+    return evaluate.load(F1_METRIC_PATH)
 
 
 def described_verify_set(data: str, samples: int, split_size: int) -> dict:
@@ -123,22 +151,28 @@ def pytorch_logits(
 
 
 def compare(
-    logits: np.ndarray, reference: np.ndarray, labels: np.ndarray, model_labels: Sequence[str] = SST2_NAMES
+    logits: np.ndarray,
+    reference: np.ndarray,
+    labels: np.ndarray,
+    model_labels: Sequence[str] = SST2_NAMES,
+    scoring: Scoring | None = None,
 ) -> dict:
     return {
         "max_abs_logit_diff": float(np.abs(logits - reference).max()),
         "label_agreement": float((logits.argmax(-1) == reference.argmax(-1)).mean()),
-        "accuracy": label_accuracy(logits, labels, model_labels),
+        **(scoring or Scoring(model_labels)).scores(logits, labels),
     }
 
 
 def worst_over_batch_sizes(results: list[dict], reference_accuracy: float) -> dict:
     """The worst case over the batch sizes."""
     worst_accuracy = min(r["accuracy"] for r in results)
+    f1 = {"macro_f1": min(r["macro_f1"] for r in results)} if "macro_f1" in results[0] else {}
     return {
         "max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in results),
         "label_agreement": min(r["label_agreement"] for r in results),
         "accuracy": worst_accuracy,
+        **f1,
         "accuracy_drop_points": round(100 * (reference_accuracy - worst_accuracy), 4),
         "by_batch_size": dict(zip(map(str, VERIFY_BATCH_SIZES), results, strict=True)),
     }

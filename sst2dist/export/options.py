@@ -7,6 +7,7 @@ import importlib.util
 from dataclasses import dataclass
 
 from sst2dist.config_fields import Options, in_range, non_negative, option, positive
+from sst2dist.data_options import DataColumns, label_column_option, labels_option, text_column_option
 
 OPTIMIZE_LEVELS = ("O1", "O2", "O3", "none")
 QUANTIZE_MODES = ("dynamic", "static", "none")
@@ -25,7 +26,7 @@ def openvino_installed(mode: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class ExportOptions(Options):
+class ExportOptions(DataColumns, Options):
     opset: int = option(18, "ONNX opset.", checks=[in_range(14, 21)])
     optimize: str = option(
         "O2",
@@ -44,7 +45,12 @@ class ExportOptions(Options):
         choices=OPENVINO_MODES,
         checks=[openvino_installed],
     )
-    data: str | None = option(None, "SST-2 hub id or local folder for verification/calibration.")
+    data: str | None = option(
+        None, "Dataset hub id or local folder (train and dev files) to verify and calibrate on. Default: SST-2."
+    )
+    text_column: str = text_column_option()
+    label_column: str = label_column_option()
+    labels: str | None = labels_option()
     max_accuracy_drop: float = option(
         0.5,
         "Most accuracy points a lossy variant (int8, static-int8, openvino-bf16) may lose vs PyTorch.",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sst2dist.config_fields import Options, add_arguments, in_range, non_negative, option, positive
 from sst2dist.data import DEFAULT_DATA
+from sst2dist.data_options import DataColumns, label_column_option, labels_option, text_column_option
 from sst2dist.environment import default_mixed_precision, supports_bf16
 from sst2dist.labels import parse_labels_option
 from sst2dist.modeling import DEFAULT_MODEL
@@ -27,17 +28,13 @@ def minutes(value: float) -> str | None:
 
 
 @dataclass
-class TrainConfig(Options):
+class TrainConfig(DataColumns, Options):
     error = ConfigError
 
     data: str = option(DEFAULT_DATA, "dataset-hub id, or a folder with train.tsv + dev.tsv (or csv/jsonl/parquet)")
-    text_column: str = option("sentence", "column holding the text (`text` is read when `sentence` is absent)")
-    label_column: str = option("label", "column holding the label: integers or text, 2 or more classes")
-    labels: str | None = option(
-        None,
-        "the labels as written in the data, in the order of the model's ids, e.g. neg,neu,pos (default: read from "
-        "the training split, integers in numeric order, text in alphabetical order)",
-    )
+    text_column: str = text_column_option()
+    label_column: str = label_column_option()
+    labels: str | None = labels_option()
     model: str = option(DEFAULT_MODEL, "base model: hub id or local folder of a BERT-family encoder")
     output_dir: str = option("runs/minilm", "run folder: model/, metrics.json, log.jsonl, checkpoints/")
     epochs: int = option(2, "passes over the training set", checks=[positive])
@@ -157,16 +154,6 @@ class TrainConfig(Options):
                 "--distill-hidden/--distill-attention/--distill-sentence match a teacher model's states: pass "
                 "--layer-teacher MODEL_DIR (or --teacher MODEL_DIR)"
             )
-
-    @property
-    def columns(self):  # -> sst2dist.data.Columns
-        from sst2dist.data import Columns
-
-        return Columns(self.text_column, self.label_column)
-
-    @property
-    def label_order(self) -> tuple[str, ...] | None:
-        return parse_labels_option(self.labels)
 
     @property
     def layer_distillation(self) -> bool:

@@ -113,6 +113,17 @@ def test_the_anchor_cache_key_follows_the_int8_recipe(tmp_path: Path) -> None:
     assert anchor_key(TINY_ANCHORS[0]) == anchor_key(TINY_ANCHORS[0], [RECIPE_FILES[0]])
 
 
+def test_anchors_of_other_labels_have_their_head_and_their_own_cache_key() -> None:
+    """A menu of 3-class bundles gets anchors of those 3 labels (scored by name like the bundles), cached apart from
+    SST-2's, whose key is what it was before label sets."""
+    names = ("meh", "bad", "good")
+    config = anchor_config(TINY_ANCHORS[0], names)
+    assert (config.num_labels, config.id2label) == (3, {0: "meh", 1: "bad", 2: "good"})
+    assert anchor_config(TINY_ANCHORS[0]).id2label == {0: "negative", 1: "positive"}
+    assert anchor_key(TINY_ANCHORS[0], labels=names) != anchor_key(TINY_ANCHORS[0])
+    assert anchor_key(TINY_ANCHORS[0], labels=("negative", "positive")) == anchor_key(TINY_ANCHORS[0])
+
+
 def test_stock_configs_have_the_published_models_sizes() -> None:
     """Encoder parameters of the configs (built on the meta device: no memory, no weights) against the published
     models' counts (bert-base-uncased 109.48M, distilbert-base-uncased 66.36M, MiniLM-L12-H384 33.36M, ...)."""
