@@ -99,3 +99,7 @@ def serve(bundle_dir: str | Path, options: ServeOptions | None = None, **fields:
     server.run()
     if server.forced_by is not None:
         exit_now(128 + server.forced_by)
+    # uvicorn has put the default handlers back, but the interpreter still waits for a batch running on a worker
+    # thread: a second signal now exits at once too (SIGINT would raise KeyboardInterrupt in that wait).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, frame: exit_now(128 + number))
