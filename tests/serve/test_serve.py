@@ -317,6 +317,8 @@ def test_plan_chunks_covers_every_text_within_the_limits(seed: int) -> None:
         (b'{"inputs": "fine", "truncation_direction": "left"}', 422, ["truncation_direction", "right"]),
         (b'{"inputs": "fine", "options": {}}', 422, ["options is not a known field", "raw_scores"]),
         (b'{"inputs": "fine", "\\ud800": 1}', 422, ["\ufffd is not a known field"]),  # a lone surrogate: no 500
+        (b'{"inputs": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400, ["could not be parsed", "nested"]),
+        (b'{"inputs": "fine", "top_k": ' + b"9" * 5000 + b"}", 400, ["could not be parsed", "number"]),
     ],
 )
 def test_bad_requests_get_one_error_shape(server: Server, body: bytes, status: int, words: list[str]) -> None:
