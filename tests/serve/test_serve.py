@@ -536,6 +536,9 @@ def test_missing_or_corrupt_bundle_exits_before_binding(bundle: Path, tmp_path: 
         (["--threads", "0"], "threads must be >= 1"),
         (["--grace-period", "inf"], "--grace-period must be a finite number"),
         (["--max-wait-ms", "inf"], "--max-wait-ms must be a finite number"),
+        (["--port", "70000"], "--port must be a TCP port"),  # uvicorn listened on 70000 - 65536 = 4464
+        (["--port", "-5"], "--port must be a TCP port"),
+        (["--log-level", "loud"], "--log-level must be one of"),  # was a KeyError traceback once the model loaded
     ],
 )
 def test_bad_worker_flags_exit_before_binding(bundle: Path, flags: list[str], words: str) -> None:
