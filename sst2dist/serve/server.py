@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -108,6 +109,8 @@ def wait_for_running_batches(executor: ThreadPoolExecutor) -> None:
     """After the drain, a batch may still run on a worker thread: wait for it here, where a second signal exits at
     once (uvicorn has put the previous handlers back; SIGINT would raise KeyboardInterrupt in the interpreter's
     own wait at exit)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return executor.shutdown(wait=True)
     previous = {sig: signal.signal(sig, lambda number, frame: exit_now(128 + number)) for sig in EXIT_SIGNALS}
     try:
         executor.shutdown(wait=True)
