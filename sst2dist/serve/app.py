@@ -43,6 +43,10 @@ from sst2dist.serve.protocol import (
 
 logger = logging.getLogger("sst2dist.serve")
 CLASSIFY_PATHS = ("/predict", "/")
+UNPARSABLE = (
+    "the body could not be parsed: its JSON is nested too deeply or holds a number too long for Python "
+    '(over 4300 digits); send a plain JSON object such as {"inputs": "some text"}'
+)
 
 
 class Service:
@@ -231,6 +235,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, err: StarletteHTTPException) -> Response:
+        if err.status_code == 400 and err.__cause__ is not None:  # FastAPI's json.loads failed, not on the syntax
+            return error_response(400, "bad_request", UNPARSABLE)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http")
         return error_response(err.status_code, kind, str(err.detail), getattr(err, "headers", None))
 

@@ -23,6 +23,17 @@ def finite(value: float) -> str | None:
     return None if math.isfinite(value) else "must be a finite number"
 
 
+def tcp_port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a TCP port, 0 to 65535 (0: any free one)"
+
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's, in any case
+
+
+def log_level(value: str) -> str | None:
+    return None if value.lower() in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
+
+
 def default_workers() -> int:
     """One batch worker per core: onnxruntime is where the time goes. The event loop (HTTP, JSON) needs about
     0.4 ms of CPU per request, a tenth of a core at full load on 2 cores, so it gets no core of its own."""
@@ -67,13 +78,13 @@ class ServeOptions(Options):
     """`serve()`'s keyword arguments: where it listens, which variant runs on how many threads, the limits."""
 
     host: str = option("127.0.0.1", "Interface to bind (0.0.0.0: all).")
-    port: int = option(8080, "TCP port.")
+    port: int = option(8080, "TCP port.", checks=[tcp_port])
     variant: str | None = option(None, VARIANT_HELP)
     threads: int | None = option(
         None, "onnxruntime intra-op threads of each run (default: usable CPUs / workers).", checks=[positive]
     )
     limits: ServeLimits = nested(ServeLimits)
-    log_level: str = option("info", "uvicorn log level.")
+    log_level: str = option("info", f"uvicorn log level: {', '.join(LOG_LEVELS)}.", checks=[log_level])
     access_log: bool = option(False, "Log every request.", negatable=True, show_default=True)
     # repr=False and no `checks` (whose message would quote the value): the key is never printed.
     api_key: str | None = dataclasses.field(

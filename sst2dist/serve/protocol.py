@@ -173,7 +173,8 @@ class ClassifyRequest(BaseModel):
             raise ValueError(f"the body must be a JSON object with an inputs field, got {json_type(data)}")
         if "inputs" not in data:
             raise ValueError('inputs is missing: send {"inputs": "some text"}')
-        unknown = sorted(set(data) - set(cls.model_fields))
+        # clean_text: a name with a lone surrogate ("\\ud800") would make pydantic fail on the message (a 500)
+        unknown = sorted(clean_text(name) for name in set(data) - set(cls.model_fields))
         if unknown:
             raise ValueError(f"{unknown[0]} is not a known field: known fields are {', '.join(cls.model_fields)}")
         return data
@@ -234,7 +235,7 @@ class InferenceParameters(BaseModel):
             return {}
         if not isinstance(data, dict):
             raise ValueError(f"parameters must be an object, got {json_type(data)}")
-        unknown = sorted(set(data) - set(cls.model_fields))
+        unknown = sorted(clean_text(name) for name in set(data) - set(cls.model_fields))  # as in ClassifyRequest
         if unknown:
             raise ValueError(f"parameters.{unknown[0]} is not supported: use {', '.join(cls.model_fields)}")
         return data

@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -25,6 +27,7 @@ logger = logging.getLogger("sst2dist.serve")
 # each onnxruntime call and the worker after each socket write. A short interval keeps both moving.
 SWITCH_INTERVAL_S = 0.0005
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 # After the drain, how long uvicorn may take to write the last answers (the 503s of requests cut off included).
@@ -99,3 +102,18 @@ def serve(bundle_dir: str | Path, options: ServeOptions | None = None, **fields:
     server.run()
     if server.forced_by is not None:
         exit_now(128 + server.forced_by)
+    wait_for_running_batches(app.state.service.batcher.executor)
+
+
+def wait_for_running_batches(executor: ThreadPoolExecutor) -> None:
+    """After the drain, a batch may still run on a worker thread: wait for it here, where a second signal exits at
+    once (uvicorn has put the previous handlers back; SIGINT would raise KeyboardInterrupt in the interpreter's
+    own wait at exit)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return executor.shutdown(wait=True)
+    previous = {sig: signal.signal(sig, lambda number, frame: exit_now(128 + number)) for sig in EXIT_SIGNALS}
+    try:
+        executor.shutdown(wait=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -272,3 +272,41 @@ def test_a_body_still_uploading_at_shutdown_gets_json_503(tiny_bundle_dir: Path)
         assert server.process.wait(30) == 0
     finally:
         server.stop()
+
+
+def port_closed(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_a_second_signal_while_the_last_batch_ends_exits_at_once(tiny_bundle_dir: Path) -> None:
+    """The drain is over and uvicorn has stopped, but the process still waits for the batch running on its worker
+    thread: Ctrl-C again must exit at once with 130, not print a KeyboardInterrupt traceback and wait."""
+    flags = ["--variant", VARIANT, "--workers", "1", "--max-batch-size", "1", "--max-client-batch", "1000"]
+    server = Server(tiny_bundle_dir, *flags, "--max-payload", "5000000", "--grace-period", "0.2")
+    try:
+        server.wait()
+        body = long_body(server.client.get("/info").json()["max_length"], 1000)  # a batch of several seconds
+        results: dict[str, httpx.Response] = {}
+        thread = post_in_thread(server, body, results, "running")
+        wait_for_metric(server, "sst2dist_batches_running 1.0")
+        server.process.send_signal(signal.SIGINT)
+        thread.join(30)
+        assert_error(results["running"], 503, "grace period ran out")
+        deadline = time.monotonic() + 10
+        while not port_closed(server.url):
+            assert time.monotonic() < deadline, "uvicorn never stopped listening"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert server.process.poll() is None, "the batch ended before the second signal: make it longer"
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(30) == 128 + signal.SIGINT
+        assert time.monotonic() - signalled < 2.0
+        assert "Traceback" not in server.process.stdout.read()
+    finally:
+        server.stop()

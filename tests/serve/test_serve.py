@@ -316,6 +316,9 @@ def test_plan_chunks_covers_every_text_within_the_limits(seed: int) -> None:
         (b"null", 422, ["JSON object", "got null"]),
         (b'{"inputs": "fine", "truncation_direction": "left"}', 422, ["truncation_direction", "right"]),
         (b'{"inputs": "fine", "options": {}}', 422, ["options is not a known field", "raw_scores"]),
+        (b'{"inputs": "fine", "\\ud800": 1}', 422, ["\ufffd is not a known field"]),  # a lone surrogate: no 500
+        (b'{"inputs": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400, ["could not be parsed", "nested"]),
+        (b'{"inputs": "fine", "top_k": ' + b"9" * 5000 + b"}", 400, ["could not be parsed", "number"]),
     ],
 )
 def test_bad_requests_get_one_error_shape(server: Server, body: bytes, status: int, words: list[str]) -> None:
@@ -334,6 +337,8 @@ def test_body_is_json_whatever_its_content_type(server: Server, offline: Classif
 def test_inference_api_rejects_unknown_parameters(server: Server) -> None:
     body = {"inputs": "fine", "parameters": {"top_k": 1, "temperature": 2}}
     assert_error(server.client.post("/", json=body), 422, "parameters.temperature is not supported", "top_k")
+    surrogate = b'{"inputs": "fine", "parameters": {"\\ud800": 1}}'
+    assert_error(server.client.post("/", content=surrogate), 422, "parameters.\ufffd is not supported")
     bad = {"inputs": "fine", "parameters": {"top_k": "1"}, "options": {"wait_for_model": True}}
     assert_error(server.client.post("/", json=bad), 422, "parameters.top_k must be a positive integer")
     fine = {"inputs": "fine", "parameters": None, "options": {"wait_for_model": True}}
@@ -531,6 +536,9 @@ def test_missing_or_corrupt_bundle_exits_before_binding(bundle: Path, tmp_path: 
         (["--threads", "0"], "threads must be >= 1"),
         (["--grace-period", "inf"], "--grace-period must be a finite number"),
         (["--max-wait-ms", "inf"], "--max-wait-ms must be a finite number"),
+        (["--port", "70000"], "--port must be a TCP port"),  # uvicorn listened on 70000 - 65536 = 4464
+        (["--port", "-5"], "--port must be a TCP port"),
+        (["--log-level", "loud"], "--log-level must be one of"),  # was a KeyError traceback once the model loaded
     ],
 )
 def test_bad_worker_flags_exit_before_binding(bundle: Path, flags: list[str], words: str) -> None:
