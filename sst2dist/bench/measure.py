@@ -20,7 +20,7 @@ from sst2dist.environment import peak_rss_bytes
 TORCH_BACKENDS = {"torch-fp32": "fp32", "torch-bf16": "bf16"}
 ORT_BACKENDS = {"ort-fp32": "fp32", "ort-optimized": "optimized", "ort-int8": "int8", "ort-static-int8": "static-int8"}
 # Bundle variants on OpenVINO (where installed): named like the variant, through the same Classifier.
-ORT_BACKENDS |= {"openvino-f32": "openvino-f32", "openvino-bf16": "openvino-bf16"}
+ORT_BACKENDS |= {"openvino-f32": "openvino-f32", "openvino-bf16": "openvino-bf16", "openvino-int8": "openvino-int8"}
 ALL_BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS)
 PRECISION = {
     "torch-fp32": "fp32",
@@ -31,6 +31,7 @@ PRECISION = {
     "ort-static-int8": "int8",
     "openvino-f32": "fp32",
     "openvino-bf16": "bf16",
+    "openvino-int8": "int8",
 }
 LATENCY_BLOCK = 32  # sentences per interleaving block at batch 1
 THROUGHPUT_BLOCK = 64  # sentences (at least one batch) per interleaving block for throughput

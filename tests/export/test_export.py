@@ -105,7 +105,7 @@ def test_cli_export_prints_the_gate_and_refuses_to_overwrite(
 ) -> None:
     runner = CliRunner()
     args = ["export-onnx", str(tiny_model_dir), "--output", str(tmp_path / "b"), "--data", str(sst2_dir)]
-    args += ["--max-verify-samples", "16", "--quantize", "none", "--optimize", "none"]
+    args += ["--max-verify-samples", "16", "--quantize", "none", "--optimize", "none", "--openvino", "off"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "default variant: fp32" in result.output and "passed" in result.output
@@ -148,7 +148,7 @@ def test_int8_accuracy_gate_fails_or_keeps_marked(
         return recipe
 
     monkeypatch.setattr(export_module, "quantize_dynamic_int8", quantize_then_flip_classifier)
-    options = {"data": str(sst2_dir), "max_verify_samples": 100, "optimize": "none"}
+    options = {"data": str(sst2_dir), "max_verify_samples": 100, "optimize": "none", "openvino": "off"}
     with pytest.raises(ExportError, match=r"variant int8: accuracy .* points below PyTorch \(limit 0.5\).*--keep"):
         export_bundle(tiny_model_dir, tmp_path / "b", **options)
     assert list(tmp_path.iterdir()) == []
