@@ -1,5 +1,6 @@
-"""What the integrity check adds to loading a bundle: the sha256 of the files a Classifier loads (config.json,
-tokenizer.json, the chosen variant's model) against the whole `Classifier(...)` load, medians of a few runs.
+"""What the integrity check adds to loading a bundle: reading and hashing (runtime.read_verified) the files a
+Classifier loads (config.json, tokenizer.json, the chosen variant's model) against the whole `Classifier(...)` load,
+medians of a few runs.
 
     .venv/bin/python bench/integrity_load.py --bundle export/minilm --variant optimized
 
@@ -14,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from sst2dist.runtime import SUPPORT_FILES, VARIANT_FILES, Classifier, read_manifest, verify_bundle_files
+from sst2dist.runtime import SUPPORT_FILES, VARIANT_FILES, Classifier, read_manifest, read_verified
 
 
 def median_ms(function, repeats: int) -> float:
@@ -30,7 +31,7 @@ def measure(bundle: Path, variant: str, repeats: int) -> dict:
     manifest = read_manifest(bundle)
     files = [*SUPPORT_FILES, VARIANT_FILES[variant]]
     size = sum((bundle / name).stat().st_size for name in files)
-    hash_ms = median_ms(lambda: verify_bundle_files(bundle, manifest, files), repeats)
+    hash_ms = median_ms(lambda: [read_verified(bundle, manifest, name) for name in files], repeats)
     load_ms = median_ms(lambda: Classifier(bundle, variant=variant, threads=1), repeats)
     return {
         "bundle": str(bundle),

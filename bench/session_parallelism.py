@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sst2dist.data import load_validation
+from sst2dist.environment import usable_cpus
 from sst2dist.runtime import Classifier
 
 
@@ -51,7 +52,7 @@ def main() -> None:
     args = parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     texts = load_validation(args.data, args.sentences)[0]
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()  # the cores this process may use, not the machine's
     ways = {f"1 caller x {cores} threads": (cores, 1), f"{cores} callers x 1 thread": (1, cores), "1 x 1": (1, 1)}
     rows = []
     for batch_size in (1, 8):

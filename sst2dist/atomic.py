@@ -59,8 +59,8 @@ def failure_reason(err: BaseException, path: Path) -> str:
 
 @contextmanager
 def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
-    """A temporary path beside `path`, renamed over it when the block succeeds and removed when it fails (a failed
-    write raises a WriteError naming `what` and `path`)."""
+    """A temporary path beside `path`, flushed to disk and renamed over it when the block succeeds, removed when it
+    fails (a failed write raises a WriteError naming `what` and `path`)."""
     path = Path(path)
     with writing(what, path):
         handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -69,7 +69,9 @@ def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
         try:
             yield temporary
             os.chmod(temporary, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
+            synced(temporary)  # written by name (Parquet, savefig): its bytes on disk before the rename
             os.replace(temporary, path)
+            synced(path.parent)  # and the rename itself
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
@@ -77,11 +79,19 @@ def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
 
 @contextmanager
 def atomic_open(path: str | Path, what: str = "the file") -> Iterator[TextIO]:
-    """A UTF-8 text file that replaces `path` only once the block has written all of it (flushed to disk)."""
+    """A UTF-8 text file that replaces `path` only once the block has written all of it (atomic_path flushes it to
+    disk once it is closed)."""
     with atomic_path(path, what) as temporary, temporary.open("w", encoding="utf-8", newline="\n") as handle:
         yield handle
-        handle.flush()
-        os.fsync(handle.fileno())
+
+
+def synced(path: Path) -> None:
+    """Flush a file or a folder (the entries renamed into it) to disk."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def write_json_atomic(path: str | Path, payload: Any, what: str = "the file") -> None:

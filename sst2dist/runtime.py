@@ -32,7 +32,6 @@ from sst2dist.engines import (
     unavailable_reason,
     variant_files,
 )
-from sst2dist.packaged import sha256_of
 from sst2dist.variant_choice import LATENCY, VariantChoice, candidates, choose_variant, explicit, softmax
 
 VARIANT_FILES = {name: spec.file for name, spec in VARIANTS.items()}  # OpenVINO's variants read model.onnx
@@ -65,17 +64,6 @@ def recorded_sha256(manifest: dict, name: str) -> str | None:
         if isinstance(entry, dict) and (entry.get("weights") or {}).get("file") == name:  # an OpenVINO IR's .bin
             return entry["weights"].get("sha256")
     return manifest.get("files", {}).get(name, {}).get("sha256")
-
-
-def verify_bundle_files(bundle_dir: str | Path, manifest: dict, names: Sequence[str]) -> None:
-    """Refuse (BundleError) a file among `names` whose sha256 differs from the one manifest.json records: a flipped
-    byte can load and answer wrongly without a word. Files without a recorded hash (support files of bundles
-    exported before they were recorded) and missing files (the loaders name those) pass unchecked."""
-    for name in names:
-        path, expected = Path(bundle_dir) / name, recorded_sha256(manifest, name)
-        if expected is None or not path.is_file():
-            continue
-        check_sha256(path, sha256_of(path), expected)
 
 
 def check_sha256(path: Path, actual: str, expected: str | None) -> None:

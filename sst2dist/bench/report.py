@@ -7,7 +7,6 @@ Everything here reads a results dict built by `sst2dist.bench.run` and measures 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,7 +61,6 @@ def write_files(output: Path, results: dict, names: tuple[str, str, str], markdo
     try:
         with atomic_path(output / chart_name, "the bench report") as path:
             chart(results, path)
-            synced(path)  # atomic_path renames without flushing to disk what was written by path
         results["output_files"].append(chart_name)
     except ImportError:
         results["notes"].append(f"{chart_name} not written: matplotlib is not installed (pip install matplotlib)")
@@ -243,13 +241,6 @@ def environment_lines(results: dict) -> list[str]:
         f"- Duration: {results['duration_seconds']:.0f} s",
         "",
     ]
-
-
-def synced(path: Path) -> None:
-    """Flush a file written by name (matplotlib's savefig) to disk, so the rename that follows never publishes an
-    empty file after a crash."""
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def wrote_line(results: dict, output: str) -> str:

@@ -91,7 +91,7 @@ def add_openvino_variants(manifest: dict, staging: Path, mode: str) -> None:
 
 def add_support_files(manifest: dict, staging: Path) -> None:
     """sha256 and size of the files every variant reads beside its model (config, tokenizer): the runtime refuses
-    a bundle whose copy differs (`runtime.verify_bundle_files`)."""
+    a bundle whose copy differs (`runtime.read_verified`)."""
     manifest["files"] = {
         name: {"sha256": sha256(staging / name), "size_bytes": (staging / name).stat().st_size}
         for name in SUPPORT_FILES

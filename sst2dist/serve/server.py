@@ -16,10 +16,10 @@ from typing import Any
 
 import uvicorn
 
-from sst2dist.runtime import load_classifier
+from sst2dist.runtime import Classifier, limit_tokenizer_threads, load_classifier
 from sst2dist.serve.app import Service, create_app
 from sst2dist.serve.limits import ServeOptions, default_threads
-from sst2dist.variant_choice import LATENCY, THROUGHPUT
+from sst2dist.variant_choice import workload_for
 
 logger = logging.getLogger("sst2dist.serve")
 
@@ -71,17 +71,24 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+def load_for_serving(bundle_dir: str | Path, options: ServeOptions) -> Classifier:
+    """The Classifier the workers share, chosen for their batch size, on `options.threads` threads per run."""
+    # The batch workers are the parallelism: tokenizers' own thread pool would only compete with onnxruntime.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    workers = options.limits.workers
+    threads = default_threads(workers) if options.threads is None else options.threads
+    # One tokenizer pool serves every worker (where TOKENIZERS_PARALLELISM is on): size it for all of them before
+    # the Classifier would size it for one run.
+    limit_tokenizer_threads(workers * threads)
+    return load_classifier(bundle_dir, options.variant, threads, workload_for(options.limits.max_batch_size))
+
+
 def serve(bundle_dir: str | Path, options: ServeOptions | None = None, **fields: Any) -> None:
     """Load the bundle (failing before binding the port), then serve until SIGTERM/SIGINT and a drain. `options`
     may be given as ServeOptions fields instead (port=8081, limits=ServeLimits(max_queue=64), ...)."""
     options = replace(options, **fields) if options else ServeOptions(**fields)
     limits = options.limits
-    # The batch workers are the parallelism: tokenizers' own thread pool would only compete with onnxruntime.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads = default_threads(limits.workers) if options.threads is None else options.threads
-    # Micro-batches: the variant fastest in batches; one text per call: the fastest at batch 1.
-    workload = THROUGHPUT if limits.max_batch_size > 1 else LATENCY
-    classifier = load_classifier(bundle_dir, options.variant, threads, workload)
+    classifier = load_for_serving(bundle_dir, options)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(classifier, limits, options.api_key)
     config = uvicorn.Config(

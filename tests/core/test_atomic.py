@@ -58,3 +58,26 @@ def test_replace_dir_puts_the_old_folder_back_when_the_swap_fails(
         replace_dir(new, old)
     assert (old / "weights").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-model", "model"]
+
+
+def test_a_file_written_by_path_is_synced_before_the_rename_and_its_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parquet writers, savefig and the like write by name: the file's bytes and then the rename must reach the
+    disk, so a crash never leaves an empty file under the final name."""
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync_and_note(fd: int) -> None:  # the real fsync, with the name of what it flushed
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_and_note)
+    target = tmp_path / "out.parquet"
+    with atomic.atomic_path(target) as temporary:
+        temporary.write_bytes(b"PAR1")
+        temporary_name = str(temporary)
+    assert synced == [temporary_name, str(tmp_path)]
+    assert target.read_bytes() == b"PAR1"

@@ -24,7 +24,6 @@ from sst2dist.runtime import (
     clean_text,
     load_classifier,
     recorded_sha256,
-    verify_bundle_files,
 )
 from sst2dist.variant_choice import candidates
 
@@ -280,16 +279,6 @@ def test_a_manifest_without_hashes_is_accepted_silently(tiny_bundle_dir: Path, t
         warnings.simplefilter("error")
         reference = Classifier(tiny_bundle_dir, variant="optimized").logits(["a fine film"])
         np.testing.assert_array_equal(Classifier(bundle, variant="optimized").logits(["a fine film"]), reference)
-
-
-def test_verify_bundle_files_checks_what_the_manifest_records(tmp_path: Path) -> None:
-    (tmp_path / "a.bin").write_bytes(b"abc")
-    good = hashlib.sha256(b"abc").hexdigest()
-    manifest = {"variants": {"fp32": {"file": "a.bin", "sha256": good}}, "files": {"b.json": {"sha256": "0" * 64}}}
-    verify_bundle_files(tmp_path, manifest, ["a.bin", "b.json", "unrecorded.txt"])  # b.json missing: the loader says
-    (tmp_path / "b.json").write_bytes(b"{}")
-    with pytest.raises(BundleError, match=f"b.json is corrupt: its sha256 is {hashlib.sha256(b'{}').hexdigest()}"):
-        verify_bundle_files(tmp_path, manifest, ["a.bin", "b.json"])
 
 
 def test_clean_text_replaces_only_lone_surrogates() -> None:

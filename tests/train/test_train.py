@@ -198,6 +198,15 @@ def test_launching_no_processes_is_refused() -> None:
         launch_processes(0, [])
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin one")
+def test_launched_processes_share_the_cpus_this_process_may_use() -> None:
+    """`taskset -c 0` on a bigger machine: one usable CPU, so one OpenMP thread, not the machine's cores."""
+    probe = "from sst2dist.train.launch import process_env; print(process_env(1, cuda=False)['OMP_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stdout + done.stderr[-2000:]
+
+
 # ------------------------------------------------------------------------------------------ batching
 
 
