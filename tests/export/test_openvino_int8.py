@@ -205,3 +205,30 @@ def test_a_failed_ir_write_is_an_os_error(int8_bundle: Path, tmp_path: Path) -> 
     result = run_blocked(tmp_path, (), script)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OSError: [Errno 5] OpenVINO could not write openvino_int8.xml" in result.stdout
+
+
+def test_accuracy_control_scores_held_out_labels_by_name_as_the_gate_does(
+    sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    """A model whose id2label is the data's order reversed: NNCF's accuracy control must count a sentence right
+    when the label its best column names is the data's label (the gate's rule), not when the column's index is the
+    data's id, which scored this model as 1 - its accuracy and so steered the quantization by the wrong figure."""
+    from conftest import make_tiny_model
+    from transformers import AutoTokenizer
+
+    from sst2dist.data import load_sst2
+    from sst2dist.engines import openvino
+    from sst2dist.export.openvino_int8 import held_out_accuracy, held_out_items, logits_port, unpadded_feeds
+    from sst2dist.labels import label_accuracy
+
+    model_labels, data_labels = ["positive", "negative"], ["negative", "positive"]
+    model = make_tiny_model(tmp_path / "model", labels=tuple(model_labels))
+    bundle = export_tiny_bundle(model, sst2_sample_dir, tmp_path / "bundle", openvino="off", quantize="none")
+    compiled = openvino().Core().compile_model(str(bundle / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    validation = load_sst2(str(sst2_sample_dir))["validation"].select(range(31))  # odd: accuracy is never 1/2
+    names = [port.get_any_name() for port in compiled.inputs]
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    feeds = [unpadded_feeds(tokenizer, sentence, names) for sentence in validation["sentence"]]
+    logits = np.concatenate([compiled(feed)[compiled.output(logits_port(compiled))] for feed in feeds])
+    measured, _ = held_out_accuracy(compiled, held_out_items(feeds, validation["label"], model_labels, data_labels))
+    assert measured == pytest.approx(label_accuracy(logits, validation["label"], model_labels, data_labels))
