@@ -191,10 +191,13 @@ class ClassifyBlock:
 
 
 def loaded_files(classifier: Classifier) -> dict:
-    """The sha256s manifest.json records for what `classifier` loaded: its variant's model file and support files."""
+    """The sha256s manifest.json records for what `classifier` loaded: its variant's model file (and an IR's weights:
+    NNCF's .xml holds none, so two exports can share it) and support files."""
     manifest = classifier.manifest
+    entry = manifest["variants"][classifier.variant]
     return {
-        "variant": manifest["variants"][classifier.variant].get("sha256"),
+        "variant": entry.get("sha256"),
+        "weights": (entry.get("weights") or {}).get("sha256"),
         **{name: entry.get("sha256") for name, entry in manifest.get("files", {}).items()},
     }
 

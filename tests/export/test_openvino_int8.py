@@ -232,3 +232,22 @@ def test_accuracy_control_scores_held_out_labels_by_name_as_the_gate_does(
     logits = np.concatenate([compiled(feed)[compiled.output(logits_port(compiled))] for feed in feeds])
     measured, _ = held_out_accuracy(compiled, held_out_items(feeds, validation["label"], model_labels, data_labels))
     assert measured == pytest.approx(label_accuracy(logits, validation["label"], model_labels, data_labels))
+
+
+def test_predict_ray_actors_refuse_an_ir_whose_weights_changed_since_the_driver_chose(
+    int8_bundle: Path, bundle: Path
+) -> None:
+    """NNCF's .xml holds no weights, so an export of other weights can keep it byte for byte: the actors' check that
+    they load the driver's export must compare the .bin's sha256 too."""
+    from sst2dist.predict.ray_batch import ClassifyBlock, loaded_files
+
+    chosen = loaded_files(Classifier(int8_bundle, variant="openvino-int8", threads=1))
+    weights = bundle / "openvino_int8.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # other weights, same graph, each file's hash recorded as an export would
+    weights.write_bytes(bytes(data))
+    manifest = manifest_of(bundle)
+    manifest["variants"]["openvino-int8"]["weights"]["sha256"] = sha256(weights)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="changed while predict-ray ran"):
+        ClassifyBlock(str(bundle), "openvino-int8", 1, 32, False, chosen)
