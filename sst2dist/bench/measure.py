@@ -20,7 +20,7 @@ from sst2dist.environment import peak_rss_bytes
 TORCH_BACKENDS = {"torch-fp32": "fp32", "torch-bf16": "bf16"}
 ORT_BACKENDS = {"ort-fp32": "fp32", "ort-optimized": "optimized", "ort-int8": "int8", "ort-static-int8": "static-int8"}
 # Bundle variants on OpenVINO (where installed): named like the variant, through the same Classifier.
-ORT_BACKENDS |= {"openvino-f32": "openvino-f32", "openvino-bf16": "openvino-bf16"}
+ORT_BACKENDS |= {"openvino-f32": "openvino-f32", "openvino-bf16": "openvino-bf16", "openvino-int8": "openvino-int8"}
 ALL_BACKENDS = (*TORCH_BACKENDS, *ORT_BACKENDS)
 PRECISION = {
     "torch-fp32": "fp32",
@@ -31,6 +31,7 @@ PRECISION = {
     "ort-static-int8": "int8",
     "openvino-f32": "fp32",
     "openvino-bf16": "bf16",
+    "openvino-int8": "int8",
 }
 LATENCY_BLOCK = 32  # sentences per interleaving block at batch 1
 THROUGHPUT_BLOCK = 64  # sentences (at least one batch) per interleaving block for throughput
@@ -50,15 +51,15 @@ class OrtBackend:
     The Classifier feeds only the inputs the ONNX graph declares (MPNet has no token_type_ids)."""
 
     def __init__(self, name: str, bundle: str, threads: int, variant: str | None = None):
-        from sst2dist.engines import engine_of
-        from sst2dist.runtime import VARIANT_FILES, Classifier
+        from sst2dist.engines import engine_of, variant_files
+        from sst2dist.runtime import Classifier
 
         self.name = name
         variant = variant or ORT_BACKENDS[name]
         self.engine = engine_of(variant)
         self.classifier = Classifier(bundle, variant=variant, threads=threads)
         self.labels = self.classifier.labels
-        self.files = onnx_files(Path(bundle) / VARIANT_FILES[variant])
+        self.files = [path for name in variant_files(variant) for path in onnx_files(Path(bundle) / name)]
 
     def threads_used(self) -> dict[str, int]:
         """The thread settings the engine reports for this session (not what was asked for)."""

@@ -251,3 +251,19 @@ def test_predict_ray_actors_refuse_an_ir_whose_weights_changed_since_the_driver_
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="changed while predict-ray ran"):
         ClassifyBlock(str(bundle), "openvino-int8", 1, 32, False, chosen)
+
+
+def test_the_bench_measures_openvino_int8_as_its_help_says(
+    int8_bundle: Path, sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    """bench/README and --help list `openvino-int8` among the backends, and serve may run it by default: the bench
+    must time it (both its files counted in the footprint), not call it an unknown backend."""
+    from sst2dist.bench.run import ALL_BACKENDS, BenchSettings, run_bench
+
+    assert "openvino-int8" in ALL_BACKENDS
+    settings = BenchSettings(bundle=str(int8_bundle), data=str(sst2_sample_dir), backends=["openvino-int8"],
+                             threads=(1,), batch_sizes=(4,), max_samples=8, latency_samples=2, warmup=0,
+                             progress=False, output=str(tmp_path / "out"))  # fmt: skip
+    result = run_bench(settings)["backends"]["openvino-int8"]
+    assert (result["engine"], result["precision"]) == ("openvino", "int8")
+    assert {Path(name).name for name in result["files"]} == {"openvino_int8.xml", "openvino_int8.bin"}
