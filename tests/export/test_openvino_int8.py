@@ -267,3 +267,19 @@ def test_the_bench_measures_openvino_int8_as_its_help_says(
     result = run_bench(settings)["backends"]["openvino-int8"]
     assert (result["engine"], result["precision"]) == ("openvino", "int8")
     assert {Path(name).name for name in result["files"]} == {"openvino_int8.xml", "openvino_int8.bin"}
+
+
+def test_the_lossy_limits_help_names_openvino_int8_which_they_gate() -> None:
+    """openvino-int8 is judged by --max-accuracy-drop and --min-label-agreement like every lossy variant (and the
+    drop also bounds NNCF's accuracy control): export-onnx --help must say so where it lists the lossy variants."""
+    from click.testing import CliRunner
+
+    from sst2dist.cli import main
+    from sst2dist.export.gate import LOGIT_TOLERANCE, judge
+
+    entry = {"size_bytes": 1, "verification": {"accuracy": 0.5, "accuracy_drop_points": 9.0, "label_agreement": 1.0}}
+    judge("openvino-int8", entry, {"variants": {"fp32": {"size_bytes": 4}}}, max_accuracy_drop=0.5)
+    assert "openvino-int8" not in LOGIT_TOLERANCE and entry["passed"] is False
+    text = " ".join(CliRunner().invoke(main, ["export-onnx", "--help"], terminal_width=400).output.split())
+    assert "the lossy ones (int8, static-int8, openvino-bf16, openvino-int8)" in text
+    assert "lossy variant (int8, static-int8, openvino-bf16, openvino-int8)" in text
