@@ -112,7 +112,7 @@ def export_onnx(model_dir: str, output: str, **flags) -> None:
 
     Every variant is checked against PyTorch on the validation sentences of --data (SST-2 by default, or your own
     data of 2 or more labels, scored by label name; macro-F1 is reported too with more than 2): the exact ones by
-    their logits, the lossy ones (int8, static-int8, openvino-bf16) by --max-accuracy-drop and
+    their logits, the lossy ones (int8, static-int8, openvino-bf16, openvino-int8) by --max-accuracy-drop and
     --min-label-agreement. A failed fp32/optimized variant stops the export and nothing is written; so does a failed
     int8 variant unless --keep-failed; a failed OpenVINO variant is kept, marked failed, and never chosen.
 

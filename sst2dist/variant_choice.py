@@ -145,8 +145,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def batch_invariance(runner: Runner, texts: Sequence[str]) -> dict:
     """manifest["variants"][name]["batch_invariance"]: the largest change of any sentence's scores between batch 1
-    and sorted batches of 8 and 32 (other batch mates, other padding), and whether it is within the tolerance."""
+    and sorted batches of 8 and 32 (other batch mates, other padding), and whether it is within the tolerance. A
+    lone sentence has no batch mates, so nothing is measured: no "invariant", and `batch_dependent` goes by engine."""
     texts = list(texts)[:INVARIANCE_SENTENCES]
+    if len(texts) < 2:
+        return {"batch_sizes": list(INVARIANCE_BATCHES), "sentences": len(texts), "max_score_diff": None,
+                "note": "not measured: one sentence has no batch mates"}  # fmt: skip
     scores = {size: softmax(runner.logits(texts, size)) for size in INVARIANCE_BATCHES}
     alone = scores[INVARIANCE_BATCHES[0]]
     diff = max(float(np.abs(scores[size] - alone).max()) for size in INVARIANCE_BATCHES[1:])

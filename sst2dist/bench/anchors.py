@@ -36,11 +36,11 @@ PUBLISHED_NOTE = "published, not measured here"
 VOCAB_SIZE = 30522  # the uncased BERT WordPiece vocabulary every stock shape here uses
 SEED = 0
 VERIFY_SAMPLES = 16  # the export gate only proves the graphs run: an untrained model has no accuracy to keep
-KEY_PACKAGES = ("transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "openvino", "torch")
+KEY_PACKAGES = ("transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "openvino", "nncf", "torch")
 # How anchors are exported: every variant a bundle can have (OpenVINO where installed).
 ANCHOR_EXPORT = {"optimize": "O2", "quantize": "static", "openvino": "auto"}
-# The code of the int8 recipe: a change to it is a new recipe, so a new cache key.
-RECIPE_FILES = (Path(__file__).resolve().parents[1] / "export" / "int8.py",)
+# The code of the int8 recipes (onnxruntime and NNCF): a change to either is a new recipe, so a new cache key.
+RECIPE_FILES = tuple(Path(__file__).resolve().parents[1] / "export" / name for name in ("int8.py", "openvino_int8.py"))
 EXACT_VARIANTS = ("fp32", "optimized", "openvino-f32")  # the gate holds these to PyTorch's logits
 
 

@@ -51,15 +51,15 @@ class OrtBackend:
     The Classifier feeds only the inputs the ONNX graph declares (MPNet has no token_type_ids)."""
 
     def __init__(self, name: str, bundle: str, threads: int, variant: str | None = None):
-        from sst2dist.engines import engine_of
-        from sst2dist.runtime import VARIANT_FILES, Classifier
+        from sst2dist.engines import engine_of, variant_files
+        from sst2dist.runtime import Classifier
 
         self.name = name
         variant = variant or ORT_BACKENDS[name]
         self.engine = engine_of(variant)
         self.classifier = Classifier(bundle, variant=variant, threads=threads)
         self.labels = self.classifier.labels
-        self.files = onnx_files(Path(bundle) / VARIANT_FILES[variant])
+        self.files = [path for name in variant_files(variant) for path in onnx_files(Path(bundle) / name)]
 
     def threads_used(self) -> dict[str, int]:
         """The thread settings the engine reports for this session (not what was asked for)."""

@@ -180,12 +180,12 @@ def render_terminal(results: dict) -> str:
 
 
 def default_variant_lines(bundle: dict) -> list[str]:
-    """Which variant `serve`, `predict` and `Classifier` run by default on this CPU, and why."""
+    """Which variant `serve` runs by default on this CPU (what export prints and the card states), and why."""
     choice = bundle.get("default_variant")
     if not choice:
         return []
     variant = f"`{choice['variant']}`" if choice["variant"] else "chosen at load"
-    return [f"Default variant on this CPU (serve, predict, `Classifier`): {variant} — {choice['detail']}.", ""]
+    return [f"Default variant on this CPU (`serve`, micro-batched): {variant} — {choice['detail']}.", ""]
 
 
 def render_markdown(results: dict) -> str:

@@ -143,7 +143,6 @@ def measure_all(settings: BenchSettings, sentences: list[str]) -> tuple[dict[int
     from tqdm import tqdm
 
     from sst2dist.runtime import read_manifest
-    from sst2dist.variant_choice import recorded_choice
 
     max_length = int(read_manifest(settings.bundle)["max_length"])
     config = json.loads((Path(settings.bundle) / "config.json").read_text(encoding="utf-8"))
@@ -163,9 +162,19 @@ def measure_all(settings: BenchSettings, sentences: list[str]) -> tuple[dict[int
         for threads in settings.threads:
             bar.set_description(f"{threads} thread{'s' * (threads > 1)}")
             runs[threads] = bench_threads(settings, threads, sentences, max_length, flops_counter(config), bar.update)
-    default = recorded_choice(read_manifest(settings.bundle), max(settings.threads))
+    default = serve_default(read_manifest(settings.bundle))
     summary = {"path": settings.bundle, "max_length": max_length, "model_type": config.get("model_type")}
     return runs, colds, {**summary, "default_variant": default}
+
+
+def serve_default(manifest: dict) -> dict:
+    """What `serve` runs here with its defaults (the variant export prints and the card states): chosen for its
+    micro-batches at its threads per worker, not for the thread counts this bench measured."""
+    from sst2dist.serve.limits import ServeLimits, default_threads, default_workers
+    from sst2dist.variant_choice import recorded_choice, workload_for
+
+    threads = default_threads(default_workers())
+    return recorded_choice(manifest, threads, workload_for(ServeLimits.max_batch_size))
 
 
 def sorted_sizes(batch_sizes: Sequence[int]) -> list[int]:

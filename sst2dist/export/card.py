@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from sst2dist.labels import SST2_NAMES, data_name
+from sst2dist.variant_choice import batch_dependent
 
 CARD_FILE = "README.md"
 LICENSE = "apache-2.0"  # sst2dist's, and that of both packaged base models (MiniLM-L6 and MPNet)
@@ -213,12 +214,25 @@ Classifier("{name}").predict(["a gripping, funny film"])  # [{{"label": "{manife
 
 ## Intended use and limitations
 
-{limitations(manifest, verification)}
-- The dynamic `int8` variant's scores move slightly with their batch mates; `serve` and `predict` only run it
-  when asked by name.
+{limitations(manifest, verification)}{batch_note(manifest)}
 
 `manifest.json` holds the hashes, the package versions, the verification per batch size and the raw timings.
 """
+
+
+def batch_note(manifest: dict) -> str:
+    """The gated variants whose scores moved with their batch mates as the export measured (what serve and
+    predict go by), or nothing when none did."""
+    moved = [
+        name for name, entry in manifest["variants"].items() if entry.get("passed") and batch_dependent(manifest, name)
+    ]
+    if not moved:
+        return ""
+    names = ", ".join(f"`{name}`" for name in moved)
+    return (
+        f"\n- The scores of {names} moved with their batch mates when measured at export; `serve` and `predict` "
+        "run such a variant only when asked by name, or when nothing else passed the gate."
+    )
 
 
 def pytorch_scores(verification: dict) -> str:

@@ -1,11 +1,10 @@
 """The export's verification gate: every variant against PyTorch on real validation sentences, at several batch
-sizes, judged by its limits (logits for the exact variants fp32/optimized/openvino-f32; for int8, static-int8 and
-openvino-bf16 both the net accuracy drop and a floor on label agreement with PyTorch, so flips in both directions
-cannot cancel out). Labels are scored by name (the model's id2label against the data's labels, `sst2dist.labels`),
-for any number of classes; with more than 2, macro-F1 is reported beside accuracy (the limits stay on accuracy and
-agreement). A failure stops the
-export, except an OpenVINO variant's (the bundle serves without OpenVINO, so a failed one is kept, marked failed,
-and never chosen) and an int8 variant's under --keep-failed."""
+sizes, judged by its limits (logits for the exact variants fp32/optimized/openvino-f32; for int8, static-int8,
+openvino-bf16 and openvino-int8 both the net accuracy drop and a floor on label agreement with PyTorch, so flips in
+both directions cannot cancel out). Labels are scored by name (the model's id2label against the data's labels,
+`sst2dist.labels`), for any number of classes; with more than 2, macro-F1 is reported beside accuracy (the limits
+stay on accuracy and agreement). A failure stops the export, except an OpenVINO variant's (the bundle serves without
+OpenVINO, so a failed one is kept, marked failed, and never chosen) and an int8 variant's under --keep-failed."""
 
 from __future__ import annotations
 

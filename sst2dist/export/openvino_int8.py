@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ import numpy as np
 from sst2dist.engines import INSTALL_OPENVINO, OPENVINO_INT8, VARIANTS, openvino, unavailable_reason
 from sst2dist.export.manifest import sha256
 from sst2dist.export.options import ExportOptions
+from sst2dist.labels import column_to_data_id
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -65,19 +66,26 @@ def add_openvino_int8(
     if why:
         manifest["engines"]["openvino"]["skipped"][OPENVINO_INT8] = why
         return
-    manifest["openvino_quantization"] = quantize_openvino_int8(staging, train, tokenizer, options.max_accuracy_drop)
+    drop = options.max_accuracy_drop
+    manifest["openvino_quantization"] = quantize_openvino_int8(staging, train, tokenizer, drop, manifest["labels"])
     add_ir_variant(manifest, staging, OPENVINO_INT8)
 
 
 def quantize_openvino_int8(
-    staging: Path, train: Dataset, tokenizer: PreTrainedTokenizerBase, max_accuracy_drop: float
+    staging: Path,
+    train: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_accuracy_drop: float,
+    model_labels: Sequence[str] | None = None,
 ) -> dict:
     """openvino_int8.xml/.bin from model.onnx; returns what the manifest records about the recipe.
 
     With enough train sentences beyond the calibration ones, NNCF's accuracy control runs: it quantizes, measures
     the int8 model against the float one on those held-out TRAIN sentences, and where the drop exceeds
     `max_accuracy_drop` points puts the most sensitive layers back in float until it does not (costing two
-    passes over the held-out sentences when plain quantization already holds)."""
+    passes over the held-out sentences when plain quantization already holds). A held-out sentence counts as right
+    when the label its best column names (`model_labels`, default the data's order) is its label, as in the gate."""
+    from sst2dist.data import split_labels
     from sst2dist.export.int8 import calibration_sample
 
     ov = openvino()  # first: it makes the telemetry package unimportable, so NNCF falls back to its no-op stub
@@ -99,8 +107,9 @@ def quantize_openvino_int8(
     if len(held_out) < MIN_HELD_OUT:
         quantized = nncf.quantize(model, nncf.Dataset(calibration), **options)
     else:
+        data_labels = split_labels(train).names
         labels = list(rows["label"])[CALIBRATION_SAMPLES:]
-        items = [{"feeds": f, "label": label} for f, label in zip(held_out, labels, strict=True)]
+        items = held_out_items(held_out, labels, model_labels or data_labels, data_labels)
         quantized = nncf.quantize_with_accuracy_control(
             model,
             nncf.Dataset(calibration),
@@ -122,6 +131,15 @@ def save_ir(ov: Any, model: Any, path: Path) -> None:
         ov.save_model(model, str(path), compress_to_fp16=False)
     except RuntimeError as err:
         raise OSError(errno.EIO, f"OpenVINO could not write {path.name}: {str(err).strip().splitlines()[-1]}") from err
+
+
+def held_out_items(
+    feeds: list[dict[str, np.ndarray]], data_ids: Sequence[int], model_labels: Sequence[str], data_labels: Sequence[str]
+) -> list[dict]:
+    """NNCF's held-out items: each sentence's feeds and the model's output column that names its label (by name,
+    as the gate scores: the model's label order need not be the data's)."""
+    column = {int(data_id): index for index, data_id in enumerate(column_to_data_id(model_labels, data_labels))}
+    return [{"feeds": f, "label": column[int(data_id)]} for f, data_id in zip(feeds, data_ids, strict=True)]
 
 
 def held_out_accuracy(compiled: Any, items: Iterable[dict]) -> tuple[float, list[float]]:

@@ -53,7 +53,8 @@ class ExportOptions(DataColumns, Options):
     labels: str | None = labels_option()
     max_accuracy_drop: float = option(
         0.5,
-        "Most accuracy points a lossy variant (int8, static-int8, openvino-bf16) may lose vs PyTorch.",
+        "Most accuracy points a lossy variant (int8, static-int8, openvino-bf16, openvino-int8) may lose vs PyTorch "
+        "(also NNCF's accuracy-control limit for openvino-int8).",
         checks=[non_negative],
     )
     min_label_agreement: float = option(

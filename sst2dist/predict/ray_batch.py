@@ -191,10 +191,13 @@ class ClassifyBlock:
 
 
 def loaded_files(classifier: Classifier) -> dict:
-    """The sha256s manifest.json records for what `classifier` loaded: its variant's model file and support files."""
+    """The sha256s manifest.json records for what `classifier` loaded: its variant's model file (and an IR's weights:
+    NNCF's .xml holds none, so two exports can share it) and support files."""
     manifest = classifier.manifest
+    entry = manifest["variants"][classifier.variant]
     return {
-        "variant": manifest["variants"][classifier.variant].get("sha256"),
+        "variant": entry.get("sha256"),
+        "weights": (entry.get("weights") or {}).get("sha256"),
         **{name: entry.get("sha256") for name, entry in manifest.get("files", {}).items()},
     }
 
@@ -303,6 +306,18 @@ def check_paths(input_path: str, output: str) -> str:
     return OUTPUT_FORMATS[suffix]
 
 
+def check_threads_per_actor(threads: int) -> int:
+    """`threads`, when some node of the cluster has that many CPUs: an actor reserving more never starts, and Ray
+    Data would wait for it forever."""
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=0)
+    if threads > largest:
+        raise ValueError(
+            f"--threads-per-actor {threads} is more than the {int(largest)} CPU(s) of the largest Ray node, so no "
+            f"actor could start: ask for at most {int(largest)} (or start the local Ray with more --num-cpus)"
+        )
+    return threads
+
+
 def classify_dataset(
     bundle: str, paths: str | list[str], fmt: str, options: RayPredictOptions, variant: str, files: dict
 ) -> tuple[ray.data.Dataset, bool]:
@@ -311,7 +326,7 @@ def classify_dataset(
 
     DataContext.get_current().execution_options.preserve_order = True
     source = PredictTextDatasource(paths, fmt, options.field_name)
-    threads = options.threads_per_actor
+    threads = check_threads_per_actor(options.threads_per_actor)
     if options.actors:
         pool = ActorPoolStrategy(size=options.actors)
     else:

@@ -110,7 +110,18 @@ def test_the_anchor_cache_key_follows_the_int8_recipe(tmp_path: Path) -> None:
     assert anchor_key(TINY_ANCHORS[0], [recipe]) == before
     recipe.write_text(recipe.read_text().replace("CALIBRATION_SAMPLES = 256", "CALIBRATION_SAMPLES = 128"))
     assert anchor_key(TINY_ANCHORS[0], [recipe]) != before
-    assert anchor_key(TINY_ANCHORS[0]) == anchor_key(TINY_ANCHORS[0], [RECIPE_FILES[0]])
+    assert anchor_key(TINY_ANCHORS[0]) == anchor_key(TINY_ANCHORS[0], list(RECIPE_FILES))
+
+
+def test_the_anchor_cache_key_follows_the_openvino_int8_recipe_and_nncf_too() -> None:
+    """Anchors are exported with OpenVINO on auto, so NNCF's openvino-int8 is among their variants where NNCF is
+    installed: its recipe, NNCF's version and whether NNCF is there decide that graph as int8.py decides int8's."""
+    from sst2dist.bench.anchors import ANCHOR_EXPORT, KEY_PACKAGES
+    from sst2dist.export import openvino_int8
+
+    assert ANCHOR_EXPORT["openvino"] != "off"
+    assert Path(openvino_int8.__file__).resolve() in RECIPE_FILES
+    assert "nncf" in KEY_PACKAGES
 
 
 def test_anchors_of_other_labels_have_their_head_and_their_own_cache_key() -> None:

@@ -338,3 +338,30 @@ def test_the_chart_is_flushed_to_disk_before_it_is_renamed_into_place(
     report.write_outputs(json.loads(json.dumps(results, default=str)), tmp_path)
     assert any(name.startswith(".chart.png.") for name in synced_names), synced_names
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_default_variant_the_bench_reports_is_the_one_serve_runs(
+    tiny_bundle_dir: Path, small_sst2: Path, tmp_path: Path
+) -> None:
+    """serve micro-batches by default, so it chooses by the sorted-batch timings at its own threads per worker; a
+    bench that reported the batch-1 choice named a variant serve never runs."""
+    from sst2dist.runtime import load_classifier
+    from sst2dist.serve.limits import ServeLimits, default_threads, default_workers
+    from sst2dist.variant_choice import cpu_fingerprint, workload_for
+
+    bundle = Path(shutil.copytree(tiny_bundle_dir, tmp_path / "bundle"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    counts = {"1", str(usable_cpus())}
+    manifest["variant_timings"] |= {
+        "cpu": cpu_fingerprint(),
+        "machine": {"busy": False},
+        "ms_per_sentence": {n: {"fp32": 1.0, "optimized": 2.0, "int8": 2.0} for n in counts},
+        "batch_ms_per_sentence": {n: {"fp32": 2.0, "optimized": 1.0, "int8": 2.0} for n in counts},
+    }
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    settings = BenchSettings(bundle=str(bundle), data=str(small_sst2), backends=["ort-fp32"], threads=(1,),
+                             batch_sizes=(2,), latency_samples=2, warmup=0, progress=False,
+                             output=str(tmp_path / "out"))  # fmt: skip
+    reported = run_bench(settings)["bundle"]["default_variant"]
+    threads, workload = default_threads(default_workers()), workload_for(ServeLimits.max_batch_size)
+    assert reported["variant"] == load_classifier(bundle, threads=threads, workload=workload).variant == "optimized"

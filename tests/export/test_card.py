@@ -102,3 +102,21 @@ def test_the_card_says_that_the_validation_split_also_picked_the_checkpoint(mani
     (tmp_path / "bare").mkdir()
     write_card(tmp_path, manifest, tmp_path / "bare", "bare")
     assert "if it chose its checkpoint on this split" in ModelCard.load(tmp_path / CARD_FILE).text.replace("\n", " ")
+
+
+def test_the_card_names_the_variants_whose_scores_moved_with_the_batch_as_measured(
+    manifest: dict, tmp_path: Path
+) -> None:
+    """The export measures batch invariance per variant and serve/predict go by that measurement: the card says
+    what was measured, not that dynamic int8 always moves (a measured-invariant int8 is a default candidate)."""
+    import copy
+
+    from sst2dist.export.card import card_text
+
+    measured = copy.deepcopy(manifest)
+    measured["variants"]["int8"]["batch_invariance"]["invariant"] = True
+    measured["variants"]["optimized"]["batch_invariance"] |= {"invariant": False, "max_score_diff": 0.002}
+    moved = [line for line in card_text(measured, tmp_path, "b").splitlines() if "batch mates" in line]
+    assert len(moved) == 1 and "`optimized`" in moved[0] and "`int8`" not in moved[0], moved
+    measured["variants"]["optimized"]["batch_invariance"]["invariant"] = True
+    assert "batch mates;" not in card_text(measured, tmp_path, "b")

@@ -376,3 +376,16 @@ def test_a_tiny_mpnet_trains_exports_and_passes_the_gate(sst2_dir: Path, tmp_pat
 
 def onnx_inputs(path: Path) -> list[str]:
     return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+
+
+def test_batch_invariance_is_not_claimed_from_a_single_verify_sentence(
+    tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    """With --max-verify-samples 1 every batch size runs the same lone sentence, so nothing can move: dynamic int8
+    was recorded batch-invariant and became a default for serve and predict, whose batches mix texts."""
+    limits = {"max_accuracy_drop": 100.0, "min_label_agreement": 0.0}
+    export_bundle(tiny_model_dir, tmp_path / "b", data=str(sst2_sample_dir), max_verify_samples=1, openvino="off",
+                  **limits)  # fmt: skip
+    manifest = read_manifest(tmp_path / "b")
+    assert "invariant" not in manifest["variants"]["int8"]["batch_invariance"]
+    assert batch_dependent(manifest, "int8") and not batch_dependent(manifest, "fp32")

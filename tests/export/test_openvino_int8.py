@@ -205,3 +205,81 @@ def test_a_failed_ir_write_is_an_os_error(int8_bundle: Path, tmp_path: Path) -> 
     result = run_blocked(tmp_path, (), script)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OSError: [Errno 5] OpenVINO could not write openvino_int8.xml" in result.stdout
+
+
+def test_accuracy_control_scores_held_out_labels_by_name_as_the_gate_does(
+    sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    """A model whose id2label is the data's order reversed: NNCF's accuracy control must count a sentence right
+    when the label its best column names is the data's label (the gate's rule), not when the column's index is the
+    data's id, which scored this model as 1 - its accuracy and so steered the quantization by the wrong figure."""
+    from conftest import make_tiny_model
+    from transformers import AutoTokenizer
+
+    from sst2dist.data import load_sst2
+    from sst2dist.engines import openvino
+    from sst2dist.export.openvino_int8 import held_out_accuracy, held_out_items, logits_port, unpadded_feeds
+    from sst2dist.labels import label_accuracy
+
+    model_labels, data_labels = ["positive", "negative"], ["negative", "positive"]
+    model = make_tiny_model(tmp_path / "model", labels=tuple(model_labels))
+    bundle = export_tiny_bundle(model, sst2_sample_dir, tmp_path / "bundle", openvino="off", quantize="none")
+    compiled = openvino().Core().compile_model(str(bundle / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    validation = load_sst2(str(sst2_sample_dir))["validation"].select(range(31))  # odd: accuracy is never 1/2
+    names = [port.get_any_name() for port in compiled.inputs]
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    feeds = [unpadded_feeds(tokenizer, sentence, names) for sentence in validation["sentence"]]
+    logits = np.concatenate([compiled(feed)[compiled.output(logits_port(compiled))] for feed in feeds])
+    measured, _ = held_out_accuracy(compiled, held_out_items(feeds, validation["label"], model_labels, data_labels))
+    assert measured == pytest.approx(label_accuracy(logits, validation["label"], model_labels, data_labels))
+
+
+def test_predict_ray_actors_refuse_an_ir_whose_weights_changed_since_the_driver_chose(
+    int8_bundle: Path, bundle: Path
+) -> None:
+    """NNCF's .xml holds no weights, so an export of other weights can keep it byte for byte: the actors' check that
+    they load the driver's export must compare the .bin's sha256 too."""
+    from sst2dist.predict.ray_batch import ClassifyBlock, loaded_files
+
+    chosen = loaded_files(Classifier(int8_bundle, variant="openvino-int8", threads=1))
+    weights = bundle / "openvino_int8.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # other weights, same graph, each file's hash recorded as an export would
+    weights.write_bytes(bytes(data))
+    manifest = manifest_of(bundle)
+    manifest["variants"]["openvino-int8"]["weights"]["sha256"] = sha256(weights)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="changed while predict-ray ran"):
+        ClassifyBlock(str(bundle), "openvino-int8", 1, 32, False, chosen)
+
+
+def test_the_bench_measures_openvino_int8_as_its_help_says(
+    int8_bundle: Path, sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    """bench/README and --help list `openvino-int8` among the backends, and serve may run it by default: the bench
+    must time it (both its files counted in the footprint), not call it an unknown backend."""
+    from sst2dist.bench.run import ALL_BACKENDS, BenchSettings, run_bench
+
+    assert "openvino-int8" in ALL_BACKENDS
+    settings = BenchSettings(bundle=str(int8_bundle), data=str(sst2_sample_dir), backends=["openvino-int8"],
+                             threads=(1,), batch_sizes=(4,), max_samples=8, latency_samples=2, warmup=0,
+                             progress=False, output=str(tmp_path / "out"))  # fmt: skip
+    result = run_bench(settings)["backends"]["openvino-int8"]
+    assert (result["engine"], result["precision"]) == ("openvino", "int8")
+    assert {Path(name).name for name in result["files"]} == {"openvino_int8.xml", "openvino_int8.bin"}
+
+
+def test_the_lossy_limits_help_names_openvino_int8_which_they_gate() -> None:
+    """openvino-int8 is judged by --max-accuracy-drop and --min-label-agreement like every lossy variant (and the
+    drop also bounds NNCF's accuracy control): export-onnx --help must say so where it lists the lossy variants."""
+    from click.testing import CliRunner
+
+    from sst2dist.cli import main
+    from sst2dist.export.gate import LOGIT_TOLERANCE, judge
+
+    entry = {"size_bytes": 1, "verification": {"accuracy": 0.5, "accuracy_drop_points": 9.0, "label_agreement": 1.0}}
+    judge("openvino-int8", entry, {"variants": {"fp32": {"size_bytes": 4}}}, max_accuracy_drop=0.5)
+    assert "openvino-int8" not in LOGIT_TOLERANCE and entry["passed"] is False
+    text = " ".join(CliRunner().invoke(main, ["export-onnx", "--help"], terminal_width=400).output.split())
+    assert "the lossy ones (int8, static-int8, openvino-bf16, openvino-int8)" in text
+    assert "lossy variant (int8, static-int8, openvino-bf16, openvino-int8)" in text

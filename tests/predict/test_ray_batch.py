@@ -294,3 +294,28 @@ def test_a_local_ray_gets_the_cpus_this_process_may_use() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "CPU 1.0" in done.stdout
+
+
+def test_more_threads_per_actor_than_any_ray_node_has_is_refused_not_waited_on(
+    local_ray, tiny_bundle_dir: Path, tmp_path: Path
+) -> None:
+    """An actor reserving more CPUs than a node has never starts: Ray Data waited for it forever."""
+    import threading
+
+    source = tmp_path / "in.txt"
+    source.write_text("a fine film\n", encoding="utf-8")
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            run_predict_ray(str(tiny_bundle_dir), str(source), str(tmp_path / "o.jsonl"), threads_per_actor=3)
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert outcome, "predict-ray waited for an actor that cannot start"
+    assert isinstance(outcome[0], ValueError) and "--threads-per-actor 3" in str(outcome[0]), outcome
+    assert not (tmp_path / "o.jsonl").exists()
