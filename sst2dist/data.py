@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sst2dist.labels import INTEGER, DataError, LabelSet, label_key, sorted_keys
+from sst2dist.data_options import Columns
+from sst2dist.labels import INTEGER, DataError, LabelSet, integer_spellings_clash, label_key, sorted_keys
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,24 +25,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA = "stanfordnlp/sst2"
+DEFAULT_COLUMNS = Columns()  # sentence, label
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "dev", "valid", "val")}
 FORMATS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 STDLIB_FORMATS = (".tsv", ".csv", ".jsonl")  # what `read_split` reads without `datasets`
 DECIMAL = re.compile(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Which columns hold the text and the label (--text-column, --label-column); `text` is read when the default
-    `sentence` is absent."""
-
-    text: str = "sentence"
-    label: str = "label"
-
-    def text_in(self, header: Sequence[str]) -> str:
-        if self.text == "sentence" and "sentence" not in header and "text" in header:
-            return "text"
-        return self.text
 
 
 @dataclass
@@ -62,7 +50,7 @@ class LabelledSplit:
 
 
 def read_splits(
-    data: str, columns: Columns = Columns(), labels: LabelSet | Sequence[str] | None = None
+    data: str, columns: Columns = DEFAULT_COLUMNS, labels: LabelSet | Sequence[str] | None = None
 ) -> tuple[dict[str, LabelledSplit], LabelSet]:
     """THE reader every stage uses: the "train" and "validation" splits of `data` (a local folder or a hub id), each
     text with its label id, and the label set (from the training split, or `labels`: the label order as written in
@@ -80,7 +68,7 @@ def load_sst2(
     data: str = DEFAULT_DATA,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
-    columns: Columns = Columns(),
+    columns: Columns = DEFAULT_COLUMNS,
     labels: LabelSet | Sequence[str] | None = None,
 ) -> DatasetDict:
     """`read_splits` as a DatasetDict with "train" and "validation" splits of `sentence` (str) and `label` (a
@@ -122,7 +110,7 @@ def find_split_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def read_split(file: Path, columns: Columns = Columns()) -> Rows:
+def read_split(file: Path, columns: Columns = DEFAULT_COLUMNS) -> Rows:
     """One local split file, checked: TSV, CSV and JSONL with the standard library, JSON and Parquet with
     `datasets`."""
     if file.suffix not in STDLIB_FORMATS:
@@ -243,7 +231,7 @@ def train_label_set(train: Rows, labels: LabelSet | Sequence[str] | None) -> Lab
 
 
 def check_one_kind(train: Rows) -> None:
-    """Integer and text labels mixed are a typo more often than a label set ("1" beside "pos")."""
+    """Integer and text labels mixed are a typo more often than a label set ("1" beside "pos"); so are `1` and `01`."""
     integers = [bool(INTEGER.fullmatch(key)) for key in train.keys]
     if any(integers) and not all(integers):
         index = integers.index(not integers[0])
@@ -251,6 +239,11 @@ def check_one_kind(train: Rows) -> None:
             f"{train.source} {describe_row(train.source, index)}: label {train.keys[index]!r} mixes "
             f"{'text' if integers[0] else 'integer'} labels into {'integer' if integers[0] else 'text'} ones: "
             "use one kind"
+        )
+    clash = integer_spellings_clash(train.keys)  # they tie in numeric order: ids would follow string hashing
+    if clash:
+        raise DataError(
+            f"{train.source}: labels {clash[0]!r} and {clash[1]!r} are one integer written two ways: write it one way"
         )
 
 
@@ -308,7 +301,7 @@ def load_validation(data: str, limit: int | None = None, **reading) -> tuple[lis
 def read_validation(
     data: str,
     limit: int | None = None,
-    columns: Columns = Columns(),
+    columns: Columns = DEFAULT_COLUMNS,
     labels: LabelSet | Sequence[str] | None = None,
 ) -> tuple[list[str], np.ndarray, LabelSet]:
     """The first `limit` validation texts, their label ids (`read_splits`; the model's `LabelSet` as `labels` gives

@@ -89,8 +89,17 @@ def sorted_keys(keys: Iterable[str]) -> tuple[str, ...]:
     """Integers in numeric order, anything else in alphabetical order."""
     distinct = set(keys)
     if all(INTEGER.fullmatch(key) for key in distinct):
-        return tuple(sorted(distinct, key=int))
+        return tuple(sorted(distinct, key=lambda key: (int(key), key)))  # "01" beside "1": still one order
     return tuple(sorted(distinct))
+
+
+def integer_spellings_clash(keys: Iterable[str]) -> tuple[str, str] | None:
+    """Two spellings of one integer label (`1` and `01`, `0` and `-0`), the first pair met; None when there is none."""
+    first: dict[int, str] = {}
+    for key in dict.fromkeys(keys):
+        if INTEGER.fullmatch(key) and first.setdefault(int(key), key) != key:
+            return first[int(key)], key
+    return None
 
 
 def parse_labels_option(text: str | None) -> tuple[str, ...] | None:
@@ -131,6 +140,8 @@ def column_to_data_id(model_labels: Sequence[str], data_labels: Sequence[str] = 
 
     Names are compared case-insensitively; a model saved without names (LABEL_0, LABEL_1, ...) maps by index.
     Raises LabelMappingError when the names do not match the data's."""
+    if len(set(model_labels)) == len(model_labels) and sorted(model_labels) == sorted(data_labels):
+        return np.array([list(data_labels).index(name) for name in model_labels], dtype=np.int64)
     wanted = {name.lower(): i for i, name in enumerate(data_labels)}
     names = [str(label).lower() for label in model_labels]
     if sorted(names) == sorted(wanted) and len(names) == len(wanted):

@@ -347,3 +347,30 @@ def test_a_class_label_gives_its_names_and_order(tmp_path: Path) -> None:
         )
     data = load_sst2(str(tmp_path))
     assert data["train"].features["label"].names == ["neg", "pos", "mixed"] and data["train"]["label"] == [2, 0, 1]
+
+
+def test_one_integer_written_two_ways_is_refused_not_ordered_by_chance(tmp_path: Path) -> None:
+    """`01` and `1` (or `-0` and `0`) tie in numeric order: their ids would follow Python's per-process string
+    hashing, so training and export could number them differently."""
+    with pytest.raises(DataError, match="train.tsv: labels '1' and '01' are one integer written two ways: write it one way"):
+        load_sst2(str(write_labelled(tmp_path, ["1", "01", "2"], dev=["1"])))
+
+
+def test_the_text_and_the_label_cannot_be_one_column(tmp_path: Path) -> None:
+    from sst2dist.data import Columns
+
+    folder = write_labelled(tmp_path, ["pos", "neg"])
+    message = "--text-column and --label-column both name 'label': the text and the label must be two columns"
+    with pytest.raises(DataError, match=message):
+        load_sst2(str(folder), columns=Columns("label", "label"))
+    (folder / "train.tsv").write_text("text\tlabel\nfine\tpos\nawful\tneg\n", encoding="utf-8")
+    with pytest.raises(DataError, match="both name 'text'"):  # `text`, read when there is no `sentence`
+        load_sst2(str(folder), columns=Columns(label="text"))
+
+
+def test_labels_that_differ_only_in_case_score_by_their_exact_names() -> None:
+    """Training takes `Pos` and `pos` as two labels, so the gate and the bench must map them, not refuse them."""
+    from sst2dist.labels import column_to_data_id
+
+    assert column_to_data_id(["pos", "Pos", "neg"], ["Pos", "neg", "pos"]).tolist() == [2, 0, 1]
+    assert column_to_data_id(["NEGATIVE", "POSITIVE"]).tolist() == [0, 1]  # one spelling each: case is ignored
