@@ -93,13 +93,15 @@ def sorted_keys(keys: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(distinct))
 
 
-def integer_spellings_clash(keys: Iterable[str]) -> tuple[str, str] | None:
-    """Two spellings of one integer label (`1` and `01`, `0` and `-0`), the first pair met; None when there is none."""
+def check_one_spelling(keys: Iterable[str], source: Path) -> None:
+    """Refuse one integer label written two ways (`1` and `01`, `0` and `-0`): they tie in numeric order, so their
+    ids would follow string hashing, which differs per process."""
     first: dict[int, str] = {}
     for key in dict.fromkeys(keys):
         if INTEGER.fullmatch(key) and first.setdefault(int(key), key) != key:
-            return first[int(key)], key
-    return None
+            raise DataError(
+                f"{source}: labels {first[int(key)]!r} and {key!r} are one integer written two ways: write it one way"
+            )
 
 
 def parse_labels_option(text: str | None) -> tuple[str, ...] | None:

@@ -352,7 +352,9 @@ def test_a_class_label_gives_its_names_and_order(tmp_path: Path) -> None:
 def test_one_integer_written_two_ways_is_refused_not_ordered_by_chance(tmp_path: Path) -> None:
     """`01` and `1` (or `-0` and `0`) tie in numeric order: their ids would follow Python's per-process string
     hashing, so training and export could number them differently."""
-    with pytest.raises(DataError, match="train.tsv: labels '1' and '01' are one integer written two ways: write it one way"):
+    with pytest.raises(
+        DataError, match="train.tsv: labels '1' and '01' are one integer written two ways: write it one way"
+    ):
         load_sst2(str(write_labelled(tmp_path, ["1", "01", "2"], dev=["1"])))
 
 
@@ -374,3 +376,21 @@ def test_labels_that_differ_only_in_case_score_by_their_exact_names() -> None:
 
     assert column_to_data_id(["pos", "Pos", "neg"], ["Pos", "neg", "pos"]).tolist() == [2, 0, 1]
     assert column_to_data_id(["NEGATIVE", "POSITIVE"]).tolist() == [0, 1]  # one spelling each: case is ignored
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        ("train.csv", 'sentence,label\n"a review\nin two lines",pos\n\nfine,neg\nawful,1.5\n', 6),
+        ("train.jsonl", '{"sentence": "fine", "label": "pos"}\n\n\n{"sentence": "awful", "label": "1.5"}\n', 4),
+    ],
+)
+def test_a_refusal_names_the_line_a_text_editor_shows(tmp_path: Path, name: str, text: str, line: int) -> None:
+    """A review spanning lines, or a blank line, comes before the bad row: the message still names its line."""
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\ndev\tpos\n\nodd\tx\n", encoding="utf-8")
+    with pytest.raises(DataError, match=f"{name} line {line}: label '1.5' is a decimal number"):
+        load_sst2(str(tmp_path))
+    (tmp_path / name).write_text(text.replace("1.5", "neg"), encoding="utf-8")
+    with pytest.raises(DataError, match="dev.tsv line 4: label 'x' is not one of the training labels"):
+        load_sst2(str(tmp_path))
