@@ -154,6 +154,7 @@ def test_a_model_or_teacher_of_other_labels_is_refused_before_training(
         ("wandb", "--report-to wandb needs the wandb package: pip install wandb"),
         ("tensorboard,comet_ml", "--report-to comet_ml needs the comet-ml package: pip install comet-ml"),
         ("mlfow", "--report-to 'mlfow' is not a tracker: pass none, all, or a comma list of tensorboard, mlflow"),
+        ("none,tensorboard", "--report-to 'none,tensorboard': none and all stand alone, not in a list of trackers"),
     ],
 )
 def test_a_tracker_that_is_not_installed_or_unknown_is_refused(
