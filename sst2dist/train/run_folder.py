@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +65,21 @@ def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | 
         write_json_atomic(output_dir / "train_config.json", asdict(config))
     accelerator.wait_for_everyone()
     return None
+
+
+@contextmanager
+def forgotten_if_refused(config: TrainConfig, accelerator: Accelerator) -> Iterator[None]:
+    """A new run refused before its first step (bad data, a model of other labels, a tracker that would not start)
+    takes back the train_config.json it wrote, so the same command runs once the input is fixed; a config this
+    launch did not write (another run's, or the one --resume continues) stays."""
+    config_file = Path(config.output_dir) / "train_config.json"
+    written_here = not config.resume and (config.overwrite or not config_file.exists())
+    try:
+        yield
+    except ValueError:
+        if written_here and accelerator.is_main_process:
+            config_file.unlink(missing_ok=True)
+        raise
 
 
 def killed_before_first_checkpoint(output_dir: Path) -> bool:

@@ -163,3 +163,23 @@ def test_a_tracker_that_is_not_installed_or_unknown_is_refused(
     error = refusal(["--data", sst2_sample_dir, "--report-to", report_to, "--output-dir", tmp_path / "run"], capsys)
     assert message in error
     assert not (tmp_path / "run").exists()
+
+
+def test_the_same_command_runs_once_the_refused_data_is_fixed(
+    tmp_path: Path, three_class_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run refused before its first step (a bad row, a tracker that would not start) leaves only its config: the
+    user fixes the row and reruns the same command, which must not call it "a run" to --resume or --overwrite."""
+    data = write_three_class(tmp_path / "data", dev_extra="a fine film\tsuperb\n")
+    out = tmp_path / "run"
+    options = ["--data", data, "--model", three_class_model, "--output-dir", out, "--max-steps", 1, "--eval-every", 0]
+    assert "label 'superb' is not one of the training labels" in refusal(options, capsys)
+    write_three_class(tmp_path / "data")
+    try:
+        assert main([str(option) for option in options]) == 0, capsys.readouterr().err[-2000:]
+    finally:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert json.loads((out / "model" / "config.json").read_text())["id2label"] == {"0": "bad", "1": "good", "2": "meh"}
