@@ -227,11 +227,10 @@ def train_label_set(train: Rows, labels: LabelSet | Sequence[str] | None) -> Lab
     """The given labels, else a ClassLabel's order, else the training split's labels in `sorted_keys` order."""
     if labels is not None:
         return labels if isinstance(labels, LabelSet) else LabelSet.from_keys(labels)
-    if train.order is not None:
-        return LabelSet.from_keys(train.order)
-    check_one_kind(train)
-    label_set = LabelSet.from_keys(sorted_keys(train.keys))
-    if len(label_set) < 2:
+    if train.order is None:
+        check_one_kind(train)
+    label_set = LabelSet.from_keys(sorted_keys(train.keys) if train.order is None else train.order)
+    if len(label_set) < 2:  # num_labels 1 is a regression head in transformers
         raise DataError(f"{train.source} has only the label {train.keys[0]!r}: a classifier needs at least 2 labels")
     return label_set
 

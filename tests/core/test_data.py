@@ -394,3 +394,14 @@ def test_a_refusal_names_the_line_a_text_editor_shows(tmp_path: Path, name: str,
     (tmp_path / name).write_text(text.replace("1.5", "neg"), encoding="utf-8")
     with pytest.raises(DataError, match="dev.tsv line 4: label 'x' is not one of the training labels"):
         load_sst2(str(tmp_path))
+
+
+def test_a_class_label_of_one_name_is_refused_like_one_label(tmp_path: Path) -> None:
+    """num_labels 1 would make transformers train a regression head (MSE), not a classifier."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"sentence": Value("string"), "label": ClassLabel(names=["spam"])})
+    for split in ("train", "validation"):
+        Dataset.from_dict({"sentence": ["a", "b"], "label": [0, 0]}, features).to_parquet(tmp_path / f"{split}.parquet")
+    with pytest.raises(DataError, match="train.parquet has only the label 'spam': a classifier needs at least 2"):
+        load_sst2(str(tmp_path))
