@@ -69,10 +69,18 @@ class LabelSet:
         return ", ".join(self.names)
 
 
+def is_sst2_data(data: str | None, label_names: Sequence[str] | None) -> bool:
+    """SST-2 is SST-2's labels read from SST-2 (its hub id `stanfordnlp/sst2`, a folder named sst2 or SST-2, or no
+    --data recorded): a user's own binary data labelled 0/1 or negative/positive is not."""
+    if label_names is not None and tuple(label_names) != SST2_NAMES:
+        return False
+    return not data or label_names is None or Path(data).expanduser().name.lower() in ("sst2", "sst-2")
+
+
 def data_name(data: str | None, label_names: Sequence[str] | None) -> str:
-    """How reports name what was read: "SST-2" for SST-2's labels (or none recorded), else the --data value, a local
-    folder by its name ("reviews")."""
-    if not data or label_names is None or tuple(label_names) == SST2_NAMES:
+    """How reports name what was read: "SST-2" for SST-2 (`is_sst2_data`), else the --data value, a local folder by
+    its name ("reviews")."""
+    if not data or is_sst2_data(data, label_names):
         return "SST-2"
     path = Path(data).expanduser()
     return path.resolve().name if path.exists() else data
