@@ -107,13 +107,15 @@ def find_split_files(folder: Path) -> dict[str, Path]:
         if not existing:
             names = ", ".join(f"{stems[0]}{ext}" for ext in FORMATS)
             raise DataError(f"no {split} file in {folder}: expected one of {names} (or dev.tsv for validation)")
+        if len(existing) > 1:  # a CSV export beside GLUE's TSV: reading either one by chance is wrong data
+            listed = ", ".join(file.name for file in existing)
+            raise DataError(f"{folder} has {len(existing)} {split} files ({listed}): keep one")
         found[split] = existing[0]
     return found
 
 
 def read_split(file: Path, columns: Columns = DEFAULT_COLUMNS) -> Rows:
-    """One local split file, checked: TSV, CSV and JSONL with the standard library, JSON and Parquet with
-    `datasets`."""
+    """One local split file, checked: TSV, CSV and JSONL with the standard library, JSON and Parquet by `datasets`."""
     if file.suffix not in STDLIB_FORMATS:
         return dataset_rows(read_with_datasets(file), file, columns)
     check_not_empty(file)

@@ -405,3 +405,15 @@ def test_a_class_label_of_one_name_is_refused_like_one_label(tmp_path: Path) -> 
         Dataset.from_dict({"sentence": ["a", "b"], "label": [0, 0]}, features).to_parquet(tmp_path / f"{split}.parquet")
     with pytest.raises(DataError, match="train.parquet has only the label 'spam': a classifier needs at least 2"):
         load_sst2(str(tmp_path))
+
+
+def test_a_folder_with_two_files_for_one_split_is_refused_not_read_by_chance(tmp_path: Path) -> None:
+    """A GLUE folder the user added a CSV export to: which file is read must not be a silent choice."""
+    write_labelled(tmp_path, ["pos", "neg"])
+    write_split(tmp_path, "train", "csv", [("other rows", "neg"), ("and more", "pos")])
+    with pytest.raises(DataError, match="has 2 train files \\(train.tsv, train.csv\\): keep one"):
+        load_sst2(str(tmp_path))
+    (tmp_path / "train.csv").unlink()
+    write_split(tmp_path, "validation", "tsv", [("stale", "pos")])
+    with pytest.raises(DataError, match="has 2 validation files \\(validation.tsv, dev.tsv\\): keep one"):
+        load_sst2(str(tmp_path))
