@@ -191,10 +191,10 @@ def checked_rows(
     """Refuse what would silently train on wrong data; count (and keep) empty texts."""
     if count == 0:
         raise DataError(f"{source} has no rows")
-    duplicated = [name for name in dict.fromkeys(header) if list(header).count(name) > 1]
+    text = columns.text_in(header)
+    duplicated = [name for name in (text, columns.label) if list(header).count(name) > 1]  # others are not read
     if duplicated:
         raise DataError(f"{source} has more than one {duplicated[0]} column: rename or remove the extra one")
-    text = columns.text_in(header)
     missing = [name for name in (text, columns.label) if name not in header]
     if missing:
         raise DataError(

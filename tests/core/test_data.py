@@ -417,3 +417,13 @@ def test_a_folder_with_two_files_for_one_split_is_refused_not_read_by_chance(tmp
     write_split(tmp_path, "validation", "tsv", [("stale", "pos")])
     with pytest.raises(DataError, match="has 2 validation files \\(validation.tsv, dev.tsv\\): keep one"):
         load_sst2(str(tmp_path))
+
+
+def test_unread_columns_may_repeat_like_the_empty_ones_of_a_spreadsheet_export(tmp_path: Path) -> None:
+    """Trailing empty cells give a CSV header like `sentence,label,,`: two unnamed columns that nothing reads."""
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.csv").write_text("sentence,label,,\nfine,pos,,\nawful,neg,,\n", encoding="utf-8")
+    assert load_sst2(str(tmp_path))["train"]["label"] == [1, 0]
+    (tmp_path / "train.csv").write_text("sentence,label,label\nfine,pos,neg\n", encoding="utf-8")
+    with pytest.raises(DataError, match="train.csv has more than one label column"):
+        load_sst2(str(tmp_path))
