@@ -18,7 +18,7 @@ import numpy as np
 
 SST2_KEYS = ("0", "1")
 SST2_NAMES = ("negative", "positive")
-INTEGER = re.compile(r"-?[0-9]+")
+INTEGER = re.compile(r"[-+]?[0-9]+")  # +1/-1 labels too
 
 
 class DataError(ValueError):

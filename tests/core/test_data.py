@@ -308,6 +308,7 @@ def write_labelled(folder: Path, labels: list[str], dev: list[str] | None = None
     [
         (["1", "0", "1"], ["negative", "positive"], [1, 0, 1]),  # SST-2's 0/1 keep their names
         (["2", "10", "1"], ["1", "2", "10"], [1, 2, 0]),  # integers in numeric order
+        (["+1", "-1", "+1"], ["-1", "+1"], [1, 0, 1]),  # signed integers (the +1/-1 convention)
         (["pos", "neg", "neutral"], ["neg", "neutral", "pos"], [2, 0, 1]),  # text in alphabetical order
     ],
 )
