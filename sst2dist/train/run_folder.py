@@ -28,6 +28,7 @@ PLAN_KEY = "time_budget_plan"  # in train_config.json and metrics.json: the --ti
 VERSIONED_PACKAGES = ("sst2dist", "torch", "transformers", "accelerate", "datasets")
 COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper module
 RUN_FILES = ("model", CHECKPOINTS_DIR, "metrics.json", "train_config.json", "log.jsonl")
+REPLACED_DIR = ".replaced"  # --overwrite: the earlier run's files, until the new run has started (`started_or_undone`)
 # Options that may differ between a run and its --resume (they do not change what is computed).
 # Paths may change: what they point at is compared by `fingerprint` (rows read, weights, teacher logits).
 RESUME_MAY_CHANGE = {
@@ -58,9 +59,15 @@ def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | 
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        replaced = output_dir / REPLACED_DIR
+        shutil.rmtree(replaced, ignore_errors=True)  # left by a launch killed before it started
         for name in existing:
             path = output_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if config.overwrite:
+                replaced.mkdir(exist_ok=True)
+                path.rename(replaced / name)
+            else:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "train_config.json", asdict(config))
     accelerator.wait_for_everyone()
@@ -68,18 +75,24 @@ def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | 
 
 
 @contextmanager
-def forgotten_if_refused(config: TrainConfig, accelerator: Accelerator) -> Iterator[None]:
+def started_or_undone(config: TrainConfig, accelerator: Accelerator) -> Iterator[None]:
     """A new run refused before its first step (bad data, a model of other labels, a tracker that would not start)
-    takes back the train_config.json it wrote, so the same command runs once the input is fixed; a config this
-    launch did not write (another run's, or the one --resume continues) stays."""
-    config_file = Path(config.output_dir) / "train_config.json"
-    written_here = not config.resume and (config.overwrite or not config_file.exists())
+    takes back the train_config.json it wrote, so the same command runs once the input is fixed, and puts back the
+    run --overwrite was to replace; a config this launch did not write (another run's, or the one --resume
+    continues) stays. Once the run has started, the replaced run is deleted."""
+    output_dir = Path(config.output_dir)
+    written_here = not config.resume and (config.overwrite or not (output_dir / "train_config.json").exists())
     try:
         yield
     except ValueError:
         if written_here and accelerator.is_main_process:
-            config_file.unlink(missing_ok=True)
+            (output_dir / "train_config.json").unlink(missing_ok=True)
+            for path in (output_dir / REPLACED_DIR).glob("*"):
+                path.rename(output_dir / path.name)
+            shutil.rmtree(output_dir / REPLACED_DIR, ignore_errors=True)
         raise
+    if accelerator.is_main_process:
+        shutil.rmtree(output_dir / REPLACED_DIR, ignore_errors=True)
 
 
 def killed_before_first_checkpoint(output_dir: Path) -> bool:
