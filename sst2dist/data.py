@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sst2dist.labels import INTEGER, DataError, LabelSet, label_key, sorted_keys
+from sst2dist.data_options import Columns
+from sst2dist.labels import INTEGER, DataError, LabelSet, check_one_spelling, label_key, sorted_keys
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,35 +25,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA = "stanfordnlp/sst2"
+DEFAULT_COLUMNS = Columns()  # sentence, label
 SPLIT_FILE_STEMS = {"train": ("train",), "validation": ("validation", "dev", "valid", "val")}
 FORMATS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 STDLIB_FORMATS = (".tsv", ".csv", ".jsonl")  # what `read_split` reads without `datasets`
 DECIMAL = re.compile(r"[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 
-@dataclass(frozen=True)
-class Columns:
-    """Which columns hold the text and the label (--text-column, --label-column); `text` is read when the default
-    `sentence` is absent."""
-
-    text: str = "sentence"
-    label: str = "label"
-
-    def text_in(self, header: Sequence[str]) -> str:
-        if self.text == "sentence" and "sentence" not in header and "text" in header:
-            return "text"
-        return self.text
-
-
 @dataclass
 class Rows:
-    """One split as read and checked: its texts, its labels as text (`labels.label_key`), where it came from, and
-    the label order a `datasets` ClassLabel fixes (None: ordered by `sorted_keys`)."""
+    """One split as read and checked: its texts, its labels as text (`labels.label_key`), where it came from, the
+    label order a `datasets` ClassLabel fixes (None: ordered by `sorted_keys`), and each row's line in the file."""
 
     texts: list[str]
     keys: list[str]
     source: Path
     order: tuple[str, ...] | None = None
+    lines: Sequence[int] | None = None
 
 
 @dataclass
@@ -62,7 +51,7 @@ class LabelledSplit:
 
 
 def read_splits(
-    data: str, columns: Columns = Columns(), labels: LabelSet | Sequence[str] | None = None
+    data: str, columns: Columns = DEFAULT_COLUMNS, labels: LabelSet | Sequence[str] | None = None
 ) -> tuple[dict[str, LabelledSplit], LabelSet]:
     """THE reader every stage uses: the "train" and "validation" splits of `data` (a local folder or a hub id), each
     text with its label id, and the label set (from the training split, or `labels`: the label order as written in
@@ -80,7 +69,7 @@ def load_sst2(
     data: str = DEFAULT_DATA,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
-    columns: Columns = Columns(),
+    columns: Columns = DEFAULT_COLUMNS,
     labels: LabelSet | Sequence[str] | None = None,
 ) -> DatasetDict:
     """`read_splits` as a DatasetDict with "train" and "validation" splits of `sentence` (str) and `label` (a
@@ -118,21 +107,23 @@ def find_split_files(folder: Path) -> dict[str, Path]:
         if not existing:
             names = ", ".join(f"{stems[0]}{ext}" for ext in FORMATS)
             raise DataError(f"no {split} file in {folder}: expected one of {names} (or dev.tsv for validation)")
+        if len(existing) > 1:  # a CSV export beside GLUE's TSV: reading either one by chance is wrong data
+            listed = ", ".join(file.name for file in existing)
+            raise DataError(f"{folder} has {len(existing)} {split} files ({listed}): keep one")
         found[split] = existing[0]
     return found
 
 
-def read_split(file: Path, columns: Columns = Columns()) -> Rows:
-    """One local split file, checked: TSV, CSV and JSONL with the standard library, JSON and Parquet with
-    `datasets`."""
+def read_split(file: Path, columns: Columns = DEFAULT_COLUMNS) -> Rows:
+    """One local split file, checked: TSV, CSV and JSONL with the standard library, JSON and Parquet by `datasets`."""
     if file.suffix not in STDLIB_FORMATS:
         return dataset_rows(read_with_datasets(file), file, columns)
     check_not_empty(file)
     try:
-        header, rows = read_jsonl(file) if file.suffix == ".jsonl" else read_delimited(file)
+        header, rows, lines = read_jsonl(file) if file.suffix == ".jsonl" else read_delimited(file)
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"could not read {file}: {err}") from err
-    return checked_rows(header, len(rows), lambda name: [row.get(name) for row in rows], file, columns)
+    return checked_rows(header, len(rows), lambda name: [row.get(name) for row in rows], file, columns, lines)
 
 
 def read_with_datasets(file: Path) -> Dataset:
@@ -190,15 +181,20 @@ def check_not_empty(file: Path) -> None:
 
 
 def checked_rows(
-    header: Sequence[str], count: int, column: Callable[[str], list], source: Path, columns: Columns
+    header: Sequence[str],
+    count: int,
+    column: Callable[[str], list],
+    source: Path,
+    columns: Columns,
+    lines: Sequence[int] | None = None,
 ) -> Rows:
     """Refuse what would silently train on wrong data; count (and keep) empty texts."""
     if count == 0:
         raise DataError(f"{source} has no rows")
-    duplicated = [name for name in dict.fromkeys(header) if list(header).count(name) > 1]
+    text = columns.text_in(header)
+    duplicated = [name for name in (text, columns.label) if list(header).count(name) > 1]  # others are not read
     if duplicated:
         raise DataError(f"{source} has more than one {duplicated[0]} column: rename or remove the extra one")
-    text = columns.text_in(header)
     missing = [name for name in (text, columns.label) if name not in header]
     if missing:
         raise DataError(
@@ -206,18 +202,18 @@ def checked_rows(
             "them with --text-column and --label-column"
         )
     texts, values = column(text), column(columns.label)
-    keys = [checked_key(value, source, index) for index, value in enumerate(values)]
+    keys = [checked_key(value, f"{source} {describe_row(source, index, lines)}") for index, value in enumerate(values)]
     for index, sentence in enumerate(texts):
         if not isinstance(sentence, str):
-            raise DataError(f"{source} {describe_row(source, index)}: sentence {sentence!r} is not text")
+            raise DataError(f"{source} {describe_row(source, index, lines)}: sentence {sentence!r} is not text")
     empty = sum(1 for sentence in texts if not sentence.strip())
     if empty:
         logger.warning("%s: %d empty sentences (kept, they tokenize to [CLS] [SEP])", source, empty)
-    return Rows(texts, keys, source)
+    return Rows(texts, keys, source, lines=lines)
 
 
-def checked_key(value: object, source: Path, index: int) -> str:
-    key, where = label_key(value), f"{source} {describe_row(source, index)}"
+def checked_key(value: object, where: str) -> str:
+    key = label_key(value)
     if key is None:
         raise DataError(f"{where}: label {value!r} is not an integer or text")
     if not key.strip():
@@ -233,25 +229,25 @@ def train_label_set(train: Rows, labels: LabelSet | Sequence[str] | None) -> Lab
     """The given labels, else a ClassLabel's order, else the training split's labels in `sorted_keys` order."""
     if labels is not None:
         return labels if isinstance(labels, LabelSet) else LabelSet.from_keys(labels)
-    if train.order is not None:
-        return LabelSet.from_keys(train.order)
-    check_one_kind(train)
-    label_set = LabelSet.from_keys(sorted_keys(train.keys))
-    if len(label_set) < 2:
+    if train.order is None:
+        check_one_kind(train)
+    label_set = LabelSet.from_keys(sorted_keys(train.keys) if train.order is None else train.order)
+    if len(label_set) < 2:  # num_labels 1 is a regression head in transformers
         raise DataError(f"{train.source} has only the label {train.keys[0]!r}: a classifier needs at least 2 labels")
     return label_set
 
 
 def check_one_kind(train: Rows) -> None:
-    """Integer and text labels mixed are a typo more often than a label set ("1" beside "pos")."""
+    """Integer and text labels mixed are a typo more often than a label set ("1" beside "pos"); so are `1` and `01`."""
     integers = [bool(INTEGER.fullmatch(key)) for key in train.keys]
     if any(integers) and not all(integers):
         index = integers.index(not integers[0])
         raise DataError(
-            f"{train.source} {describe_row(train.source, index)}: label {train.keys[index]!r} mixes "
+            f"{train.source} {describe_row(train.source, index, train.lines)}: label {train.keys[index]!r} mixes "
             f"{'text' if integers[0] else 'integer'} labels into {'integer' if integers[0] else 'text'} ones: "
             "use one kind"
         )
+    check_one_spelling(train.keys, train.source)
 
 
 def with_ids(rows: Rows, label_set: LabelSet) -> LabelledSplit:
@@ -260,20 +256,20 @@ def with_ids(rows: Rows, label_set: LabelSet) -> LabelledSplit:
     lookup = label_set.lookup
     for index, key in enumerate(rows.keys):
         if key not in lookup:
+            where = f"{rows.source} {describe_row(rows.source, index, rows.lines)}"
             raise DataError(
-                f"{rows.source} {describe_row(rows.source, index)}: label {key!r} is not one of the training labels "
-                f"({label_set.describe()}): fix the row, or add the label to the training data (or to --labels)"
+                f"{where}: label {key!r} is not one of the training labels ({label_set.describe()}): fix the row, or "
+                "add the label to the training data (or to --labels)"
             )
     return LabelledSplit(rows.texts, [lookup[key] for key in rows.keys])
 
 
-def describe_row(source: Path, index: int) -> str:
-    """Row number as a person opening the file would count it (the header is line 1 in TSV/CSV)."""
-    if source.suffix in (".tsv", ".csv"):
-        return f"line {index + 2}"
-    if source.suffix in (".jsonl", ".json"):
-        return f"line {index + 1}"
-    return f"row {index}"
+def describe_row(source: Path, index: int, lines: Sequence[int] | None = None) -> str:
+    """Where a row is, as a person opening the file would count: its line as the reader met it (`lines`: TSV, CSV,
+    JSONL), a JSON file's line, else the row of a Parquet file or hub split."""
+    if lines is not None:
+        return f"line {lines[index]}"
+    return f"line {index + 1}" if source.suffix == ".json" else f"row {index}"
 
 
 def take_first(dataset: Dataset, limit: int | None) -> Dataset:
@@ -308,7 +304,7 @@ def load_validation(data: str, limit: int | None = None, **reading) -> tuple[lis
 def read_validation(
     data: str,
     limit: int | None = None,
-    columns: Columns = Columns(),
+    columns: Columns = DEFAULT_COLUMNS,
     labels: LabelSet | Sequence[str] | None = None,
 ) -> tuple[list[str], np.ndarray, LabelSet]:
     """The first `limit` validation texts, their label ids (`read_splits`; the model's `LabelSet` as `labels` gives
@@ -324,23 +320,27 @@ def read_validation(
     return validation.texts[:limit], np.asarray(validation.ids[:limit], dtype=np.int64), label_set
 
 
-def read_delimited(file: Path) -> tuple[list[str], list[dict]]:
+def read_delimited(file: Path) -> tuple[list[str], list[dict], list[int]]:
     """GLUE TSVs are unquoted and tab-separated; CSVs are quoted as needed. Every cell is text; a UTF-8 BOM (an
-    Excel export) is not part of the first column's name."""
+    Excel export) is not part of the first column's name. Blank lines are skipped; also returns each row's line."""
     delimiter, quoting = ("\t", csv.QUOTE_NONE) if file.suffix == ".tsv" else (",", csv.QUOTE_MINIMAL)
     with file.open(encoding="utf-8-sig", newline="") as handle:
-        lines = [line for line in csv.reader(handle, delimiter=delimiter, quoting=quoting) if line]
-    header, rows = (lines[0], lines[1:]) if lines else ([], [])
+        reader, numbered, previous = csv.reader(handle, delimiter=delimiter, quoting=quoting), [], 0
+        for row in reader:  # a row starts on the line after the previous one ended (quoted newlines, blank lines)
+            if row:
+                numbered.append((previous + 1, row))
+            previous = reader.line_num
+    header, lines, rows = numbered[0][1] if numbered else [], [n for n, _ in numbered[1:]], [r for _, r in numbered[1:]]
     for index, row in enumerate(rows):
         if len(row) != len(header):
             more = "more" if len(row) > len(header) else "fewer"
-            raise DataError(f"could not read {file}: {describe_row(file, index)} has {more} fields than the header")
-    return header, [dict(zip(header, row, strict=True)) for row in rows]
+            raise DataError(f"could not read {file}: line {lines[index]} has {more} fields than the header")
+    return header, [dict(zip(header, row, strict=True)) for row in rows], lines
 
 
-def read_jsonl(file: Path) -> tuple[list[str], list[dict]]:
-    """One JSON object a line (blank lines skipped); the columns are every key any row has."""
-    rows = []
+def read_jsonl(file: Path) -> tuple[list[str], list[dict], list[int]]:
+    """One JSON object a line (blank lines skipped); the columns are every key any row has. Also each row's line."""
+    rows, lines = [], []
     with file.open(encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -356,7 +356,8 @@ def read_jsonl(file: Path) -> tuple[list[str], list[dict]]:
             if not isinstance(row, dict):
                 raise DataError(f"could not read {file}: line {number} is not a JSON object")
             rows.append(row)
-    return list(dict.fromkeys(key for row in rows for key in row)), rows
+            lines.append(number)
+    return list(dict.fromkeys(key for row in rows for key in row)), rows, lines
 
 
 class DuplicateKeyError(ValueError):

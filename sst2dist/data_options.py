@@ -1,13 +1,32 @@
 """The flags of every command that reads --data (train, augment, export-onnx, bench): the text and label columns
-and the label order, declared once here and placed in each command's options dataclass. Standard library only."""
+(`Columns`, which `data.read_splits` takes) and the label order, declared once here and placed in each command's
+options dataclass. Standard library only."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sst2dist.config_fields import option
-from sst2dist.data import Columns
 from sst2dist.labels import DataError, parse_labels_option
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns hold the text and the label (--text-column, --label-column); `text` is read when the default
+    `sentence` is absent."""
+
+    text: str = "sentence"
+    label: str = "label"
+
+    def text_in(self, header: Sequence[str]) -> str:
+        text = "text" if self.text == "sentence" and "sentence" not in header and "text" in header else self.text
+        if text == self.label:  # the model would read its answer
+            raise DataError(
+                f"--text-column and --label-column both name {text!r}: the text and the label must be two columns"
+            )
+        return text
 
 
 def label_list(text: str) -> str | None:

@@ -18,7 +18,7 @@ import numpy as np
 
 SST2_KEYS = ("0", "1")
 SST2_NAMES = ("negative", "positive")
-INTEGER = re.compile(r"-?[0-9]+")
+INTEGER = re.compile(r"[-+]?[0-9]+")  # +1/-1 labels too
 
 
 class DataError(ValueError):
@@ -69,10 +69,18 @@ class LabelSet:
         return ", ".join(self.names)
 
 
+def is_sst2_data(data: str | None, label_names: Sequence[str] | None) -> bool:
+    """SST-2 is SST-2's labels read from SST-2 (its hub id `stanfordnlp/sst2`, a folder named sst2 or SST-2, or no
+    --data recorded): a user's own binary data labelled 0/1 or negative/positive is not."""
+    if label_names is not None and tuple(label_names) != SST2_NAMES:
+        return False
+    return not data or label_names is None or Path(data).expanduser().name.lower() in ("sst2", "sst-2")
+
+
 def data_name(data: str | None, label_names: Sequence[str] | None) -> str:
-    """How reports name what was read: "SST-2" for SST-2's labels (or none recorded), else the --data value, a local
-    folder by its name ("reviews")."""
-    if not data or label_names is None or tuple(label_names) == SST2_NAMES:
+    """How reports name what was read: "SST-2" for SST-2 (`is_sst2_data`), else the --data value, a local folder by
+    its name ("reviews")."""
+    if not data or is_sst2_data(data, label_names):
         return "SST-2"
     path = Path(data).expanduser()
     return path.resolve().name if path.exists() else data
@@ -89,8 +97,19 @@ def sorted_keys(keys: Iterable[str]) -> tuple[str, ...]:
     """Integers in numeric order, anything else in alphabetical order."""
     distinct = set(keys)
     if all(INTEGER.fullmatch(key) for key in distinct):
-        return tuple(sorted(distinct, key=int))
+        return tuple(sorted(distinct, key=lambda key: (int(key), key)))  # "01" beside "1": still one order
     return tuple(sorted(distinct))
+
+
+def check_one_spelling(keys: Iterable[str], source: Path) -> None:
+    """Refuse one integer label written two ways (`1` and `01`, `0` and `-0`): they tie in numeric order, so their
+    ids would follow string hashing, which differs per process."""
+    first: dict[int, str] = {}
+    for key in dict.fromkeys(keys):
+        if INTEGER.fullmatch(key) and first.setdefault(int(key), key) != key:
+            raise DataError(
+                f"{source}: labels {first[int(key)]!r} and {key!r} are one integer written two ways: write it one way"
+            )
 
 
 def parse_labels_option(text: str | None) -> tuple[str, ...] | None:
@@ -131,6 +150,8 @@ def column_to_data_id(model_labels: Sequence[str], data_labels: Sequence[str] = 
 
     Names are compared case-insensitively; a model saved without names (LABEL_0, LABEL_1, ...) maps by index.
     Raises LabelMappingError when the names do not match the data's."""
+    if len(set(model_labels)) == len(model_labels) and sorted(model_labels) == sorted(data_labels):
+        return np.array([list(data_labels).index(name) for name in model_labels], dtype=np.int64)
     wanted = {name.lower(): i for i, name in enumerate(data_labels)}
     names = [str(label).lower() for label in model_labels]
     if sorted(names) == sorted(wanted) and len(names) == len(wanted):

@@ -48,7 +48,7 @@ from sst2dist.bench.settings import bundle_backends, check_counts, output_folder
 from sst2dist.data import DEFAULT_DATA, read_validation
 from sst2dist.data_options import DataColumns, label_column_option, labels_option, text_column_option
 from sst2dist.environment import usable_cpus
-from sst2dist.labels import SST2_NAMES, predicted_label_ids
+from sst2dist.labels import SST2_NAMES, is_sst2_data, predicted_label_ids
 
 
 @dataclass
@@ -171,7 +171,7 @@ def run_menu(settings: MenuSettings) -> dict:
     settings.latency_samples = min(settings.latency_samples or len(sentences), len(sentences))
     if settings.anchors:
         entries += anchor_entries(settings, [e.variant for e in entries])
-        if label_set.names != SST2_NAMES:
+        if not is_sst2_data(settings.data, label_set.names):  # own data, even labelled 0/1
             settings.notes.append(
                 "the anchors' accuracies are their published SST-2 figures, not this data's: compare their latency"
             )

@@ -4,17 +4,19 @@ label every row.
 
 The folder holds `train.tsv` (the original rows first, then the new ones; a new row carries its source row's
 label, which may no longer be true: distil it with `--distill-alpha 0` so only the teacher speaks),
-`dev.tsv` (the validation split, unchanged), `teacher-logits.npz` (when a teacher was given) and `augment.json`.
+`dev.tsv` (the validation split, unchanged), `teacher-logits.npz` (when a teacher was given) and `augment.json`;
+`train.csv` and `dev.csv` (quoted as needed) when a text holds a tab or a newline, which GLUE TSV cannot hold.
 The sentences depend only on the data, the embedding model and the seed, so logits shipped for them stay valid.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -102,14 +104,19 @@ def make_variants(
     return made
 
 
-def write_tsv(path: Path, sentences: Sequence[str], labels: Sequence[str]) -> None:
-    """GLUE TSV with the labels as the data wrote them (SST-2's 0/1, or the user's text labels)."""
-    with path.open("w", encoding="utf-8", newline="\n") as handle:
+def split_format(texts: Iterable[str]) -> str:
+    """GLUE TSV, unless a text holds a tab or a line break (a review of several lines): then CSV, quoted as needed."""
+    return ".csv" if any(set(text) & set("\t\n\r") for text in texts) else ".tsv"
+
+
+def write_split(path: Path, sentences: Sequence[str], labels: Sequence[str]) -> None:
+    """A TSV or CSV split (by `path`'s suffix) with the labels as the data wrote them (SST-2's 0/1, or text)."""
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        if path.suffix == ".csv":
+            csv.writer(handle).writerows([("sentence", "label"), *zip(sentences, labels, strict=True)])
+            return
         handle.write("sentence\tlabel\n")
-        for sentence, label in zip(sentences, labels, strict=True):
-            if "\t" in sentence or "\n" in sentence:
-                raise AugmentError(f"sentence {sentence[:40]!r} holds a tab or a newline, which GLUE TSV cannot hold")
-            handle.write(f"{sentence}\t{label}\n")
+        handle.writelines(f"{sentence}\t{label}\n" for sentence, label in zip(sentences, labels, strict=True))
 
 
 def augment(config: AugmentOptions) -> dict:
@@ -130,8 +137,10 @@ def augment(config: AugmentOptions) -> dict:
     staging.chmod(0o755)  # mkdtemp makes it private; a data folder is meant to be shared
     try:
         with writing("the augmented data", output):
-            write_tsv(staging / "train.tsv", all_sentences, [label_set.keys[i] for i in all_labels])
-            write_tsv(staging / "dev.tsv", validation["sentence"], [label_set.keys[i] for i in validation["label"]])
+            keys = [label_set.keys[i] for i in all_labels], [label_set.keys[i] for i in validation["label"]]
+            suffix = split_format([*all_sentences, *validation["sentence"], *label_set.keys])
+            write_split(staging / f"train{suffix}", all_sentences, keys[0])
+            write_split(staging / f"dev{suffix}", validation["sentence"], keys[1])
             summary = {
                 "config": asdict(config),
                 "original_rows": len(sentences),

@@ -139,9 +139,10 @@ def logits_from_file(path: Path, data_sha256: str, rows: int) -> tuple[np.ndarra
             f"{meta.get('key', {}).get('data_sha256', '?')[:12]}…); this run has {rows} training rows. "
             "Use the same --data, or pass the teacher's model folder to --teacher to compute logits for this data"
         )
-    if logits.ndim != 2 or logits.shape[1] != 2:  # e.g. the sentence vectors cached beside the logits
+    labels = len(meta.get("labels") or SST2_NAMES)  # a logit per label the teacher was trained on
+    if logits.ndim != 2 or logits.shape[1] != labels:  # e.g. the sentence vectors cached beside the logits
         width = logits.shape[1] if logits.ndim == 2 else "?"
-        raise TeacherError(f"{path} holds {width} values per row, not 2 logits: pass a teacher-logits .npz")
+        raise TeacherError(f"{path} holds {width} values per row, not {labels} logits: pass a teacher-logits .npz")
     return logits, meta
 
 

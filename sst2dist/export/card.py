@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sst2dist.labels import SST2_NAMES, data_name
+from sst2dist.labels import SST2_NAMES, data_name, is_sst2_data
 from sst2dist.variant_choice import batch_dependent
 
 CARD_FILE = "README.md"
@@ -47,8 +47,8 @@ def base_model(model_dir: Path, depth: int = 3) -> str | None:
 
 
 def is_sst2(verification: dict) -> bool:
-    """Whether the gate scored SST-2's labels (a manifest from before label sets were recorded did)."""
-    return tuple(verification.get("labels", SST2_NAMES)) == SST2_NAMES
+    """Whether the gate scored SST-2 (`is_sst2_data`; a manifest from before label sets were recorded did)."""
+    return is_sst2_data(verification.get("data"), verification.get("labels", SST2_NAMES))
 
 
 def dataset_id(verification: dict) -> str:

@@ -40,6 +40,8 @@ def trackers(report_to: str) -> list[str]:
     names = list(dict.fromkeys(name.strip() for name in report_to.split(",")))
     if names in (["none"], ["all"]):
         return [] if names == ["none"] else names
+    if {"none", "all"} & set(names):
+        raise TrackerError(f"--report-to {report_to!r}: none and all stand alone, not in a list of trackers")
     unknown = [name for name in names if name not in TRACKER_PACKAGES]
     if unknown:
         raise TrackerError(

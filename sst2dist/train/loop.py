@@ -39,7 +39,7 @@ from sst2dist.train.evaluation import evaluate, evaluate_and_keep_best, make_eva
 from sst2dist.train.fingerprint import array_sha256, keep_fingerprint, run_fingerprint, splits_sha256
 from sst2dist.train.launch import launch_processes as launch_processes  # `sst2dist train --num-processes` calls it here
 from sst2dist.train.log import LOSS_TERMS, RunLog, Window, installed_trackers, start_trackers
-from sst2dist.train.run_folder import final_metrics, prepare_output_dir, write_final_files
+from sst2dist.train.run_folder import final_metrics, prepare_output_dir, started_or_undone, write_final_files
 from sst2dist.train.state import Run, Teachers, TrainState
 from sst2dist.train.step import forward_losses, make_optimizer, train_step
 
@@ -177,7 +177,8 @@ def train(config: TrainConfig) -> dict:
     accelerator = make_accelerator(config)
     if config.eval_only:
         return evaluate_only(config, accelerator)
-    run, state = setup(config, accelerator, started)
+    with started_or_undone(config, accelerator):
+        run, state = setup(config, accelerator, started)
     stopped_early = fit(run, state)
     return finish(run, state, stopped_early, started)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ PLAN_KEY = "time_budget_plan"  # in train_config.json and metrics.json: the --ti
 VERSIONED_PACKAGES = ("sst2dist", "torch", "transformers", "accelerate", "datasets")
 COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper module
 RUN_FILES = ("model", CHECKPOINTS_DIR, "metrics.json", "train_config.json", "log.jsonl")
+REPLACED_DIR = ".replaced"  # --overwrite: the earlier run's files, until the new run has started (`started_or_undone`)
 # Options that may differ between a run and its --resume (they do not change what is computed).
 # Paths may change: what they point at is compared by `fingerprint` (rows read, weights, teacher logits).
 RESUME_MAY_CHANGE = {
@@ -56,13 +59,40 @@ def prepare_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path | 
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        replaced = output_dir / REPLACED_DIR
+        shutil.rmtree(replaced, ignore_errors=True)  # left by a launch killed before it started
         for name in existing:
             path = output_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if config.overwrite:
+                replaced.mkdir(exist_ok=True)
+                path.rename(replaced / name)
+            else:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "train_config.json", asdict(config))
     accelerator.wait_for_everyone()
     return None
+
+
+@contextmanager
+def started_or_undone(config: TrainConfig, accelerator: Accelerator) -> Iterator[None]:
+    """A new run refused before its first step (bad data, a model of other labels, a tracker that would not start)
+    takes back the train_config.json it wrote, so the same command runs once the input is fixed, and puts back the
+    run --overwrite was to replace; a config this launch did not write (another run's, or the one --resume
+    continues) stays. Once the run has started, the replaced run is deleted."""
+    output_dir = Path(config.output_dir)
+    written_here = not config.resume and (config.overwrite or not (output_dir / "train_config.json").exists())
+    try:
+        yield
+    except ValueError:
+        if written_here and accelerator.is_main_process:
+            (output_dir / "train_config.json").unlink(missing_ok=True)
+            for path in (output_dir / REPLACED_DIR).glob("*"):
+                path.rename(output_dir / path.name)
+            shutil.rmtree(output_dir / REPLACED_DIR, ignore_errors=True)
+        raise
+    if accelerator.is_main_process:
+        shutil.rmtree(output_dir / REPLACED_DIR, ignore_errors=True)
 
 
 def killed_before_first_checkpoint(output_dir: Path) -> bool:

@@ -308,6 +308,7 @@ def write_labelled(folder: Path, labels: list[str], dev: list[str] | None = None
     [
         (["1", "0", "1"], ["negative", "positive"], [1, 0, 1]),  # SST-2's 0/1 keep their names
         (["2", "10", "1"], ["1", "2", "10"], [1, 2, 0]),  # integers in numeric order
+        (["+1", "-1", "+1"], ["-1", "+1"], [1, 0, 1]),  # signed integers (the +1/-1 convention)
         (["pos", "neg", "neutral"], ["neg", "neutral", "pos"], [2, 0, 1]),  # text in alphabetical order
     ],
 )
@@ -347,3 +348,83 @@ def test_a_class_label_gives_its_names_and_order(tmp_path: Path) -> None:
         )
     data = load_sst2(str(tmp_path))
     assert data["train"].features["label"].names == ["neg", "pos", "mixed"] and data["train"]["label"] == [2, 0, 1]
+
+
+def test_one_integer_written_two_ways_is_refused_not_ordered_by_chance(tmp_path: Path) -> None:
+    """`01` and `1` (or `-0` and `0`) tie in numeric order: their ids would follow Python's per-process string
+    hashing, so training and export could number them differently."""
+    with pytest.raises(
+        DataError, match="train.tsv: labels '1' and '01' are one integer written two ways: write it one way"
+    ):
+        load_sst2(str(write_labelled(tmp_path, ["1", "01", "2"], dev=["1"])))
+
+
+def test_the_text_and_the_label_cannot_be_one_column(tmp_path: Path) -> None:
+    from sst2dist.data import Columns
+
+    folder = write_labelled(tmp_path, ["pos", "neg"])
+    message = "--text-column and --label-column both name 'label': the text and the label must be two columns"
+    with pytest.raises(DataError, match=message):
+        load_sst2(str(folder), columns=Columns("label", "label"))
+    (folder / "train.tsv").write_text("text\tlabel\nfine\tpos\nawful\tneg\n", encoding="utf-8")
+    with pytest.raises(DataError, match="both name 'text'"):  # `text`, read when there is no `sentence`
+        load_sst2(str(folder), columns=Columns(label="text"))
+
+
+def test_labels_that_differ_only_in_case_score_by_their_exact_names() -> None:
+    """Training takes `Pos` and `pos` as two labels, so the gate and the bench must map them, not refuse them."""
+    from sst2dist.labels import column_to_data_id
+
+    assert column_to_data_id(["pos", "Pos", "neg"], ["Pos", "neg", "pos"]).tolist() == [2, 0, 1]
+    assert column_to_data_id(["NEGATIVE", "POSITIVE"]).tolist() == [0, 1]  # one spelling each: case is ignored
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        ("train.csv", 'sentence,label\n"a review\nin two lines",pos\n\nfine,neg\nawful,1.5\n', 6),
+        ("train.jsonl", '{"sentence": "fine", "label": "pos"}\n\n\n{"sentence": "awful", "label": "1.5"}\n', 4),
+    ],
+)
+def test_a_refusal_names_the_line_a_text_editor_shows(tmp_path: Path, name: str, text: str, line: int) -> None:
+    """A review spanning lines, or a blank line, comes before the bad row: the message still names its line."""
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\ndev\tpos\n\nodd\tx\n", encoding="utf-8")
+    with pytest.raises(DataError, match=f"{name} line {line}: label '1.5' is a decimal number"):
+        load_sst2(str(tmp_path))
+    (tmp_path / name).write_text(text.replace("1.5", "neg"), encoding="utf-8")
+    with pytest.raises(DataError, match="dev.tsv line 4: label 'x' is not one of the training labels"):
+        load_sst2(str(tmp_path))
+
+
+def test_a_class_label_of_one_name_is_refused_like_one_label(tmp_path: Path) -> None:
+    """num_labels 1 would make transformers train a regression head (MSE), not a classifier."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"sentence": Value("string"), "label": ClassLabel(names=["spam"])})
+    for split in ("train", "validation"):
+        Dataset.from_dict({"sentence": ["a", "b"], "label": [0, 0]}, features).to_parquet(tmp_path / f"{split}.parquet")
+    with pytest.raises(DataError, match="train.parquet has only the label 'spam': a classifier needs at least 2"):
+        load_sst2(str(tmp_path))
+
+
+def test_a_folder_with_two_files_for_one_split_is_refused_not_read_by_chance(tmp_path: Path) -> None:
+    """A GLUE folder the user added a CSV export to: which file is read must not be a silent choice."""
+    write_labelled(tmp_path, ["pos", "neg"])
+    write_split(tmp_path, "train", "csv", [("other rows", "neg"), ("and more", "pos")])
+    with pytest.raises(DataError, match="has 2 train files \\(train.tsv, train.csv\\): keep one"):
+        load_sst2(str(tmp_path))
+    (tmp_path / "train.csv").unlink()
+    write_split(tmp_path, "validation", "tsv", [("stale", "pos")])
+    with pytest.raises(DataError, match="has 2 validation files \\(validation.tsv, dev.tsv\\): keep one"):
+        load_sst2(str(tmp_path))
+
+
+def test_unread_columns_may_repeat_like_the_empty_ones_of_a_spreadsheet_export(tmp_path: Path) -> None:
+    """Trailing empty cells give a CSV header like `sentence,label,,`: two unnamed columns that nothing reads."""
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.csv").write_text("sentence,label,,\nfine,pos,,\nawful,neg,,\n", encoding="utf-8")
+    assert load_sst2(str(tmp_path))["train"]["label"] == [1, 0]
+    (tmp_path / "train.csv").write_text("sentence,label,label\nfine,pos,neg\n", encoding="utf-8")
+    with pytest.raises(DataError, match="train.csv has more than one label column"):
+        load_sst2(str(tmp_path))

@@ -249,3 +249,25 @@ def test_text_labels_of_three_classes_keep_their_names_and_need_a_teacher_of_the
     assert written[: len(rows)] == [y for _, y in rows] and set(written) == {"bad", "good", "meh"}
     logits, meta = load_logits(output / "teacher-logits.npz")
     assert logits.shape == (len(written), 3) and meta["labels"] == ["bad", "good", "meh"]
+
+
+def test_reviews_spanning_lines_are_augmented_into_a_csv_folder(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A CSV of reviews with newlines (or tabs) in the text: GLUE TSV cannot hold them, so the folder is CSV, read
+    back row for row."""
+    import csv
+
+    from sst2dist.data import load_sst2
+
+    data, output = tmp_path / "data", tmp_path / "aug"
+    data.mkdir()
+    rows = [(f"{sentence}\nsecond\tline", label) for sentence, label in TRAIN]
+    for split in ("train", "dev"):
+        with (data / f"{split}.csv").open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([("sentence", "label"), *rows])
+    augment(config(data=str(data), output=str(output), embeddings=str(tiny_model_dir), min_words=3, variants=2))
+    assert sorted(path.name for path in output.iterdir()) == ["augment.json", "dev.csv", "train.csv"]
+    original, augmented = load_sst2(str(data)), load_sst2(str(output))
+    assert augmented["validation"]["sentence"] == original["validation"]["sentence"]
+    assert augmented["train"]["sentence"][: len(rows)] == [sentence for sentence, _ in rows]
+    assert augmented["train"]["label"][: len(rows)] == original["train"]["label"]
+    assert len(augmented["train"]) > len(rows)  # new rows too

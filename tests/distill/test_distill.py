@@ -281,3 +281,17 @@ def test_teacher_scoring_on_caches_the_processes_do_not_share_is_refused_before_
     assert "teacher scoring with 2 processes needs a teacher cache that every process shares" in result.stderr
     assert sorted(p.name for p in (tmp_path / "caches").iterdir()) == ["rank0", "rank1"]  # one cache each
     assert not list((tmp_path / "caches").rglob("shard-*.npz"))  # refused before scoring
+
+
+def test_a_logits_file_of_three_labels_is_a_teacher_for_three_label_data(tmp_path: Path, accelerator) -> None:
+    """The .npz a 3-class teacher's scoring (or `augment`) writes: 3 logits a row, keyed by the label names."""
+    from sst2dist.labels import LabelSet
+
+    file, names = tmp_path / "logits.npz", ["bad", "good", "meh"]
+    key = {"data_sha256": data_fingerprint(SENTENCES, LABELS), "teacher_sha256": "t", "max_length": 8}
+    save_logits(file, np.arange(15.0).reshape(5, 3), {"key": key, "rows": 5, "labels": names})
+    logits, meta = teacher_logits(str(file), SENTENCES, LABELS, 8, accelerator, label_set=LabelSet.from_keys(names))
+    assert logits.tolist() == np.arange(15.0).reshape(5, 3).tolist() and meta["labels"] == names
+    save_logits(file, np.zeros((5, 4)), {"key": key, "rows": 5, "labels": names})  # e.g. sentence vectors
+    with pytest.raises(TeacherError, match="holds 4 values per row, not 3 logits"):
+        teacher_logits(str(file), SENTENCES, LABELS, 8, accelerator, label_set=LabelSet.from_keys(names))

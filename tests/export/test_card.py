@@ -120,3 +120,18 @@ def test_the_card_names_the_variants_whose_scores_moved_with_the_batch_as_measur
     assert len(moved) == 1 and "`optimized`" in moved[0] and "`int8`" not in moved[0], moved
     measured["variants"]["optimized"]["batch_invariance"]["invariant"] = True
     assert "batch mates;" not in card_text(measured, tmp_path, "b")
+
+
+def test_own_binary_data_labelled_like_sst2_is_named_by_its_folder_not_sst2(tmp_path: Path) -> None:
+    """Reviews labelled 0/1 (named negative/positive) are not SST-2: the card and the bench reports name the folder
+    the gate read, and only SST-2 itself (its hub id, a folder named sst2) is called SST-2."""
+    from sst2dist.export.card import dataset_id, verify_set_name
+    from sst2dist.labels import SST2_NAMES, data_name
+
+    reviews = tmp_path / "reviews"
+    reviews.mkdir()
+    own = {"data": str(reviews), "labels": list(SST2_NAMES), "samples": 8, "split_size": 8, "file": "dev.csv"}
+    assert dataset_id(own) == "reviews" and data_name(str(reviews), SST2_NAMES) == "reviews"
+    assert verify_set_name(own) == "reviews validation: all 8 sentences of dev.csv"
+    for sst2 in ("stanfordnlp/sst2", "../shared/data/sst2", str(tmp_path / "SST-2")):
+        assert data_name(sst2, SST2_NAMES) == "SST-2" and dataset_id({"data": sst2}) == "stanfordnlp/sst2"

@@ -29,16 +29,20 @@ def three_class_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny3") / "model", labels=("bad", "good", "meh"))
 
 
+def reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def refusal(argv: list[object], capsys: pytest.CaptureFixture[str]) -> str:
     """Run `python -m sst2dist.train ARGV` in this process; it must fail with one sentence on one line (after any
     progress bars)."""
-    from accelerate.state import AcceleratorState, GradientState
-
     try:
         assert main([str(arg) for arg in argv]) == 1
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
     error = capsys.readouterr().err.strip().split("\n")[-1]
     assert error.startswith("sst2dist.train: error: ") and "Traceback" not in error, error
     return error
@@ -154,6 +158,7 @@ def test_a_model_or_teacher_of_other_labels_is_refused_before_training(
         ("wandb", "--report-to wandb needs the wandb package: pip install wandb"),
         ("tensorboard,comet_ml", "--report-to comet_ml needs the comet-ml package: pip install comet-ml"),
         ("mlfow", "--report-to 'mlfow' is not a tracker: pass none, all, or a comma list of tensorboard, mlflow"),
+        ("none,tensorboard", "--report-to 'none,tensorboard': none and all stand alone, not in a list of trackers"),
     ],
 )
 def test_a_tracker_that_is_not_installed_or_unknown_is_refused(
@@ -162,3 +167,50 @@ def test_a_tracker_that_is_not_installed_or_unknown_is_refused(
     error = refusal(["--data", sst2_sample_dir, "--report-to", report_to, "--output-dir", tmp_path / "run"], capsys)
     assert message in error
     assert not (tmp_path / "run").exists()
+
+
+def test_the_same_command_runs_once_the_refused_data_is_fixed(
+    tmp_path: Path, three_class_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run refused before its first step (a bad row, a tracker that would not start) leaves only its config: the
+    user fixes the row and reruns the same command, which must not call it "a run" to --resume or --overwrite."""
+    data = write_three_class(tmp_path / "data", dev_extra="a fine film\tsuperb\n")
+    out = tmp_path / "run"
+    options = ["--data", data, "--model", three_class_model, "--output-dir", out, "--max-steps", 1, "--eval-every", 0]
+    assert "label 'superb' is not one of the training labels" in refusal(options, capsys)
+    write_three_class(tmp_path / "data")
+    try:
+        assert main([str(option) for option in options]) == 0, capsys.readouterr().err[-2000:]
+    finally:
+        reset_accelerate()
+    assert json.loads((out / "model" / "config.json").read_text())["id2label"] == {"0": "bad", "1": "good", "2": "meh"}
+
+
+def test_overwrite_with_refused_data_keeps_the_earlier_run(
+    tmp_path: Path, three_class_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--overwrite replaces a run only once the new one starts: a bad row refused first leaves the finished run."""
+    data, out = write_three_class(tmp_path / "data"), tmp_path / "run"
+    options = ["--data", data, "--model", three_class_model, "--output-dir", out, "--max-steps", 1, "--eval-every", 0]
+    try:
+        assert main([str(option) for option in options]) == 0, capsys.readouterr().err[-2000:]
+    finally:
+        reset_accelerate()
+    finished = {name: (out / name).read_bytes() for name in ("metrics.json", "model/model.safetensors")}
+    write_three_class(tmp_path / "data", dev_extra="a fine film\tsuperb\n")
+    assert "label 'superb'" in refusal([*options, "--overwrite"], capsys)
+    assert {name: (out / name).read_bytes() for name in finished} == finished
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints",
+        "log.jsonl",
+        "metrics.json",
+        "model",
+        "train_config.json",
+    ]
+    write_three_class(tmp_path / "data")
+    try:
+        assert main([*map(str, options), "--overwrite", "--seed", "7"]) == 0
+    finally:
+        reset_accelerate()
+    assert json.loads((out / "train_config.json").read_text())["seed"] == 7
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
