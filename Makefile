@@ -53,7 +53,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[train,dev,openvino,ray]"
+	$(BIN)/pip install --quiet -e ".[train,dev,openvino,ray,mlflow]"
 	touch $@
 
 demo: setup
