@@ -247,9 +247,7 @@ def test_records_are_classified_a_window_at_a_time_in_input_order(bundle: Path) 
 NO_SERVER = """
 import sys
 from click.testing import CliRunner
-from sst2dist.bench.settings import BenchError, check_counts
 from sst2dist.cli import main
-from sst2dist.environment import usable_cpus
 result = CliRunner().invoke(main, ["predict", sys.argv[1], "fine"])
 assert result.exit_code == 0, result.output
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("fastapi", "uvicorn", "prometheus_client", "starlette"))
