@@ -149,7 +149,8 @@ $(VENV310)/.installed: pyproject.toml
 test-py310: setup $(VENV310)/.installed
 	rm -rf .cache/py310 && $(BIN)/python tests/conftest.py .cache/py310
 	SST2DIST_TEST_BUNDLE=$(CURDIR)/.cache/py310/bundle $(VENV310)/bin/python -m pytest -q -p no:cacheprovider \
-		tests/serve tests/core/test_runtime.py --ignore=tests/serve/test_fuzz_api.py
+		tests/serve tests/core/test_runtime.py --ignore=tests/serve/test_fuzz_api.py \
+		--ignore=tests/serve/test_own_data_e2e.py
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

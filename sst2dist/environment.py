@@ -198,6 +198,14 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def too_many_threads(threads: int, flag: str = "--threads") -> str | None:
+    """Why a thread count is refused (the one sentence bench and predict give), or None when the cores allow it."""
+    cores = usable_cpus()
+    if threads <= cores:
+        return None
+    return f"{flag} {threads} is more than the {cores} CPU(s) this process may use: ask for at most {cores}"
+
+
 def cpu_info() -> dict:
     """The CPU fingerprint that reports print: model, kind, clock, cores, acceleration flags."""
     fields, flags = cpuinfo_fields(), cpu_flags()

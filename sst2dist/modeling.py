@@ -98,13 +98,18 @@ def load_classifier_model(source: str | Path, **config_fields: object) -> PreTra
 def check_trained_labels(option: str, name: str, config: object, labels: LabelSet) -> None:
     """A fine-tuned classifier must have been trained on `labels`, in their order; a base encoder (no
     classification head saved) or a head of as many unnamed labels (LABEL_0, ...) takes any."""
-    architectures = getattr(config, "architectures", None) or []
-    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+    if not is_classifier(config):
         return
     trained = LabelSet.from_config(config)
     unnamed = trained.names == tuple(f"LABEL_{i}" for i in range(len(trained)))
     if not (unnamed and len(trained) == len(labels)):
         check_model_labels(option, name, trained, labels)
+
+
+def is_classifier(config: object) -> bool:
+    """A fine-tuned sequence classifier (its head saved), not a base encoder."""
+    architectures = getattr(config, "architectures", None) or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
 
 
 def _unreachable(name: str, err: Exception) -> str:

@@ -12,7 +12,7 @@ from sst2dist.bench.measure import ALL_BACKENDS, ORT_BACKENDS, TORCH_BACKENDS, B
 from sst2dist.config_fields import Options, non_negative, option, positive, positive_ints, split_commas
 from sst2dist.data import DEFAULT_DATA
 from sst2dist.data_options import DataColumns, label_column_option, labels_option, text_column_option
-from sst2dist.environment import cpu_kind, supports_bf16, usable_cpus
+from sst2dist.environment import cpu_kind, supports_bf16, too_many_threads, usable_cpus
 
 CPU_PLACEHOLDER = "{cpu}"
 FULL_BATCH_SIZES = (1, 8, 32)
@@ -107,11 +107,8 @@ def check_counts(
     counts = {"threads": threads, "batch_sizes": batch_sizes, "max_samples": max_samples}
     for name, value in (counts | {"latency_samples": latency_samples, "warmup": warmup}).items():
         BenchSettings.check_value(name, value)
-    cores = usable_cpus()
-    if max(threads) > cores:
-        raise BenchError(
-            f"--threads {max(threads)} is more than the {cores} CPU(s) this process may use: ask for at most {cores}"
-        )
+    if problem := too_many_threads(max(threads)):
+        raise BenchError(problem)
 
 
 def output_folder(output: str | None, default: Path) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sst2dist.config_fields import Options, option, positive
+from sst2dist.data_options import DataColumns, label_column_option, labels_option, text_column_option
 
 
 def fraction(value: float) -> str | None:
@@ -13,12 +14,19 @@ def fraction(value: float) -> str | None:
 
 
 @dataclass(frozen=True)
-class PruneOptions(Options):
+class PruneOptions(DataColumns, Options):
     cost: float = option(
         help="Fraction of the source's encoder FLOPs to keep, 0 < F <= 1 (counted at the samples' mean length).",
         checks=[fraction],
     )
-    data: str | None = option(None, "SST-2 hub id or local folder whose training sentences measure importance.")
+    data: str | None = option(
+        None,
+        "Dataset hub id or local folder (train and dev files) whose training sentences measure importance, labelled "
+        "with the model's labels. Default: SST-2.",
+    )
+    text_column: str = text_column_option()
+    label_column: str = label_column_option()
+    labels: str | None = labels_option()
     samples: int = option(
         1536, "Training sentences that measure importance (a seeded random sample).", checks=[positive]
     )

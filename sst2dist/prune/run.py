@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sst2dist.atomic import replace_dir, write_json_atomic, writing
+from sst2dist.labels import LabelMappingError, LabelSet, check_scorable, column_to_data_id
 from sst2dist.prune.flops import UnitCosts
 from sst2dist.prune.masks import fisher_importance
 from sst2dist.prune.options import PruneOptions
@@ -19,21 +20,23 @@ from sst2dist.pruned import PruneError, architecture_of, is_pruned, prune_model
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 SUMMARY_FILE = "prune.json"
 
 
 def prune(model_dir: str, output: str | Path, options: PruneOptions) -> dict:
     """Prune `model_dir` to `options.cost` of its encoder FLOPs into `output`; returns what prune.json says."""
-    from sst2dist.data import DEFAULT_DATA, load_sst2
-    from sst2dist.modeling import load_model, load_tokenizer
+    from sst2dist.data import DEFAULT_DATA, load_sst2, split_labels
+    from sst2dist.modeling import load_tokenizer
 
     output = Path(output).expanduser()
     check_output(output, Path(model_dir), options.force)
-    check_source(model_dir)
-    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
-    sentences, labels = sample(load_sst2(options.data or DEFAULT_DATA)["train"], options.samples, options.seed)
+    config = check_source(model_dir)
+    train = load_sst2(options.data or DEFAULT_DATA, columns=options.columns, labels=options.label_order)["train"]
+    model, tokenizer = load_source(model_dir, config, split_labels(train)), load_tokenizer(model_dir)
+    sentences, data_ids = sample(train, options.samples, options.seed)
+    labels = model_label_ids(model, split_labels(train), data_ids)
     lengths = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=options.max_length)["input_ids"]]
     head_scores, neuron_scores = fisher_importance(model, batches(tokenizer, sentences, labels, options))
     length = round(sum(lengths) / len(lengths))
@@ -44,7 +47,7 @@ def prune(model_dir: str, output: str | Path, options: PruneOptions) -> dict:
     return summary
 
 
-def check_source(model_dir: str) -> None:
+def check_source(model_dir: str) -> PretrainedConfig:
     from transformers import AutoConfig
 
     from sst2dist.modeling import resolve_model
@@ -56,6 +59,32 @@ def check_source(model_dir: str) -> None:
     architecture_of(config)
     if is_pruned(config):
         raise PruneError(f"{model_dir} is already pruned: prune its unpruned source to the lower --cost instead")
+    return config
+
+
+def load_source(model_dir: str, config: PretrainedConfig, data_labels: LabelSet) -> PreTrainedModel:
+    """A fine-tuned classifier with its own labels (its config's id2label), which must name the data's labels as the
+    export gate checks them; a base encoder with a new head of the data's labels."""
+    from sst2dist.modeling import is_classifier, load_classifier_model, load_model, resolve_model
+
+    if not is_classifier(config):
+        return load_model(model_dir, data_labels)
+    try:
+        check_scorable(LabelSet.from_config(config).names, data_labels.names)
+    except LabelMappingError as err:
+        raise PruneError(str(err)) from err
+    try:
+        return load_classifier_model(resolve_model(model_dir))
+    except OSError as err:
+        raise PruneError(f"could not load the model in {model_dir} ({err}): save the model again") from err
+
+
+def model_label_ids(model: PreTrainedModel, data_labels: LabelSet, data_ids: Sequence[int]) -> list[int]:
+    """The data's label ids as the model's output columns (matched by name: the model may order them otherwise)."""
+    import numpy as np
+
+    columns = np.argsort(column_to_data_id(LabelSet.from_config(model.config).names, data_labels.names))
+    return columns[np.asarray(data_ids, dtype=np.int64)].tolist()
 
 
 def check_output(output: Path, source: Path, force: bool) -> None:

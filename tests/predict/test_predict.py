@@ -14,7 +14,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from sst2dist import variant_choice
+from sst2dist.bench.settings import BenchError, check_counts
 from sst2dist.cli import main
+from sst2dist.environment import usable_cpus
 from sst2dist.predict.run import BadLine, predict_records, read_texts
 from sst2dist.runtime import VARIANT_FILES, load_classifier, recorded_sha256
 from sst2dist.variant_choice import THROUGHPUT
@@ -175,6 +177,18 @@ def test_missing_bundle_or_input_is_a_clear_error(bundle: Path, tmp_path: Path) 
     assert missing_bundle.exit_code != 0 and "does not exist" in missing_bundle.stderr
     missing_input = run(str(bundle), "--input", str(tmp_path / "nope.txt"))
     assert missing_input.exit_code != 0 and "nope.txt does not exist" in missing_input.stderr
+
+
+def test_more_threads_than_usable_cpus_are_refused_as_the_bench_refuses_them(bundle: Path, tmp_path: Path) -> None:
+    too_many = usable_cpus() + 1
+    output = tmp_path / "out.jsonl"
+    result = run(str(bundle), "--threads", str(too_many), "--output", str(output), *TEXTS)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    assert f"--threads {too_many} is more than the {usable_cpus()} CPU(s) this process may use" in result.stderr
+    assert not output.exists()
+    with pytest.raises(BenchError) as bench:
+        check_counts([too_many], [1], None, None, 0)
+    assert str(bench.value) in result.stderr  # the same sentence as the bench's
 
 
 def test_many_lines_are_batched_and_show_progress(bundle: Path, tmp_path: Path) -> None:

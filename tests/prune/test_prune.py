@@ -4,6 +4,7 @@ counted by torch's FLOP counter, and the refusals."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -16,10 +17,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from sst2dist.bench.measure import flops_counter
 from sst2dist.cli import main
 from sst2dist.distill.loss import attention_loss
-from sst2dist.modeling import load_model, load_tokenizer
+from sst2dist.modeling import load_classifier_model, load_model, load_tokenizer
 from sst2dist.prune.flops import UnitCosts
 from sst2dist.prune.masks import fisher_importance, masked, unit_masks
-from sst2dist.pruned import prune_model
+from sst2dist.pruned import kept_heads, prune_model
 
 SENTENCES = ["a gripping, funny film", "a dull mess that goes nowhere", "not bad at all", "tedious"]
 # Kept heads and FFN neurons of the 2-layer models below: layer 0 loses one head and most neurons, layer 1 loses
@@ -31,7 +32,7 @@ KEPT_NEURONS = [[1, 4, 5, 9, 30, 63], []]
 def with_large_weights(path: Path) -> Path:
     """The random model's linear weights drawn 10x wider than BERT's initialisation: its logits then depend on
     every head and neuron enough for the comparisons below to mean something."""
-    model = load_model(str(path))
+    model = load_classifier_model(path)  # its own labels
     torch.manual_seed(1)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -212,6 +213,54 @@ def test_prune_meets_the_cost_target_counted_by_torch_and_exports_through_the_ga
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert all(entry["passed"] for entry in manifest["variants"].values())
     assert manifest["variants"]["fp32"]["verification"]["max_abs_logit_diff"] < 1e-4
+
+
+THREE_LABELS = ("bad", "good", "meh")
+
+
+def write_three_class_csv(folder: Path) -> Path:
+    """train.csv and dev.csv with a `text` column and the label in a `rating` column."""
+    folder.mkdir()
+    rows = list(zip(SENTENCES[:3], THREE_LABELS, strict=True))
+    for name, repeat in (("train", 4), ("dev", 2)):
+        with (folder / f"{name}.csv").open("w", newline="") as file:
+            csv.writer(file).writerows([("text", "rating"), *rows * repeat])
+    return folder
+
+
+def kept_neurons(pruned, source) -> list[list[int]]:
+    """The source's FFN neurons whose rows the pruned model's first FFN matrix holds (prune slices them out)."""
+    kept = []
+    for new, old in zip(pruned.base_model.encoder.layer, source.base_model.encoder.layer, strict=True):
+        rows = new.intermediate.dense.weight
+        kept.append([n for n, row in enumerate(old.intermediate.dense.weight) if (rows == row).all(dim=1).any()])
+    return kept
+
+
+def test_prune_keeps_a_three_class_models_labels_and_reads_the_named_columns(
+    sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    source = with_large_weights(make_tiny_model(tmp_path / "model", hidden_size=32, heads=4, labels=THREE_LABELS))
+    data, out = write_three_class_csv(tmp_path / "data"), tmp_path / "pruned"
+    args = ["prune", str(source), "--output", str(out), "--cost", "0.4", "--samples", "12", "--batch-size", "4"]
+    columns = ["--text-column", "text", "--label-column", "rating", "--labels", "meh,bad,good"]  # by name
+    result = CliRunner().invoke(main, [*args, "--data", str(data), *columns])
+    assert result.exit_code == 0, result.output
+
+    pruned, unpruned = load_classifier_model(out), load_classifier_model(source)
+    assert pruned.config.id2label == dict(enumerate(THREE_LABELS))
+    heads = [kept_heads(pruned.config, layer) for layer in range(2)]
+    neurons = kept_neurons(pruned, unpruned)
+    assert sum(map(len, heads)) < 8 and [len(n) for n in neurons] == pruned.config.intermediate_sizes
+    inputs = batch(source)
+    with masked(unpruned, *masks_keeping(unpruned, heads, neurons)):
+        expected = logits(unpruned, inputs)
+    torch.testing.assert_close(logits(pruned, inputs), expected, atol=1e-5, rtol=0)
+
+    refused = CliRunner().invoke(main, [*args, "--data", str(sst2_sample_dir), "--force"])
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1, refused.output
+    assert "3 labels (bad, good, meh)" in refused.output and "pass the --data it was trained on" in refused.output
+    torch.testing.assert_close(logits(load_classifier_model(out), inputs), expected, atol=1e-5, rtol=0)  # untouched
 
 
 def test_an_unsupported_architecture_is_refused_in_one_sentence(sst2_sample_dir: Path, tmp_path: Path) -> None:
