@@ -315,6 +315,16 @@ def test_attention_matching_pairs_a_pruned_students_heads_with_their_source_head
     assert swapped > 0.1  # the pairing decides the loss
 
 
+def pruned_bert_folder(tmp_path: Path) -> Path:
+    """`tmp_path / "pruned"`: a tiny BERT (`tmp_path / "source"`) pruned to KEPT_HEADS / KEPT_NEURONS, saved."""
+    source = tiny_bert(tmp_path / "source")
+    model = load_model(str(source))
+    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
+    model.save_pretrained(tmp_path / "pruned")
+    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
+    return tmp_path / "pruned"
+
+
 def test_the_bench_flop_count_follows_the_pruned_shapes(source: Path) -> None:
     model = load_model(str(source))
     prune_model(model, KEPT_HEADS, KEPT_NEURONS)
@@ -328,12 +338,8 @@ def test_the_bench_flop_count_follows_the_pruned_shapes(source: Path) -> None:
 def test_a_pruned_student_recovers_by_matching_its_sources_hidden_states_and_attentions(
     sst2_sample_dir: Path, tmp_path: Path
 ) -> None:
-    source = tiny_bert(tmp_path / "source")
-    model = load_model(str(source))
-    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
-    model.save_pretrained(tmp_path / "pruned")
-    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
-
+    pruned_bert_folder(tmp_path)
+    source = tmp_path / "source"
     run = tmp_path / "run"
     options = ["--data", sst2_sample_dir, "--model", tmp_path / "pruned", "--layer-teacher", source]
     result = run_train(*options, "--output-dir", run, "--distill-hidden", 1, "--distill-attention", 1, *SHORT_RUN)
@@ -354,11 +360,7 @@ def test_a_pruned_model_with_empty_blocks_trains_on_two_processes(sst2_sample_di
     import subprocess
     import sys
 
-    source = tiny_bert(tmp_path / "source")
-    model = load_model(str(source))
-    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
-    model.save_pretrained(tmp_path / "pruned")
-    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
+    pruned_bert_folder(tmp_path)
     run = tmp_path / "run"
     options = ["--data", sst2_sample_dir, "--model", tmp_path / "pruned", "--output-dir", run, "--max-steps", 2]
     options += ["--batch-size", 8, "--eval-every", 0, "--save-every", 0, "--mixed-precision", "no"]
@@ -375,11 +377,7 @@ def test_a_pruned_model_with_empty_blocks_resumes_to_the_same_weights(sst2_sampl
     """Every zero-size tensor shares one null storage, and Accelerate's checkpoints keep one tensor per storage."""
     from safetensors.torch import load_file
 
-    source = tiny_bert(tmp_path / "source")
-    model = load_model(str(source))
-    prune_model(model, KEPT_HEADS, KEPT_NEURONS)
-    model.save_pretrained(tmp_path / "pruned")
-    load_tokenizer(str(source)).save_pretrained(tmp_path / "pruned")
+    pruned_bert_folder(tmp_path)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
 
     def options(out: Path) -> list[object]:

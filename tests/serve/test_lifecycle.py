@@ -233,15 +233,27 @@ def test_shutdown_ends_within_the_grace_period_plus_one_batch_and_answers_json_5
     assert exit_s < bound, f"exit {exit_s:.1f}s after SIGTERM (grace 0.5s, one batch {batch_s:.1f}s)"
 
 
-def test_a_second_signal_exits_at_once(tiny_bundle_dir: Path) -> None:
+def server_running_a_long_batch(
+    bundle: Path, grace_period: str
+) -> tuple[Server, threading.Thread, dict[str, httpx.Response]]:
+    """A server on one worker whose only batch (one request's, in `results["running"]`) runs for seconds."""
     flags = ["--variant", VARIANT, "--workers", "1", "--max-batch-size", "1", "--max-client-batch", "1000"]
-    server = Server(tiny_bundle_dir, *flags, "--max-payload", "5000000", "--grace-period", "60")
+    server = Server(bundle, *flags, "--max-payload", "5000000", "--grace-period", grace_period)
     try:
         server.wait()
         body = long_body(server.client.get("/info").json()["max_length"], 1000)  # a batch of several seconds
         results: dict[str, httpx.Response] = {}
         thread = post_in_thread(server, body, results, "running")
         wait_for_metric(server, "sst2dist_batches_running 1.0")
+    except BaseException:
+        server.stop()
+        raise
+    return server, thread, results
+
+
+def test_a_second_signal_exits_at_once(tiny_bundle_dir: Path) -> None:
+    server, thread, results = server_running_a_long_batch(tiny_bundle_dir, "60")
+    try:
         server.process.send_signal(signal.SIGTERM)
         assert_error(server.client.get("/ready"), 503, "shutting down")
         signalled = time.monotonic()
@@ -286,14 +298,8 @@ def port_closed(url: str) -> bool:
 def test_a_second_signal_while_the_last_batch_ends_exits_at_once(tiny_bundle_dir: Path) -> None:
     """The drain is over and uvicorn has stopped, but the process still waits for the batch running on its worker
     thread: Ctrl-C again must exit at once with 130, not print a KeyboardInterrupt traceback and wait."""
-    flags = ["--variant", VARIANT, "--workers", "1", "--max-batch-size", "1", "--max-client-batch", "1000"]
-    server = Server(tiny_bundle_dir, *flags, "--max-payload", "5000000", "--grace-period", "0.2")
+    server, thread, results = server_running_a_long_batch(tiny_bundle_dir, "0.2")
     try:
-        server.wait()
-        body = long_body(server.client.get("/info").json()["max_length"], 1000)  # a batch of several seconds
-        results: dict[str, httpx.Response] = {}
-        thread = post_in_thread(server, body, results, "running")
-        wait_for_metric(server, "sst2dist_batches_running 1.0")
         server.process.send_signal(signal.SIGINT)
         thread.join(30)
         assert_error(results["running"], 503, "grace period ran out")
