@@ -92,6 +92,14 @@ def tiny_bundle_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     return build_tiny_bundle(request.getfixturevalue("tiny_model_dir"), tmp_path_factory.mktemp("tiny-bundle"))
 
 
+@pytest.fixture(scope="session")
+def ov_bundle(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported with its OpenVINO variants (openvino-f32, -bf16 where the CPU has bf16, -int8)."""
+    return export_tiny_bundle(
+        tiny_model_dir, sst2_sample_dir, tmp_path_factory.mktemp("ov-bundle") / "bundle", openvino="on"
+    )
+
+
 def build_tiny_bundle(model_dir: Path, folder: Path) -> Path:
     """Its timings count as taken on a quiet machine whatever the test machine's load, so the suite's default choices
     are the recorded ones; tests of a busy recording make their own."""

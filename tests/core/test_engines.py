@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import export_tiny_bundle, import_blocker
+from conftest import import_blocker
 
 from sst2dist.engines import OPENVINO_VARIANTS, engine_of, unavailable_reason
 from sst2dist.environment import cpu_fingerprint, supports_bf16
@@ -32,14 +32,6 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install -
 
 TEXTS = ["a gripping, funny film", "dull and lifeless", "the acting is superb but the plot goes nowhere"]
 BLOCK_OPENVINO = import_blocker("openvino")
-
-
-@pytest.fixture(scope="module")
-def ov_bundle(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model exported with its OpenVINO variants."""
-    return export_tiny_bundle(
-        tiny_model_dir, sst2_sample_dir, tmp_path_factory.mktemp("ov-bundle") / "bundle", openvino="on"
-    )
 
 
 @pytest.fixture

@@ -29,16 +29,9 @@ pytest.importorskip("nncf", reason="NNCF is not installed: pip install -e '.[ope
 TEXTS = ["a gripping, funny film", "dull and lifeless", "the acting is superb but the plot goes nowhere"]
 
 
-@pytest.fixture(scope="module")
-def int8_bundle(tiny_model_dir: Path, sst2_sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_tiny_bundle(
-        tiny_model_dir, sst2_sample_dir, tmp_path_factory.mktemp("ov-int8") / "bundle", openvino="on"
-    )
-
-
 @pytest.fixture
-def bundle(int8_bundle: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(int8_bundle, tmp_path / "bundle"))
+def bundle(ov_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(ov_bundle, tmp_path / "bundle"))
 
 
 def manifest_of(bundle: Path) -> dict:
@@ -57,23 +50,23 @@ def make_int8_fastest(bundle: Path, failed: bool = False) -> None:
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_openvino_int8_is_an_int8_ir_hashed_gated_and_close_to_fp32(int8_bundle: Path) -> None:
-    manifest = manifest_of(int8_bundle)
+def test_openvino_int8_is_an_int8_ir_hashed_gated_and_close_to_fp32(ov_bundle: Path) -> None:
+    manifest = manifest_of(ov_bundle)
     entry = manifest["variants"]["openvino-int8"]
-    xml, weights = int8_bundle / "openvino_int8.xml", int8_bundle / "openvino_int8.bin"
+    xml, weights = ov_bundle / "openvino_int8.xml", ov_bundle / "openvino_int8.bin"
     assert (entry["engine"], entry["precision"], entry["file"]) == ("openvino", "int8", xml.name)
     assert entry["sha256"] == sha256(xml) and entry["weights"]["file"] == weights.name
     assert entry["weights"]["sha256"] == sha256(weights)
     assert entry["size_bytes"] == xml.stat().st_size + weights.stat().st_size
     assert entry["passed"] and entry["verification"]["accuracy_drop_points"] is not None
     assert "FakeQuantize" in xml.read_text()  # int8 activations, not a float copy
-    assert weights.stat().st_size < 0.5 * (int8_bundle / "model.onnx").stat().st_size  # int8 weights
+    assert weights.stat().st_size < 0.5 * (ov_bundle / "model.onnx").stat().st_size  # int8 weights
     quantization = manifest["openvino_quantization"]
     assert quantization["calibration"]["split"] == "train" and quantization["model_type"] == "transformer"
     assert "openvino-int8" in manifest["variant_timings"]["ms_per_sentence"]["1"]
 
-    int8 = Classifier(int8_bundle, variant="openvino-int8", threads=1)
-    fp32 = Classifier(int8_bundle, variant="fp32", threads=1)
+    int8 = Classifier(ov_bundle, variant="openvino-int8", threads=1)
+    fp32 = Classifier(ov_bundle, variant="fp32", threads=1)
     assert int8.choice.engine == "openvino"
     for batch_size in (1, 3):
         expected = fp32.logits(TEXTS, batch_size=batch_size)
@@ -165,7 +158,7 @@ def test_openvino_int8_is_left_out_when_asked_and_says_why() -> None:
 
 
 def test_accuracy_control_measures_on_held_out_train_sentences(
-    int8_bundle: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path
+    ov_bundle: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path
 ) -> None:
     """With more train sentences than the calibration takes, NNCF's accuracy control measures int8 against float
     on the next 300 (never dev) and the IR it returns is the variant; too few train sentences (the 60-sentence
@@ -176,17 +169,17 @@ def test_accuracy_control_measures_on_held_out_train_sentences(
     from sst2dist.export.openvino_int8 import quantize_openvino_int8
 
     train = load_sst2(str(sst2_dir), max_train_samples=2000)["train"]
-    shutil.copy(int8_bundle / "model.onnx", tmp_path / "model.onnx")
+    shutil.copy(ov_bundle / "model.onnx", tmp_path / "model.onnx")
     record = quantize_openvino_int8(tmp_path, train, AutoTokenizer.from_pretrained(tiny_model_dir), 0.5)
     assert record["tool"] == "nncf.quantize_with_accuracy_control"
     assert record["accuracy_control"] == {"split": "train", "held_out": 300, "max_drop_points": 0.5}
     assert record["calibration"] == {"split": "train", "samples": 300, "seed": 0, "padding": "none"}
     assert 'type="FakeQuantize"' in (tmp_path / "openvino_int8.xml").read_text()
-    plain = manifest_of(int8_bundle)["openvino_quantization"]
+    plain = manifest_of(ov_bundle)["openvino_quantization"]
     assert plain["tool"] == "nncf.quantize" and plain["accuracy_control"] is None
 
 
-def test_a_failed_ir_write_is_an_os_error(int8_bundle: Path, tmp_path: Path) -> None:
+def test_a_failed_ir_write_is_an_os_error(ov_bundle: Path, tmp_path: Path) -> None:
     """Under a file-size limit smaller than the IR's weights, saving it raises OSError (which the export's `writing`
     turns into one sentence), not OpenVINO's RuntimeError."""
     script = f"""
@@ -195,7 +188,7 @@ def test_a_failed_ir_write_is_an_os_error(int8_bundle: Path, tmp_path: Path) -> 
         from sst2dist.engines import openvino
         from sst2dist.export.openvino_int8 import save_ir
         ov = openvino()
-        model = ov.Core().read_model({str(int8_bundle / "model.onnx")!r})
+        model = ov.Core().read_model({str(ov_bundle / "model.onnx")!r})
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
         try:
             save_ir(ov, model, Path({str(tmp_path / "openvino_int8.xml")!r}))
@@ -235,13 +228,13 @@ def test_accuracy_control_scores_held_out_labels_by_name_as_the_gate_does(
 
 
 def test_predict_ray_actors_refuse_an_ir_whose_weights_changed_since_the_driver_chose(
-    int8_bundle: Path, bundle: Path
+    ov_bundle: Path, bundle: Path
 ) -> None:
     """NNCF's .xml holds no weights, so an export of other weights can keep it byte for byte: the actors' check that
     they load the driver's export must compare the .bin's sha256 too."""
     from sst2dist.predict.ray_batch import ClassifyBlock, loaded_files
 
-    chosen = loaded_files(Classifier(int8_bundle, variant="openvino-int8", threads=1))
+    chosen = loaded_files(Classifier(ov_bundle, variant="openvino-int8", threads=1))
     weights = bundle / "openvino_int8.bin"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01  # other weights, same graph, each file's hash recorded as an export would
@@ -254,14 +247,14 @@ def test_predict_ray_actors_refuse_an_ir_whose_weights_changed_since_the_driver_
 
 
 def test_the_bench_measures_openvino_int8_as_its_help_says(
-    int8_bundle: Path, sst2_sample_dir: Path, tmp_path: Path
+    ov_bundle: Path, sst2_sample_dir: Path, tmp_path: Path
 ) -> None:
     """bench/README and --help list `openvino-int8` among the backends, and serve may run it by default: the bench
     must time it (both its files counted in the footprint), not call it an unknown backend."""
     from sst2dist.bench.run import ALL_BACKENDS, BenchSettings, run_bench
 
     assert "openvino-int8" in ALL_BACKENDS
-    settings = BenchSettings(bundle=str(int8_bundle), data=str(sst2_sample_dir), backends=["openvino-int8"],
+    settings = BenchSettings(bundle=str(ov_bundle), data=str(sst2_sample_dir), backends=["openvino-int8"],
                              threads=(1,), batch_sizes=(4,), max_samples=8, latency_samples=2, warmup=0,
                              progress=False, output=str(tmp_path / "out"))  # fmt: skip
     result = run_bench(settings)["backends"]["openvino-int8"]
