@@ -120,7 +120,7 @@ m6: teacher
 PRUNED       ?= runs/pruned
 PRUNE_OPTS   ?= --data $(DATA) --samples 1536 --batch-size 32
 RECOVER_OPTS ?= --data $(DATA) --teacher packaged:all-mpnet-base-v2-sst2 --distill-alpha 0.2 --distill-temperature 2 \
-	--layer-teacher $(TEACHER) --distill-hidden 1 --lr 3e-5 --batch-size 32 --epochs 1 --eval-every 100 --seed $(SEED)
+	--layer-teacher $(TEACHER) --distill-hidden 1 --lr 3e-5 --batch-size 32 --max-steps 320 --eval-every 40 --seed $(SEED)
 define prune_entry
 	@if [ -f $(PRUNED)/$(1)/model/prune.json ]; then echo "$(PRUNED)/$(1): pruned, skipped"; \
 	else $(BIN)/sst2dist prune $(TEACHER) --output $(PRUNED)/$(1)/model --cost $(2) $(PRUNE_OPTS); fi
