@@ -42,7 +42,7 @@ def prune(model_dir: str, output: str | Path, options: PruneOptions) -> dict:
     length = round(sum(lengths) / len(lengths))
     selection = select_units(head_scores, neuron_scores, UnitCosts.of(model.config, length), options.cost)
     prune_model(model, selection.heads, selection.neurons)
-    summary = describe(model_dir, selection, options, length)
+    summary = describe(model_dir, selection, options, length, len(sentences))
     save(model, tokenizer, summary, output)
     return summary
 
@@ -123,7 +123,8 @@ def batches(
         yield {**batch, "labels": torch.tensor(labels[start : start + options.batch_size])}
 
 
-def describe(model_dir: str, selection: Selection, options: PruneOptions, length: int) -> dict:
+def describe(model_dir: str, selection: Selection, options: PruneOptions, length: int, samples: int) -> dict:
+    """What prune.json says: the sentences measured (fewer than --samples when the data has fewer), not those asked."""
     return {
         "source": str(model_dir),
         "cost_target": options.cost,
@@ -133,7 +134,7 @@ def describe(model_dir: str, selection: Selection, options: PruneOptions, length
         "flops_length": length,
         "heads_kept": [len(heads) for heads in selection.heads],
         "neurons_kept": [len(neurons) for neurons in selection.neurons],
-        "samples": options.samples,
+        "samples": samples,
         "data": options.data,
         "seed": options.seed,
     }
