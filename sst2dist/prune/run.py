@@ -95,8 +95,14 @@ def check_output(output: Path, source: Path, force: bool) -> None:
         raise PruneError(f"--output {output} is the source model folder: write the pruned model to a new folder")
     if output.exists() and output.resolve() in source.parents:  # --force would delete the source with it
         raise PruneError(f"--output {output} holds the source model {source}: write the pruned model to a new folder")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise PruneError(f"{output} already exists and is not empty: pass --force to replace it")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not (output / SUMMARY_FILE).is_file():  # --force replaces a pruned model, never a folder of something else
+        raise PruneError(
+            f"--output {output} is a non-empty folder that is not a pruned model: choose a new or empty folder"
+        )
+    if not force:
+        raise PruneError(f"a pruned model already exists at {output}: pass --force to replace it")
 
 
 def sample(train, count: int, seed: int) -> tuple[list[str], list[int]]:

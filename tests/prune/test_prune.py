@@ -289,7 +289,10 @@ def test_bad_costs_a_pruned_source_and_an_occupied_output_are_refused(sst2_sampl
     assert "give --cost F" in prune("--output", str(tmp_path / "a"))
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    assert "pass --force" in prune("--output", str(tmp_path / "taken"), "--cost", "0.5")
+    # --force replaces a pruned model, never a folder of something else (as export-onnx refuses a non-bundle)
+    for force in ((), ("--force",)):
+        refusal = prune("--output", str(tmp_path / "taken"), "--cost", "0.5", *force)
+        assert "is a non-empty folder that is not a pruned model" in refusal and refusal.count("\n") == 1
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     # --force replaces --output, so an --output that holds the source (its run folder) would delete the source
     assert "holds the source model" in prune("--output", str(tmp_path), "--cost", "0.5", "--force")
