@@ -142,7 +142,9 @@ def export_onnx(model_dir: str, output: str, **flags) -> None:
 
 @main.command("prune")
 @click.argument("model_dir", type=click.Path(path_type=str))
-@click.option("--output", "-o", required=True, help="Folder to write the pruned model to (new or empty, or --force).")
+@click.option(
+    "--output", "-o", required=True, help="Folder to write the pruned model to (new or empty; a pruned one: --force)."
+)
 @click_options(PruneOptions)
 def prune_command(model_dir: str, output: str, **flags) -> None:
     """Prune MODEL_DIR's attention heads and FFN neurons down to a fraction of its encoder FLOPs (BERT, MPNet).

@@ -87,16 +87,16 @@ class TorchBackend:
 
     def __init__(self, name: str, model: str, threads: int, max_length: int | None = None):
         import torch
-        from transformers import AutoModelForSequenceClassification
 
-        from sst2dist.modeling import load_tokenizer, resolve_model
+        from sst2dist.modeling import load_classifier_model, load_tokenizer, resolve_model
 
         self.name = name
         self.engine = "pytorch"
         self.torch = torch
         self.tokenizer = load_tokenizer(model)
-        # As saved, with its own id2label: modeling.load_model would rename the labels to SST-2's, by index.
-        self.model = AutoModelForSequenceClassification.from_pretrained(resolve_model(model)).eval()
+        # As saved, with its own id2label (modeling.load_model would rename the labels to SST-2's, by index), and
+        # with a pruned folder's shapes (`sst2dist prune`), which a plain from_pretrained refuses.
+        self.model = load_classifier_model(resolve_model(model)).eval()
         self.max_length = max_length or self.tokenizer.model_max_length
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.files = weight_files(Path(model))

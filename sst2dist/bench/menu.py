@@ -342,4 +342,6 @@ def fastest_per_model(rows: list[dict]) -> list[dict]:
 
 
 def class_cell(row: dict) -> dict:
-    return {k: row[k] for k in ("model", "variant", "accuracy", "class", "accuracy_source")}
+    """An entry of the class table; an anchor's names the split its published figure is on (ours are dev)."""
+    cell = {k: row[k] for k in ("model", "variant", "accuracy", "class", "accuracy_source")}
+    return cell | ({"split": row["anchor"].get("split", "dev")} if row["anchor"] else {})

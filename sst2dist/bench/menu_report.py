@@ -47,7 +47,8 @@ def accuracy_cell(row: dict) -> str:
 
 
 def class_label(cell: dict) -> str:
-    return f"{cell['model']} {cell['variant']} {100 * cell['accuracy']:.2f} % ({times(cell['class'])})"
+    split = " (test)" if cell.get("split") == "test" else ""  # the margin then compares dev with test
+    return f"{cell['model']} {cell['variant']} {100 * cell['accuracy']:.2f} %{split} ({times(cell['class'])})"
 
 
 def class_rows(menu: dict) -> Table:
@@ -136,7 +137,8 @@ def class_section(menu: dict) -> list[str]:
         "",
         f"A class bounds batch-1 p50 / the p50 of `{menu['class_reference']}` in this run. Best entry: the most "
         "accurate variant that passed the gate at or under the bound. Stock: the anchors whose fastest variant with a "
-        f"published accuracy (an exact one) falls in the class (above the previous bound) ({PUBLISHED_NOTE}).",
+        f"published accuracy (an exact one) falls in the class (above the previous bound) ({PUBLISHED_NOTE}); "
+        "`(test)` marks a figure published on the test split, which the margin compares with our dev accuracy.",
         "",
         markdown_table(*class_rows(menu), text_columns=3),
         "",

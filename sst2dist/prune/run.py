@@ -42,7 +42,7 @@ def prune(model_dir: str, output: str | Path, options: PruneOptions) -> dict:
     length = round(sum(lengths) / len(lengths))
     selection = select_units(head_scores, neuron_scores, UnitCosts.of(model.config, length), options.cost)
     prune_model(model, selection.heads, selection.neurons)
-    summary = describe(model_dir, selection, options, length)
+    summary = describe(model_dir, selection, options, length, len(sentences))
     save(model, tokenizer, summary, output)
     return summary
 
@@ -95,8 +95,14 @@ def check_output(output: Path, source: Path, force: bool) -> None:
         raise PruneError(f"--output {output} is the source model folder: write the pruned model to a new folder")
     if output.exists() and output.resolve() in source.parents:  # --force would delete the source with it
         raise PruneError(f"--output {output} holds the source model {source}: write the pruned model to a new folder")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise PruneError(f"{output} already exists and is not empty: pass --force to replace it")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not (output / SUMMARY_FILE).is_file():  # --force replaces a pruned model, never a folder of something else
+        raise PruneError(
+            f"--output {output} is a non-empty folder that is not a pruned model: choose a new or empty folder"
+        )
+    if not force:
+        raise PruneError(f"a pruned model already exists at {output}: pass --force to replace it")
 
 
 def sample(train, count: int, seed: int) -> tuple[list[str], list[int]]:
@@ -123,7 +129,8 @@ def batches(
         yield {**batch, "labels": torch.tensor(labels[start : start + options.batch_size])}
 
 
-def describe(model_dir: str, selection: Selection, options: PruneOptions, length: int) -> dict:
+def describe(model_dir: str, selection: Selection, options: PruneOptions, length: int, samples: int) -> dict:
+    """What prune.json says: the sentences measured (fewer than --samples when the data has fewer), not those asked."""
     return {
         "source": str(model_dir),
         "cost_target": options.cost,
@@ -133,7 +140,7 @@ def describe(model_dir: str, selection: Selection, options: PruneOptions, length
         "flops_length": length,
         "heads_kept": [len(heads) for heads in selection.heads],
         "neurons_kept": [len(neurons) for neurons in selection.neurons],
-        "samples": options.samples,
+        "samples": samples,
         "data": options.data,
         "seed": options.seed,
     }

@@ -26,7 +26,7 @@ from sst2dist.bench.anchors import (
     cache_root,
 )
 from sst2dist.bench.menu import add_classes, class_table, frontier_keys, pareto_frontier, published
-from sst2dist.bench.menu_report import menu_figure, place_labels, render_menu_markdown, text_box
+from sst2dist.bench.menu_report import class_rows, menu_figure, place_labels, render_menu_markdown, text_box
 from sst2dist.bench.report import pyplot
 from sst2dist.cli import main
 
@@ -225,6 +225,20 @@ def test_classes_divide_by_the_reference_fp32_and_name_the_stock_model_of_each()
     assert table["<= 3x"]["best"]["model"] == "teacher" and table["<= 3x"]["anchors"] == []
     assert [a["model"] for a in table["any"]["anchors"]] == ["base"]
     assert table["any"]["best"]["variant"] == "fp32" and table["any"]["bound"] is None
+
+
+def test_the_class_table_says_when_a_stock_figure_is_a_test_split_one() -> None:
+    """The margin compares our dev accuracy with a published figure: a test-split one is marked as the menu table
+    marks it, in the Markdown and the JSON cell alike."""
+    small = Anchor("small", "bert", 4, 512, 8, 2048, 89.7, "s", split="test")
+    rows = [row("L6", "fp32", 4.0, 0.901), row("small", "fp32", 2.6, 0.897, anchor=small)]
+    add_classes(rows, "L6", [])
+    table = class_table(rows)
+    stock = next(entry for entry in table if entry["anchors"])["anchors"][0]
+    assert stock["split"] == "test"
+    _, cells = class_rows({"classes": table})
+    assert "small fp32 89.70 % (test) (0.65x)" in [cell[2] for cell in cells]
+    assert "L6 fp32 90.10 % (1.00x)" in [cell[1] for cell in cells]  # ours are measured on dev: no mark
 
 
 def test_without_the_reference_entry_there_is_no_class_column(tmp_path: Path) -> None:

@@ -289,7 +289,10 @@ def test_bad_costs_a_pruned_source_and_an_occupied_output_are_refused(sst2_sampl
     assert "give --cost F" in prune("--output", str(tmp_path / "a"))
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    assert "pass --force" in prune("--output", str(tmp_path / "taken"), "--cost", "0.5")
+    # --force replaces a pruned model, never a folder of something else (as export-onnx refuses a non-bundle)
+    for force in ((), ("--force",)):
+        refusal = prune("--output", str(tmp_path / "taken"), "--cost", "0.5", *force)
+        assert "is a non-empty folder that is not a pruned model" in refusal and refusal.count("\n") == 1
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     # --force replaces --output, so an --output that holds the source (its run folder) would delete the source
     assert "holds the source model" in prune("--output", str(tmp_path), "--cost", "0.5", "--force")
@@ -332,6 +335,27 @@ def test_the_bench_flop_count_follows_the_pruned_shapes(source: Path) -> None:
     pooler = 2 * 32 * 32
     counted = encoder_flops(model, 12)
     assert flops_counter(config)(1, 12) - pooler == counted == UnitCosts.of(model.config, 12).encoder([3, 0], [6, 0])
+
+
+def test_the_bench_pytorch_baseline_runs_a_pruned_folder_as_training_saved_it(tmp_path: Path) -> None:
+    """`bench --model PRUNED` times PyTorch on the pruned shapes (a plain from_pretrained refuses narrowed FFNs)."""
+    from sst2dist.bench.measure import TorchBackend
+
+    pruned = pruned_bert_folder(tmp_path)
+    backend = TorchBackend("torch-fp32", str(pruned), threads=1)
+    expected = logits(load_classifier_model(pruned), batch(pruned))
+    torch.testing.assert_close(torch.from_numpy(backend.run(backend.encode(SENTENCES))), expected, atol=1e-6, rtol=0)
+
+
+def test_prune_json_records_the_sentences_it_measured_not_the_ones_asked_for(
+    sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    source, out = tiny_bert(tmp_path / "bert"), tmp_path / "pruned"
+    args = ["prune", str(source), "--output", str(out), "--cost", "0.5", "--data", str(sst2_sample_dir)]
+    result = CliRunner().invoke(main, [*args, "--samples", "100000", "--batch-size", "32"])
+    assert result.exit_code == 0, result.output
+    train_rows = len((sst2_sample_dir / "train.tsv").read_text().splitlines()) - 1  # its header
+    assert json.loads((out / "prune.json").read_text())["samples"] == train_rows
 
 
 @pytest.mark.slow
@@ -390,3 +414,13 @@ def test_a_pruned_model_with_empty_blocks_resumes_to_the_same_weights(sst2_sampl
     a, b = (load_file(run / "model" / "model.safetensors") for run in (straight, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
     assert load_model(str(resumed / "model")).config.intermediate_sizes == [6, 0]
+
+
+def test_the_make_variables_prune_md_names_are_the_makefiles() -> None:
+    """docs/prune.md tells users which Makefile variables tune `make prune`: each must exist there."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    named = set(re.findall(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]+)`", (root / "docs" / "prune.md").read_text()))
+    defined = set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*[?:]?=", (root / "Makefile").read_text(), re.MULTILINE))
+    assert named and named <= defined, sorted(named - defined)
