@@ -48,15 +48,23 @@ def prune(model_dir: str, output: str | Path, options: PruneOptions) -> dict:
 
 
 def check_source(model_dir: str) -> PretrainedConfig:
+    """A fine-tuned, unpruned classifier of an architecture the stage handles. A base encoder is refused: importance
+    is measured through the classification head, and a new, random one would rank the units by noise."""
     from transformers import AutoConfig
 
-    from sst2dist.modeling import resolve_model
+    from sst2dist.modeling import is_classifier, resolve_model
 
     try:
         config = AutoConfig.from_pretrained(resolve_model(model_dir))
     except OSError as err:
         raise PruneError(f"could not read the model config in {model_dir} ({err}): pass a saved model folder") from err
     architecture_of(config)
+    if not is_classifier(config):
+        found = ", ".join(getattr(config, "architectures", None) or []) or "no classification head"
+        raise PruneError(
+            f"{model_dir} holds {found}, not a fine-tuned classifier: importance is measured through the "
+            "classification head, so fine-tune it first (`sst2dist.train --model ...`) and prune the model/ it writes"
+        )
     if is_pruned(config):
         raise PruneError(f"{model_dir} is already pruned: prune its unpruned source to the lower --cost instead")
     return config
@@ -64,11 +72,9 @@ def check_source(model_dir: str) -> PretrainedConfig:
 
 def load_source(model_dir: str, config: PretrainedConfig, data_labels: LabelSet) -> PreTrainedModel:
     """A fine-tuned classifier with its own labels (its config's id2label), which must name the data's labels as the
-    export gate checks them; a base encoder with a new head of the data's labels."""
-    from sst2dist.modeling import is_classifier, load_classifier_model, load_model, resolve_model
+    export gate checks them."""
+    from sst2dist.modeling import load_classifier_model, resolve_model
 
-    if not is_classifier(config):
-        return load_model(model_dir, data_labels)
     try:
         check_scorable(LabelSet.from_config(config).names, data_labels.names)
     except LabelMappingError as err:

@@ -276,6 +276,19 @@ def test_an_unsupported_architecture_is_refused_in_one_sentence(sst2_sample_dir:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_base_encoder_is_refused_not_ranked_through_a_random_head(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    source = tiny_bert(tmp_path / "classifier")
+    BertModel(BertConfig.from_pretrained(source)).save_pretrained(tmp_path / "encoder")
+    load_tokenizer(str(source)).save_pretrained(tmp_path / "encoder")
+    args = ["prune", str(tmp_path / "encoder"), "--output", str(tmp_path / "out"), "--cost", "0.5"]
+    result = CliRunner().invoke(main, [*args, "--data", str(sst2_sample_dir)])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "holds BertModel, not a fine-tuned classifier" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_costs_a_pruned_source_and_an_occupied_output_are_refused(sst2_sample_dir: Path, tmp_path: Path) -> None:
     source = tiny_bert(tmp_path / "bert")
     runner = CliRunner()
