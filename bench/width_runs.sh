@@ -23,8 +23,10 @@ train() {
   stamp "done $out rc=$?"
 }
 bundle() {
-  local model=$1 out=$2
-  if [ -f "$out/manifest.json" ]; then stamp "skip $out"; return; fi
+  local model=$1 out=$2 made
+  # skipped only when that bundle was exported from this very model: export/ is shared with the make targets
+  made=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['source']['model_dir'])" "$out/manifest.json" 2>/dev/null)
+  if [ "$made" = "$(realpath "$model")" ]; then stamp "skip $out"; return; fi
   stamp "export $model -> $out"
   $(runner) $S export-onnx "$model" --output "$out" --data "$D" --quantize static --force --keep-failed > "$W/$(basename "$out")-export.log" 2>&1
   stamp "done export $out rc=$?"
