@@ -73,8 +73,10 @@ define train_stage
 	elif ls $(1)/checkpoints/step-*/trainer_state.json >/dev/null 2>&1; then $(TRAIN) --output-dir $(1) $(2) --resume; \
 	else $(TRAIN) --output-dir $(1) $(2) --overwrite; fi
 endef
+# An export is skipped only when the bundle there was exported from this model folder (a retrained model re-exports).
 define export_stage
-	@if [ -f $(2)/manifest.json ]; then echo "$(2): exported, skipped"; \
+	@if [ "$$($(BIN)/python -c "import json,sys; print(json.load(open(sys.argv[1]))['source']['model_dir'])" \
+		$(2)/manifest.json 2>/dev/null)" = "$$(realpath $(1))" ]; then echo "$(2): exported from $(1), skipped"; \
 	else $(BIN)/sst2dist export-onnx $(1) --output $(2) --data $(DATA) --quantize static --force --keep-failed; fi
 endef
 
