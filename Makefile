@@ -117,8 +117,9 @@ m6: teacher
 	$(call export_stage,$(STUDENTS)/m6/model,export/m6)
 
 # Pruned teachers (docs/prune.md): the teacher's heads and FFN neurons, least important per FLOP first (Fisher
-# importance on training sentences), down to 0.50 / 0.25 of its encoder FLOPs; then recovered by distillation from the
-# unpruned teacher (shipped logits + every hidden state, no projection: same tokenizer, width and depth); exported.
+# importance on training sentences), down to 0.50 / 0.25 of its encoder FLOPs; then recovered by distillation: every
+# hidden state of the unpruned $(TEACHER) (no projection: same tokenizer, width and depth) plus the shipped logits,
+# which another fine-tune of the same model wrote (93.92 %, docs/distill.md), not $(TEACHER); exported.
 PRUNED       ?= runs/pruned
 PRUNE_OPTS   ?= --data $(DATA) --samples 1536 --batch-size 32
 RECOVER_OPTS ?= --data $(DATA) --teacher packaged:all-mpnet-base-v2-sst2 --distill-alpha 0.2 --distill-temperature 2 \
