@@ -68,7 +68,7 @@ def load_layer_teacher(
     for layer: another tokenizer (different tokens), or other head counts for attention transfer."""
     import torch
 
-    from sst2dist.modeling import load_model, load_tokenizer
+    from sst2dist.modeling import load_classifier_model, load_tokenizer, resolve_model
 
     if not Path(teacher_dir).is_dir():
         raise TeacherError(
@@ -81,7 +81,7 @@ def load_layer_teacher(
             "by token: use --distill-hidden 0 --distill-attention 0 (logits and --distill-sentence work across "
             "tokenizers), or cut the student from the teacher (--model TEACHER --init-layers ...)"
         )
-    model = load_model(teacher_dir)
+    model = load_classifier_model(resolve_model(teacher_dir))  # its own labels: only its hidden states are read
     if attention_weight > 0:
         for network in (model, student):
             network.set_attn_implementation("eager")  # SDPA returns no attention probabilities

@@ -15,7 +15,7 @@ from conftest import run_train as train
 from sst2dist.distill.intermediate import load_layer_teacher
 from sst2dist.distill.loss import attention_loss, hidden_state_loss, uniform_layer_map
 from sst2dist.distill.teacher import TeacherError
-from sst2dist.modeling import load_model, load_tokenizer
+from sst2dist.modeling import load_classifier_model, load_model, load_tokenizer
 
 
 def test_the_uniform_map_pairs_every_kth_teacher_state() -> None:
@@ -63,6 +63,14 @@ def test_a_logits_file_or_other_head_counts_are_refused(tiny_model_dir: Path, tm
         load_layer_teacher(str(four_heads), student, tokenizer, 0.0, 1.0)
     hidden_only = load_layer_teacher(str(four_heads), student, tokenizer, 1.0, 0.0)  # widths differ: projected
     assert hidden_only.projection is not None and hidden_only.projection.weight.shape == (64, 32)
+
+
+def test_a_layer_teacher_of_three_text_labels_serves_a_student_of_the_same_labels(tmp_path: Path) -> None:
+    labels = ("neg", "neu", "pos")  # a user's own 3-class teacher: only its hidden states are read
+    teacher = make_tiny_model(tmp_path / "teacher", labels=labels)
+    student = load_classifier_model(make_tiny_model(tmp_path / "student", seed=1, labels=labels))
+    layers = load_layer_teacher(str(teacher), student, load_tokenizer(str(teacher)), 1.0, 0.0)
+    assert layers.model.config.id2label == dict(enumerate(labels)) and layers.projection is None
 
 
 # ------------------------------------------------------------------------------------------ a real run
