@@ -13,9 +13,9 @@ import numpy as np
 
 from sst2dist.environment import acceleration_flags
 from sst2dist.export.int8_hold import (
+    DYNAMIC,
     HoldCheck,
-    calibrated_range,
-    dynamic_range,
+    calibrated,
     quantize_holding,
     rank_by_sensitivity,
 )
@@ -72,7 +72,7 @@ def quantize_dynamic_int8(staging: Path, hold: HoldCheck | str = NO_HOLD_CHECK) 
         return {**recipe, "int8_weight_only": weight_only}
 
     def rank() -> list[tuple[str, float]]:
-        return rank_by_sensitivity(fp32_path, *sensitivity_candidates(fp32_path), hold.sensitivity_feeds, dynamic_range)
+        return rank_by_sensitivity(fp32_path, *sensitivity_candidates(fp32_path), hold.sensitivity_feeds, DYNAMIC)
 
     held = quantize_holding(quantize, variant_path, hold, rank)
     return {"mode": "dynamic", "config": target, "cpu_flags": flags, **held}
@@ -214,7 +214,7 @@ def quantize_static_int8(
 
     def rank() -> list[tuple[str, float]]:
         candidates = sensitivity_candidates(fp32_path)
-        return rank_by_sensitivity(fp32_path, *candidates, hold.sensitivity_feeds, calibrated_range(ranges))
+        return rank_by_sensitivity(fp32_path, *candidates, hold.sensitivity_feeds, calibrated(ranges))
 
     held = quantize_holding(quantize, variant_path, hold, rank)
     return {

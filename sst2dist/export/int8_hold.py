@@ -231,24 +231,28 @@ def kept_counts(candidates: int) -> list[int]:
 
 # --- measured sensitivity ---
 
-ActivationRange = Callable[[str, np.ndarray], tuple[float, float]]  # (activation name, values) -> int8 range
+
+@dataclass(frozen=True)
+class ActivationScheme:
+    """How a variant rounds a MatMul's activations to int8: its input over the range calibration fixed for that
+    tensor, else the tensor's own min and max each run (DynamicQuantizeLinear); its output too where calibration
+    fixed a range for it (static int8's QDQ graph quantizes a quantized MatMul's output; dynamic int8 does not)."""
+
+    fixed: dict[str, tuple[float, float]]
+
+    def input_range(self, name: str, values: np.ndarray) -> tuple[float, float]:
+        return self.fixed.get(name) or (float(values.min()), float(values.max()))
+
+    def output_range(self, name: str) -> tuple[float, float] | None:
+        return self.fixed.get(name)
 
 
-def dynamic_range(_: str, values: np.ndarray) -> tuple[float, float]:
-    """Dynamic int8's range: the tensor's own min and max each run (DynamicQuantizeLinear)."""
-    return float(values.min()), float(values.max())
+DYNAMIC = ActivationScheme({})
 
 
-def calibrated_range(ranges) -> ActivationRange:  # ranges: onnxruntime's TensorsData from ORTQuantizer.fit
-    """Static int8's range: the one calibration fixed for that tensor."""
-
-    def fixed(name: str, values: np.ndarray) -> tuple[float, float]:
-        if name not in ranges:
-            return dynamic_range(name, values)
-        low, high = ranges[name].range_value
-        return float(np.min(low)), float(np.max(high))
-
-    return fixed
+def calibrated(ranges) -> ActivationScheme:  # ranges: onnxruntime's TensorsData from ORTQuantizer.fit
+    low_high = {name: data.range_value for name, data in ranges.items()}
+    return ActivationScheme({name: (float(np.min(low)), float(np.max(high))) for name, (low, high) in low_high.items()})
 
 
 def rank_by_sensitivity(
@@ -256,12 +260,12 @@ def rank_by_sensitivity(
     candidates: Sequence[str],
     weight_only: Sequence[str],
     feeds: Sequence[dict[str, np.ndarray]],
-    activation_range: ActivationRange,
+    scheme: ActivationScheme,
 ) -> list[tuple[str, float]]:
-    """The candidate MatMuls, most sensitive first, with their relative output error ‖XW − X̃W̃‖ / ‖XW‖ over `feeds`:
-    X the fp32 graph's real input activation, X̃ and W̃ quantized as the recipe quantizes them (weights int8
-    per output channel; activations uint8 over `activation_range`, or, for the `weight_only` MatMuls, int8 per
-    row as MatMulNBits does at run time)."""
+    """The candidate MatMuls, most sensitive first, with their relative output error ‖XW − Q(Q(X)Q(W))‖ / ‖XW‖
+    over `feeds`: X the fp32 graph's real input activation, quantized as the recipe quantizes it (weights int8 per
+    output channel; activations and, where `scheme` says so, the product uint8; for the `weight_only` MatMuls,
+    activations int8 per row as MatMulNBits does at run time)."""
     import onnx
     from onnx import numpy_helper
 
@@ -277,11 +281,17 @@ def rank_by_sensitivity(
     error, norm = dict.fromkeys(nodes, 0.0), dict.fromkeys(nodes, 0.0)
     for feed in feeds:
         values = dict(zip(activations, session.run(activations, feed), strict=True))
-        for name in nodes:
+        for name, node in nodes.items():
             x = values[inputs[name]].reshape(-1, matrices[name].shape[0])
-            x_q = fake_quantize_rows(x) if name in weight_only else fake_quantize(x, activation_range(inputs[name], x))
-            exact = x @ matrices[name]
-            error[name] += float(np.square(x_q @ quantized[name] - exact).sum())
+            if name in weight_only:  # no activation range stored, before or after
+                exact, approximate = x @ matrices[name], fake_quantize_rows(x) @ quantized[name]
+            else:
+                x_q = fake_quantize(x, scheme.input_range(inputs[name], x))
+                exact, approximate = x @ matrices[name], x_q @ quantized[name]
+                output_range = scheme.output_range(node.output[0])
+                if output_range is not None:
+                    approximate = fake_quantize(approximate, output_range)
+            error[name] += float(np.square(approximate - exact).sum())
             norm[name] += float(np.square(exact).sum())
     relative = {name: float(np.sqrt(error[name] / max(norm[name], 1e-30))) for name in nodes}
     return sorted(relative.items(), key=lambda item: -item[1])
