@@ -129,6 +129,8 @@ def test_hold_sentences_are_train_rows_disjoint_from_the_calibration_sample_and_
     assert len(hold_check_rows(small, CALIBRATION_SAMPLES)) == 40  # what is left, never a calibration row
     skipped = prepare_hold_check(small, None, [], ["negative", "positive"], CALIBRATION_SAMPLES, (0.5, 98.0))
     assert skipped == f"skipped: 40 train sentences past the {CALIBRATION_SAMPLES} calibration ones (100 needed)"
+    lifted = prepare_hold_check(train, None, [], ["negative", "positive"], CALIBRATION_SAMPLES, (100.0, 0.0))
+    assert lifted.startswith("skipped: the gate's limits are lifted")
 
 
 def test_kept_counts_double_up_to_half_the_matmuls() -> None:
