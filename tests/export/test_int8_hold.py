@@ -34,8 +34,8 @@ from sst2dist.runtime import VARIANT_FILES
 SENSITIVE = "/bert/encoder/layer.1/attention/output/dense/MatMul"
 OUTLIER_CHANNEL = 3
 # Over the hold pool the scaled tiny model's int8 agrees with fp32 on ~98.2 %, its outlier one on ~94.4 %: gate
-# limits whose hold limits (a quarter of the flips and lost points: 96.5 %, 1 point) split the two.
-LOOSE_GATE = {"max_accuracy_drop": 4.0, "min_label_agreement": 86.0}
+# limits whose hold limits (HOLD_STRICTNESS = 2.5 times fewer flips and lost points: 96 %, 1.6 points) split the two.
+LOOSE_GATE = {"max_accuracy_drop": 4.0, "min_label_agreement": 90.0}
 
 
 def make_probed_tiny_bert(folder: Path, sst2_dir: Path, outlier: bool) -> Path:
@@ -148,7 +148,7 @@ def test_a_check_that_holds_keeps_every_matmul_int8(fp32_bundle: Path, sst2_dir:
     record = quantize_dynamic_int8(folder, hold)
     check = record["hold_check"]
     assert check["before"]["passed"] and check["after"] == check["before"]
-    assert check["before"]["label_agreement"] >= 0.965 and check["limits"]["min_label_agreement"] == 96.5
+    assert check["before"]["label_agreement"] >= 0.96 and check["limits"]["min_label_agreement"] == 96.0
     assert check["tries"] == [] and check["kept_fp32"] == [] and "sensitivity" not in check
     assert record["nodes_to_exclude"] == int8_recipe(folder / VARIANT_FILES["fp32"])[0]["nodes_to_exclude"]
 
@@ -157,7 +157,7 @@ def test_a_check_that_holds_keeps_every_matmul_int8(fp32_bundle: Path, sst2_dir:
 def test_past_the_cap_the_last_try_stays_with_the_most_sensitive_half_fp32(
     variant: str, fp32_bundle: Path, sst2_dir: Path, tmp_path: Path
 ) -> None:
-    """The gate's own limits (0.5 points, 98 %) hold this tiny model to 99.5 %, which it never reaches: the search
+    """The gate's own limits (0.5 points, 98 %) hold this tiny model to 99.2 %, which it never reaches: the search
     keeps 1, 2, 4, then 6 of its 12 weight MatMuls fp32, the most sensitive first, and the file is the last try,
     in which the kept MatMuls read fp32 activations too (in the static graph, not their int8-rounded copy)."""
     from transformers import AutoTokenizer
@@ -190,10 +190,10 @@ def test_a_sensitive_matmul_is_kept_fp32_first_and_the_manifest_and_card_say_so(
     for variant, key in (("int8", "quantization"), ("static-int8", "static_quantization")):
         record = manifest[key]
         check = record["hold_check"]
-        assert not check["before"]["passed"] and check["before"]["label_agreement"] < 0.965
+        assert not check["before"]["passed"] and check["before"]["label_agreement"] < 0.96
         assert [k["node"] for k in check["kept_fp32"]] == [SENSITIVE] and check["after"]["passed"]
         assert check["kept_fp32"][0]["relative_error"] > 0.9 > 0.1 > list(check["sensitivity"].values())[1]
-        assert check["after"]["label_agreement"] >= 0.965 and check["limits"]["max_accuracy_drop"] == 1.0
+        assert check["after"]["label_agreement"] >= 0.96 and check["limits"]["max_accuracy_drop"] == 1.6
         sentences = check["sentences"]
         assert sentences["rows"] == [CALIBRATION_SAMPLES, CALIBRATION_SAMPLES + 4096] and sentences["pool"] == 4096
         assert (sentences["split"], sentences["shuffle_seed"], sentences["checked"]) == ("train", 0, 512)
