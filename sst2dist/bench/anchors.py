@@ -40,7 +40,9 @@ KEY_PACKAGES = ("transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime"
 # How anchors are exported: every variant a bundle can have (OpenVINO where installed).
 ANCHOR_EXPORT = {"optimize": "O2", "quantize": "static", "openvino": "auto"}
 # The code of the int8 recipes (onnxruntime and NNCF): a change to either is a new recipe, so a new cache key.
-RECIPE_FILES = tuple(Path(__file__).resolve().parents[1] / "export" / name for name in ("int8.py", "openvino_int8.py"))
+RECIPE_FILES = tuple(
+    Path(__file__).resolve().parents[1] / "export" / name for name in ("int8.py", "int8_hold.py", "openvino_int8.py")
+)
 EXACT_VARIANTS = ("fp32", "optimized", "openvino-f32")  # the gate holds these to PyTorch's logits
 
 

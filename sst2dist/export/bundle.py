@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from sst2dist.atomic import replace_dir, writing
 from sst2dist.export.card import write_card
 from sst2dist.export.gate import ExportError, check_gate, check_label_names, described_verify_set, verify_bundle
-from sst2dist.export.int8 import quantize_dynamic_int8, quantize_static_int8
+from sst2dist.export.int8 import CALIBRATION_SAMPLES, onnx_input_names, quantize_dynamic_int8, quantize_static_int8
+from sst2dist.export.int8_hold import HoldCheck, prepare_hold_check
 from sst2dist.export.manifest import add_openvino_variants, add_support_files, add_variant, new_manifest, write_manifest
 from sst2dist.export.openvino_int8 import add_openvino_int8
 from sst2dist.export.options import ExportOptions
@@ -77,7 +78,7 @@ def export_bundle(
             manifest = new_manifest(
                 model_dir, weights, tokenizer, model, options.opset, options.optimize, options.quantize
             )
-            build_variants(staging, model, manifest, options.optimize, options.quantize, splits["train"], tokenizer)
+            build_variants(staging, model, manifest, options, splits["train"], tokenizer)
             add_openvino_variants(manifest, staging, options.openvino)
             add_openvino_int8(manifest, staging, options, splits["train"], tokenizer)
             limits = {"max_accuracy_drop": options.max_accuracy_drop}
@@ -164,25 +165,39 @@ def build_variants(
     staging: Path,
     model: PreTrainedModel,
     manifest: dict,
-    optimize: str,
-    quantize: str,
+    options: ExportOptions,
     train: Dataset,
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     export_fp32(model, tokenizer, staging, manifest["opset"])
     add_variant(manifest, staging, "fp32")
-    if optimize != "none":
-        optimize_graph(staging, optimize)
+    if options.optimize != "none":
+        optimize_graph(staging, options.optimize)
         add_variant(manifest, staging, "optimized")
         manifest["optimization"] = fusion_report(staging / VARIANT_FILES["optimized"])
-    if quantize != "none":
-        manifest["quantization"] = quantize_dynamic_int8(staging)
+    if options.quantize != "none":
+        hold = int8_hold_check(staging, manifest, options, train, tokenizer)
+        manifest["quantization"] = quantize_dynamic_int8(staging, hold)
         add_variant(manifest, staging, "int8")
-    if quantize == "static":
-        manifest["static_quantization"] = quantize_static_int8(staging, train, tokenizer)
+    if options.quantize == "static":
+        manifest["static_quantization"] = quantize_static_int8(staging, train, tokenizer, hold)
         add_variant(manifest, staging, "static-int8")
     with_labels(staging, manifest["labels"])
     add_support_files(manifest, staging)  # after with_labels: config.json is final
+
+
+def int8_hold_check(
+    staging: Path, manifest: dict, options: ExportOptions, train: Dataset, tokenizer: PreTrainedTokenizerBase
+) -> HoldCheck | str:
+    """The train sentences both int8 variants are held to, with the fp32 graph's logits on them (or why not)."""
+    fp32_path = staging / VARIANT_FILES["fp32"]
+    gate_limits = (options.max_accuracy_drop, options.min_label_agreement)
+    hold = prepare_hold_check(
+        train, tokenizer, onnx_input_names(fp32_path), manifest["labels"], CALIBRATION_SAMPLES, gate_limits
+    )
+    if not isinstance(hold, str):
+        hold.set_reference(fp32_path)
+    return hold
 
 
 def export_fp32(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, staging: Path, opset: int) -> None:

@@ -155,6 +155,43 @@ def timing_note(manifest: dict) -> str:
     )
 
 
+def int8_note(manifest: dict) -> str:
+    """The int8 recipe in two sentences: what it quantizes, and what the hold check on train sentences did."""
+    held = {
+        name: manifest[key].get("hold_check")
+        for name, key in (("int8", "quantization"), ("static-int8", "static_quantization"))
+        if manifest.get(key)
+    }
+    if not held:
+        return ""
+    pools = [check["sentences"] for check in held.values() if check and "sentences" in check]
+    where = f"the {pools[0]['checked']} least-sure of {pools[0]['pool']} " if pools else ""
+    outcomes = "; ".join(f"`{name}` {hold_outcome(check)}" for name, check in held.items())
+    return (
+        "\n\nint8 recipe: per-channel int8 weights, attention's activation × activation MatMuls in fp32, FFN "
+        "down-projections int8 weight-only; each onnxruntime int8 variant was then held to fp32 on "
+        f"{where}held-out train sentences (never the validation split): {outcomes}."
+    )
+
+
+def hold_outcome(check: dict | None) -> str:
+    if not check or "skipped" in check:
+        return f"was not held ({(check or {}).get('skipped', 'no record')})"
+    after = check["after"]
+    figures = f"{100 * after['label_agreement']:.2f} % agreement, {after['accuracy_drop_points']:.2f} points drop"
+    if not check["kept_fp32"]:
+        return f"held as quantized ({figures})"
+    kept = [entry["node"] for entry in check["kept_fp32"]]
+    names = ", ".join(f"`{name}`" for name in kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+    verdict = "then held" if after["passed"] else "still short of the hold limits, so the gate decided"
+    before = 100 * check["before"]["label_agreement"]
+    plural = "s" if len(kept) > 1 else ""
+    return (
+        f"kept {len(kept)} weight MatMul{plural} in fp32, the most sensitive as measured ({names}): "
+        f"{before:.2f} % agreement before, {figures} after, {verdict}"
+    )
+
+
 def selection_note(config: dict, verification: dict) -> str:
     """Whether the split these figures come from also picked the checkpoint: `sst2dist train` keeps the
     evaluation that scored best on its --data's validation split."""
@@ -194,7 +231,7 @@ fastest gated variant whose scores did not move with the batch there).
 
 {variant_table(manifest)}
 
-{timing_note(manifest)}
+{timing_note(manifest)}{int8_note(manifest)}
 
 ## Use
 

@@ -140,8 +140,8 @@ def test_int8_accuracy_gate_fails_or_keeps_marked(
 ) -> None:
     real_quantize = export_module.quantize_dynamic_int8
 
-    def quantize_then_flip_classifier(staging: Path) -> dict:
-        recipe = real_quantize(staging)
+    def quantize_then_flip_classifier(staging: Path, *held_by: object) -> dict:
+        recipe = real_quantize(staging, *held_by)
         path = staging / VARIANT_FILES["int8"]
         names = [i.name for i in onnx.load(str(path)).graph.initializer if i.name.startswith("classifier.")]
         perturb(path, {name: -1.0 for name in names if name.endswith(("_scale", ".bias"))})  # logits * -1
