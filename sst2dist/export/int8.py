@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 CALIBRATION_SAMPLES = 256
+FUSED_GELU_OPS = ("Gelu", "FastGelu", "BiasGelu")
 NO_HOLD_CHECK = "skipped: no train sentences given"
 
 
@@ -110,17 +111,37 @@ def activation_matmuls(path: Path) -> list[str]:
 
 
 def down_projections(path: Path) -> list[str]:
-    """Weight MatMuls whose [in, out] weight narrows (in > out): the FFN output layers, in any BERT-family graph."""
+    """Weight MatMuls fed by a GELU (fused, or a Mul with an Erf or Tanh a few nodes upstream): the FFN output
+    layers, in any BERT-family graph. Found by what feeds them, not by their weight's shape: a pruned FFN can be
+    narrower than the hidden state, and pruned heads make query/key/value narrow too."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    shapes = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    weights = {tensor.name for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
 
-    def narrows(node: onnx.NodeProto) -> bool:
-        weight = next((shapes[i] for i in node.input if len(shapes.get(i, [])) == 2), None)
-        return weight is not None and weight[0] > weight[1]
+    def reaches(tensor: str, ops: tuple[str, ...], hops: int) -> bool:
+        node = producers.get(tensor)
+        if node is None or hops == 0:
+            return False
+        return node.op_type in ops or (
+            node.op_type in ("Mul", "Add", "Div") and any(reaches(i, ops, hops - 1) for i in node.input)
+        )
 
-    return [n.name for n in graph.node if n.op_type == "MatMul" and narrows(n)]
+    def gelu_output(tensor: str) -> bool:
+        # a fused GELU, or the Mul that ends a decomposed one (a pooler's bare Tanh feeds the classifier: not a GELU)
+        node = producers.get(tensor)
+        if node is None:
+            return False
+        return node.op_type in FUSED_GELU_OPS or (
+            node.op_type == "Mul" and any(reaches(i, ("Erf", "Tanh"), 3) for i in node.input)
+        )
+
+    def fed_by_gelu(node: onnx.NodeProto) -> bool:
+        activations = [i for i in node.input if i not in weights]
+        return len(activations) == 1 and len(activations) < len(node.input) and gelu_output(activations[0])
+
+    return [n.name for n in graph.node if n.op_type == "MatMul" and fed_by_gelu(n)]
 
 
 def store_int8_weights(path: Path, node_names: list[str]) -> None:

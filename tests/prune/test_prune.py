@@ -341,6 +341,23 @@ def pruned_bert_folder(tmp_path: Path) -> Path:
     return tmp_path / "pruned"
 
 
+def test_int8_finds_a_pruned_models_ffn_down_projections_by_what_feeds_them(
+    sst2_sample_dir: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    from sst2dist.export.bundle import export_bundle
+    from sst2dist.export.int8 import down_projections
+
+    options = {"data": str(sst2_sample_dir), "quantize": "none", "optimize": "none", "openvino": "off"}
+    export_bundle(pruned_bert_folder(tmp_path), tmp_path / "bundle", max_verify_samples=8, **options)
+    graph_path = tmp_path / "bundle" / "model.onnx"
+    names = [n.name for n in onnx.load(str(graph_path), load_external_data=False).graph.node if n.op_type == "MatMul"]
+    # 6 neurons and 3 heads of 8 are narrower than the 32-wide hidden state: a weight-shape rule (in > out) took the
+    # query/key/value projections for down-projections and missed the FFN output
+    assert down_projections(graph_path) == [n for n in names if n.endswith("layer.0/output/dense/MatMul")]
+
+
 def test_the_bench_flop_count_follows_the_pruned_shapes(source: Path) -> None:
     model = load_model(str(source))
     prune_model(model, KEPT_HEADS, KEPT_NEURONS)
