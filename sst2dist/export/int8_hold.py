@@ -69,8 +69,9 @@ class HoldCheck:
         self.reference = pool[self.checked]
         texts = [self.texts[i] for i in self.checked]
         self.batches = {size: self.encode(texts, size) for size in HOLD_BATCH_SIZES}
-        cutoff = float(margins[self.checked].max()) if len(self.checked) < len(margins) else float("inf")
-        self.sentences |= {"checked": len(self.checked), "margin_cutoff": round(cutoff, 4)}
+        # every pool sentence checked: no cutoff (None, as JSON's null: manifest.json stays strict JSON)
+        cutoff = round(float(margins[self.checked].max()), 4) if len(self.checked) < len(margins) else None
+        self.sentences |= {"checked": len(self.checked), "margin_cutoff": cutoff}
 
     def judge(self, int8_path: Path) -> dict:
         """Over the pool, worst of HOLD_BATCH_SIZES: int8's label agreement with fp32 and its accuracy drop (the

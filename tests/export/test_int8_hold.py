@@ -203,3 +203,21 @@ def test_a_sensitive_matmul_is_kept_fp32_first_and_the_manifest_and_card_say_so(
     card = (tmp_path / "b" / "README.md").read_text()
     assert "held to fp32 on the 512 least-sure of 4096 held-out train sentences" in card
     assert f"kept 1 weight MatMul in fp32, the most sensitive as measured (`{SENSITIVE}`)" in card
+
+
+def test_a_pool_no_larger_than_the_checked_sentences_records_a_strict_json_cutoff(
+    fp32_bundle: Path, sst2_dir: Path
+) -> None:
+    """Train splits of 356-767 rows give a pool of at most 512: every sentence is checked, no cutoff exists, and
+    the record goes into manifest.json, which must stay strict JSON (no `Infinity`)."""
+    from transformers import AutoTokenizer
+
+    fp32 = fp32_bundle / VARIANT_FILES["fp32"]
+    train = load_sst2(str(sst2_dir), max_train_samples=CALIBRATION_SAMPLES + 144)["train"]
+    labels = json.loads((fp32_bundle / "manifest.json").read_text())["labels"]
+    tokenizer = AutoTokenizer.from_pretrained(fp32_bundle)
+    hold = prepare_hold_check(train, tokenizer, onnx_input_names(fp32), labels, CALIBRATION_SAMPLES, (0.5, 98.0))
+    hold.set_reference(fp32)
+    assert hold.sentences["pool"] == hold.sentences["checked"] == 144
+    assert hold.sentences["margin_cutoff"] is None
+    json.dumps(hold.sentences, allow_nan=False)
