@@ -1,6 +1,7 @@
 """The onnxruntime int8 hold check and its fallback: quantize with the recipe, compare the int8 graph with the fp32
 graph on held-out TRAIN sentences, and where they differ too much keep the most sensitive weight MatMuls in fp32,
-1, 2, 4, 8 ... of them (ranked by measured sensitivity), until the check holds or half of them are kept.
+1, 2, 4, 8 ... of them (ranked by measured sensitivity), until the check holds; where no try holds by half of
+them, the plain recipe stays and the gate decides.
 
 Everything here reads TRAIN sentences only: the dev set stays the gate's honest held-out check. The hold pool is
 the train rows right after the calibration sample in the same fixed shuffle, so static int8 is never checked on
@@ -40,7 +41,7 @@ HOLD_BATCH_SIZES = (1, 8, 32)  # the gate's: dynamic int8's activation scales mo
 # quantized as is, dev flipped 1.9-2.8 times the train pool's share (static 2.0-2.4) and lost 1.5-2.6 times its points.
 HOLD_STRICTNESS = 2.5
 SENSITIVITY_SAMPLES = 32  # calibration sentences the per-node errors are measured on (a ranking, not a verdict)
-MAX_KEPT_FRACTION = 0.5  # past half of the weight MatMuls in fp32, int8 saves little: keep the last try, gate decides
+MAX_KEPT_FRACTION = 0.5  # past half of the weight MatMuls in fp32, int8 saves little: the plain recipe stays
 
 
 @dataclass
@@ -197,7 +198,7 @@ def quantize_holding(
 ) -> dict:
     """Quantize with the recipe; where the hold check fails, keep the `rank()`-first weight MatMuls fp32, greedily
     (1, 2, 4 ... up to MAX_KEPT_FRACTION of them), until it holds. Returns the final recipe with a `hold_check`
-    record; the variant file is the last try (past the cap the gate decides)."""
+    record; the variant file is the try that held, else the plain recipe (past the cap the gate decides)."""
     recipe = quantize([])
     if isinstance(hold, str):
         return {**recipe, "hold_check": {"skipped": hold}}
@@ -218,6 +219,11 @@ def quantize_holding(
         if after["passed"]:
             break
     record["cap"] = kept_counts(len(ranked))[-1] if ranked else 0
+    if not after["passed"]:
+        # no try held: the fp32 MatMuls bought no certain accuracy (a try can even agree less than none), only size
+        # and time, so the plain recipe stays and the gate decides
+        recipe, after = quantize([]), before
+        record["kept_fp32"], record["reverted"] = [], "no try held: the plain recipe stays, the gate decides"
     return {**recipe, "hold_check": {**record, "after": after}}
 
 

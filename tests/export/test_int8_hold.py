@@ -154,12 +154,12 @@ def test_a_check_that_holds_keeps_every_matmul_int8(fp32_bundle: Path, sst2_dir:
 
 
 @pytest.mark.parametrize("variant", ["int8", "static-int8"])
-def test_past_the_cap_the_last_try_stays_with_the_most_sensitive_half_fp32(
+def test_past_the_cap_the_plain_recipe_stays_and_the_gate_decides(
     variant: str, fp32_bundle: Path, sst2_dir: Path, tmp_path: Path
 ) -> None:
     """The gate's own limits (0.5 points, 98 %) hold this tiny model to 99.2 %, which it never reaches: the search
-    keeps 1, 2, 4, then 6 of its 12 weight MatMuls fp32, the most sensitive first, and the file is the last try,
-    in which the kept MatMuls read fp32 activations too (in the static graph, not their int8-rounded copy)."""
+    keeps 1, 2, 4, then 6 of its 12 weight MatMuls fp32, the most sensitive first; no try holds, so the file is the
+    plain recipe again (a try bought size and time, no certain accuracy: one agreed less than none on a tiny MPNet)."""
     from transformers import AutoTokenizer
 
     folder = Path(shutil.copytree(fp32_bundle, tmp_path / "b"))
@@ -170,16 +170,14 @@ def test_past_the_cap_the_last_try_stays_with_the_most_sensitive_half_fp32(
         train = load_sst2(str(sst2_dir))["train"]
         record = quantize_static_int8(folder, train, AutoTokenizer.from_pretrained(folder), hold)
     check = record["hold_check"]
-    assert not check["before"]["passed"] and not check["after"]["passed"]
+    assert not check["before"]["passed"] and check["after"] == check["before"] and "plain recipe" in check["reverted"]
     assert [t["kept_fp32"] for t in check["tries"]] == [1, 2, 4, 6] and check["cap"] == 6
-    kept = [k["node"] for k in check["kept_fp32"]]
     ranking = list(check["sensitivity"])
-    assert len(ranking) == 12 and kept == ranking[:6]
+    assert len(ranking) == 12 and check["kept_fp32"] == []
     errors = list(check["sensitivity"].values())
     assert errors == sorted(errors, reverse=True) and errors[-1] > 0
-    assert set(kept) <= set(record["nodes_to_exclude"])
-    in_fp32 = float_matmuls(folder / VARIANT_FILES[variant])
-    assert set(kept) <= in_fp32 and in_fp32.isdisjoint(ranking[6:])  # the file on disk is the last try's
+    assert record["nodes_to_exclude"] == int8_recipe(folder / VARIANT_FILES["fp32"])[0]["nodes_to_exclude"]
+    assert float_matmuls(folder / VARIANT_FILES[variant]).isdisjoint(ranking)  # the file on disk is the plain one
 
 
 @pytest.mark.slow  # a whole export with both int8 variants and their searches: ~20-45 s on 2 busy cores
