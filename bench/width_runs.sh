@@ -52,6 +52,6 @@ bundle "$W/l6/model" export/l6
 bundle "$W/l3/model" export/l3
 stamp "menu (alone on the machine: it times)"
 $S bench --data "$D" --menu l6=export/l6 --menu l3=export/l3 --menu p50=export/p50 --menu p25=export/p25 \
-  --menu teacher=export/teacher --anchors --output "$W/menu-classes" > "$W/menu.log" 2>&1
+  --menu teacher=export/teacher --anchors --latency-samples 400 --output "$W/menu-classes" > "$W/menu.log" 2>&1
 stamp "done menu rc=$?"
 train "$W/t700-s1" $TEACHER --seed 1   # the teacher's second seed, after the menu: it does not feed it
