@@ -194,3 +194,25 @@ def resume_copy(straight: Path, resumed: Path, step: int, options: list[object])
 if __name__ == "__main__":  # python tests/conftest.py DIR: the tiny bundle in DIR/bundle, for `make test-py310`
     folder = Path(sys.argv[1])
     print(build_tiny_bundle(make_tiny_model(folder / "model"), folder))
+
+
+def fit_discriminant_head(model, tokenizer, sst2_dir: Path, margin: float, samples: int = 512) -> None:
+    """A linear-discriminant head on `samples` train sentences' pooled features, scaled so the logit margins'
+    spread is `margin`: a real classifier in seconds, for the int8 gate and hold check to judge."""
+    import torch
+
+    from sst2dist.data import load_sst2
+
+    train = load_sst2(str(sst2_dir), max_train_samples=samples)["train"]
+    labels = torch.tensor(train["label"])
+    with torch.inference_mode():
+        encoded = tokenizer(list(train["sentence"]), padding=True, truncation=True, return_tensors="pt")
+        features = model.bert(**encoded).pooler_output.double()
+    means = torch.stack([features[labels == c].mean(0) for c in (0, 1)])
+    within = torch.cov((features - means[labels]).T) + 1e-3 * torch.eye(features.shape[1], dtype=torch.float64)
+    direction = torch.linalg.solve(within, means[1] - means[0])
+    direction *= margin / ((features - means.mean(0)) @ direction).std()
+    offset = means.mean(0) @ direction
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.stack([-direction / 2, direction / 2]))
+        model.classifier.bias.copy_(torch.stack([offset / 2, -offset / 2]))

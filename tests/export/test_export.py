@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import fit_discriminant_head
 from onnx import numpy_helper
 
 from sst2dist.cli import main
@@ -280,26 +281,10 @@ def test_bad_output_paths_and_options(tiny_model_dir: Path, sst2_dir: Path, tmp_
 def probed_minilm(folder: Path, sst2_dir: Path, samples: int = 512) -> Path:
     """The packaged MiniLM with a linear-discriminant head fitted on train sentences' pooled features: a real
     (~75%) classifier in seconds, with real logit margins, for the int8 gate to judge."""
-    import torch
-
-    from sst2dist.data import load_sst2
     from sst2dist.modeling import DEFAULT_MODEL, load_model, load_tokenizer
 
     model, tokenizer = load_model(DEFAULT_MODEL).eval(), load_tokenizer(DEFAULT_MODEL)
-    train = load_sst2(str(sst2_dir), max_train_samples=samples)["train"]
-    labels = torch.tensor(train["label"])
-    with torch.inference_mode():
-        encoded = tokenizer(list(train["sentence"]), padding=True, truncation=True, return_tensors="pt")
-        features = model.bert(**encoded).pooler_output.double()
-    means = torch.stack([features[labels == c].mean(0) for c in (0, 1)])
-    within = torch.cov((features - means[labels]).T) + 1e-3 * torch.eye(features.shape[1], dtype=torch.float64)
-    direction = torch.linalg.solve(within, means[1] - means[0])
-    score = (features - means.mean(0)) @ direction
-    direction *= 4.0 / score.std()  # logit margins of a few units, like a fine-tuned model
-    offset = means.mean(0) @ direction
-    with torch.no_grad():
-        model.classifier.weight.copy_(torch.stack([-direction / 2, direction / 2]))
-        model.classifier.bias.copy_(torch.stack([offset / 2, -offset / 2]))
+    fit_discriminant_head(model, tokenizer, sst2_dir, margin=4.0, samples=samples)  # margins like a fine-tuned model
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_tiny_model
+from conftest import fit_discriminant_head, make_tiny_model
 
 from sst2dist.data import load_sst2
 from sst2dist.export.bundle import export_bundle
@@ -56,28 +56,9 @@ def make_probed_tiny_bert(folder: Path, sst2_dir: Path, outlier: bool) -> Path:
             attention = model.bert.encoder.layer[1].attention
             attention.self.value.bias[OUTLIER_CHANNEL] = 1000.0  # attention averages V: a constant 1000 channel
             attention.output.dense.weight[:, OUTLIER_CHANNEL] = 0.0  # ... that the projection ignores
-    fit_head(model, tokenizer, sst2_dir)
+    fit_discriminant_head(model, tokenizer, sst2_dir, margin=2.0)  # logit margins of about 2
     model.save_pretrained(folder)
     return folder
-
-
-def fit_head(model, tokenizer, sst2_dir: Path) -> None:
-    """A linear-discriminant head on 512 train sentences' pooled features, logit margins of about 2."""
-    import torch
-
-    train = load_sst2(str(sst2_dir), max_train_samples=512)["train"]
-    labels = torch.tensor(train["label"])
-    with torch.inference_mode():
-        encoded = tokenizer(list(train["sentence"]), padding=True, truncation=True, return_tensors="pt")
-        features = model.bert(**encoded).pooler_output.double()
-    means = torch.stack([features[labels == c].mean(0) for c in (0, 1)])
-    within = torch.cov((features - means[labels]).T) + 1e-3 * torch.eye(features.shape[1], dtype=torch.float64)
-    direction = torch.linalg.solve(within, means[1] - means[0])
-    direction *= 2.0 / ((features - means.mean(0)) @ direction).std()
-    offset = means.mean(0) @ direction
-    with torch.no_grad():
-        model.classifier.weight.copy_(torch.stack([-direction / 2, direction / 2]))
-        model.classifier.bias.copy_(torch.stack([offset / 2, -offset / 2]))
 
 
 @pytest.fixture(scope="module")
