@@ -179,6 +179,11 @@ def hold_outcome(check: dict | None) -> str:
         return f"was not held ({(check or {}).get('skipped', 'no record')})"
     after = check["after"]
     figures = f"{100 * after['label_agreement']:.2f} % agreement, {after['accuracy_drop_points']:.2f} points drop"
+    if check.get("reverted"):
+        return (
+            f"did not hold with up to {check['cap']} weight MatMuls kept fp32 ({figures} as quantized), so it is "
+            "quantized as is and the gate decided"
+        )
     if not check["kept_fp32"]:
         return f"held as quantized ({figures})"
     kept = [entry["node"] for entry in check["kept_fp32"]]
