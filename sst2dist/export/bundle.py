@@ -78,9 +78,9 @@ def export_bundle(
             manifest = new_manifest(
                 model_dir, weights, tokenizer, model, options.opset, options.optimize, options.quantize
             )
-            build_variants(staging, model, manifest, options, splits["train"], tokenizer)
+            hold = build_variants(staging, model, manifest, options, splits["train"], tokenizer)
             add_openvino_variants(manifest, staging, options.openvino)
-            add_openvino_int8(manifest, staging, options, splits["train"], tokenizer)
+            add_openvino_int8(manifest, staging, options, splits["train"], tokenizer, hold)
             limits = {"max_accuracy_drop": options.max_accuracy_drop}
             limits |= {"min_label_agreement": options.min_label_agreement, "data_labels": data_labels}
             manifest["verification"] = verify_bundle(
@@ -168,7 +168,9 @@ def build_variants(
     options: ExportOptions,
     train: Dataset,
     tokenizer: PreTrainedTokenizerBase,
-) -> None:
+) -> HoldCheck | str | None:
+    """The onnxruntime variants; returns the int8 hold check (None without int8), which openvino-int8 reuses."""
+    hold = None
     export_fp32(model, tokenizer, staging, manifest["opset"])
     add_variant(manifest, staging, "fp32")
     if options.optimize != "none":
@@ -184,6 +186,7 @@ def build_variants(
         add_variant(manifest, staging, "static-int8")
     with_labels(staging, manifest["labels"])
     add_support_files(manifest, staging)  # after with_labels: config.json is final
+    return hold
 
 
 def int8_hold_check(

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sst2dist.engines import INSTALL_OPENVINO, OPENVINO_INT8, VARIANTS, openvino, unavailable_reason
+from sst2dist.export.int8 import CALIBRATION_SAMPLES as INT8_CALIBRATION_SAMPLES
+from sst2dist.export.int8_hold import HoldCheck
 from sst2dist.export.manifest import sha256
 from sst2dist.export.options import ExportOptions
 from sst2dist.labels import column_to_data_id
@@ -34,8 +36,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_SAMPLES = 300  # NNCF's default subset; the issue's probe: 9 s on MiniLM, -0.34 points
-HELD_OUT_SAMPLES = 300  # train sentences after the calibration ones: what accuracy control measures on
+CALIBRATION_SAMPLES = INT8_CALIBRATION_SAMPLES  # static int8's sample (NNCF's default is 300): the hold pool follows it
+HELD_OUT_SAMPLES = 300  # without a hold check: the train sentences after the calibration ones
 MIN_HELD_OUT = 100  # fewer cannot tell a 0.5-point drop from noise: plain quantization then
 
 
@@ -58,16 +60,23 @@ def skip_reason(openvino_mode: str, quantize: str) -> str | None:
 
 
 def add_openvino_int8(
-    manifest: dict, staging: Path, options: ExportOptions, train: Dataset, tokenizer: PreTrainedTokenizerBase
+    manifest: dict,
+    staging: Path,
+    options: ExportOptions,
+    train: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    hold: HoldCheck | str | None = None,
 ) -> None:
     """Quantize model.onnx with NNCF into the bundle and add its manifest entry, or record why it was left out.
-    Runs after `add_openvino_variants`, which creates manifest["engines"]."""
+    Runs after `add_openvino_variants`, which creates manifest["engines"]; `hold`: the onnxruntime int8 variants'
+    hold check, whose sentences accuracy control then measures on."""
     why = skip_reason(options.openvino, options.quantize)
     if why:
         manifest["engines"]["openvino"]["skipped"][OPENVINO_INT8] = why
         return
     drop = options.max_accuracy_drop
-    manifest["openvino_quantization"] = quantize_openvino_int8(staging, train, tokenizer, drop, manifest["labels"])
+    record = quantize_openvino_int8(staging, train, tokenizer, drop, manifest["labels"], hold)
+    manifest["openvino_quantization"] = record
     add_ir_variant(manifest, staging, OPENVINO_INT8)
 
 
@@ -77,14 +86,18 @@ def quantize_openvino_int8(
     tokenizer: PreTrainedTokenizerBase,
     max_accuracy_drop: float,
     model_labels: Sequence[str] | None = None,
+    hold: HoldCheck | str | None = None,
 ) -> dict:
     """openvino_int8.xml/.bin from model.onnx; returns what the manifest records about the recipe.
 
     With enough train sentences beyond the calibration ones, NNCF's accuracy control runs: it quantizes, measures
-    the int8 model against the float one on those held-out TRAIN sentences, and where the drop exceeds
-    `max_accuracy_drop` points puts the most sensitive layers back in float until it does not (costing two
-    passes over the held-out sentences when plain quantization already holds). A held-out sentence counts as right
-    when the label its best column names (`model_labels`, default the data's order) is its label, as in the gate."""
+    the int8 model against the float one on held-out TRAIN sentences, and where the drop exceeds its limit puts the
+    most sensitive layers back in float until it does not (costing two passes over the held-out sentences when
+    plain quantization already holds). Given a `hold` check that ran, those sentences are its least-sure ones and
+    the limit is its own, scaled to them (int8 flips only unsure sentences: 300 random ones held a MiniLM that lost
+    0.9 points on dev); else the next HELD_OUT_SAMPLES rows and `max_accuracy_drop`. A held-out sentence counts as
+    right when the label its best column names (`model_labels`, default the data's order) is its label, as in the
+    gate."""
     from sst2dist.data import split_labels
     from sst2dist.export.int8 import calibration_sample
 
@@ -104,24 +117,41 @@ def quantize_openvino_int8(
         "nncf_version": nncf.__version__,
         "accuracy_control": None,
     }
+    control = {"split": "train", "held_out": len(held_out), "max_drop_points": max_accuracy_drop}
+    labels = list(rows["label"])[CALIBRATION_SAMPLES:]
+    if isinstance(hold, HoldCheck):
+        held_out = [unpadded_feeds(tokenizer, hold.texts[i], names) for i in hold.checked]
+        labels, control = list(hold.labels[hold.checked]), hold_control(hold)
     if len(held_out) < MIN_HELD_OUT:
         quantized = nncf.quantize(model, nncf.Dataset(calibration), **options)
     else:
         data_labels = split_labels(train).names
-        labels = list(rows["label"])[CALIBRATION_SAMPLES:]
         items = held_out_items(held_out, labels, model_labels or data_labels, data_labels)
         quantized = nncf.quantize_with_accuracy_control(
             model,
             nncf.Dataset(calibration),
             nncf.Dataset(items, lambda item: item["feeds"]),
             held_out_accuracy,
-            max_drop=max_accuracy_drop / 100,
+            max_drop=control["max_drop_points"] / 100,
             **options,
         )
         record["tool"] = "nncf.quantize_with_accuracy_control"
-        record["accuracy_control"] = {"split": "train", "held_out": len(items), "max_drop_points": max_accuracy_drop}
+        record["accuracy_control"] = control
     save_ir(ov, quantized, staging / VARIANTS[OPENVINO_INT8].file)
     return record
+
+
+def hold_control(hold: HoldCheck) -> dict:
+    """Accuracy control on the hold check's least-sure sentences: its limit on the pool's lost points, as points of
+    those sentences (the others count as unchanged, as in the hold check)."""
+    pool, checked = hold.sentences["pool"], len(hold.checked)
+    return {
+        "split": "train",
+        "held_out": checked,
+        "sentences": f"the hold check's {checked} least-sure of {pool} (rows {hold.sentences['rows']})",
+        "max_drop_points": round(hold.max_drop * pool / checked, 4),
+        "pool_max_drop_points": hold.max_drop,
+    }
 
 
 def save_ir(ov: Any, model: Any, path: Path) -> None:

@@ -173,10 +173,41 @@ def test_accuracy_control_measures_on_held_out_train_sentences(
     record = quantize_openvino_int8(tmp_path, train, AutoTokenizer.from_pretrained(tiny_model_dir), 0.5)
     assert record["tool"] == "nncf.quantize_with_accuracy_control"
     assert record["accuracy_control"] == {"split": "train", "held_out": 300, "max_drop_points": 0.5}
-    assert record["calibration"] == {"split": "train", "samples": 300, "seed": 0, "padding": "none"}
+    assert record["calibration"] == {"split": "train", "samples": 256, "seed": 0, "padding": "none"}
     assert 'type="FakeQuantize"' in (tmp_path / "openvino_int8.xml").read_text()
     plain = manifest_of(ov_bundle)["openvino_quantization"]
     assert plain["tool"] == "nncf.quantize" and plain["accuracy_control"] is None
+
+
+def test_accuracy_control_measures_on_the_hold_checks_least_sure_sentences_with_its_limit(
+    ov_bundle: Path, tiny_model_dir: Path, sst2_dir: Path, tmp_path: Path
+) -> None:
+    """300 random train sentences held the L6 MiniLM's NNCF int8, which lost 0.92 points on dev: int8 flips only
+    sentences near the boundary, and a fine-tuned model is sure of most train sentences. With the onnxruntime
+    variants' hold check, accuracy control measures on its least-sure sentences, the pool's lost-point limit scaled
+    to them (the others count as unchanged), after every calibration sentence."""
+    from transformers import AutoTokenizer
+
+    from sst2dist.data import load_sst2
+    from sst2dist.export.int8 import CALIBRATION_SAMPLES, onnx_input_names
+    from sst2dist.export.int8_hold import prepare_hold_check
+    from sst2dist.export.openvino_int8 import quantize_openvino_int8
+
+    train = load_sst2(str(sst2_dir), max_train_samples=2000)["train"]
+    shutil.copy(ov_bundle / "model.onnx", tmp_path / "model.onnx")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    labels = manifest_of(ov_bundle)["labels"]
+    hold = prepare_hold_check(
+        train, tokenizer, onnx_input_names(tmp_path / "model.onnx"), labels, CALIBRATION_SAMPLES, (0.5, 98.0)
+    )
+    hold.set_reference(tmp_path / "model.onnx")
+    record = quantize_openvino_int8(tmp_path, train, tokenizer, 0.5, labels, hold)
+    control = record["accuracy_control"]
+    assert record["tool"] == "nncf.quantize_with_accuracy_control" and record["calibration"]["samples"] == 256
+    assert hold.sentences["rows"] == [256, 2000] and control["held_out"] == 512
+    assert control["max_drop_points"] == pytest.approx(0.2 * 1744 / 512, abs=1e-4)
+    assert control["pool_max_drop_points"] == 0.2 and "512 least-sure of 1744" in control["sentences"]
+    assert 'type="FakeQuantize"' in (tmp_path / "openvino_int8.xml").read_text()
 
 
 def test_a_failed_ir_write_is_an_os_error(ov_bundle: Path, tmp_path: Path) -> None:
