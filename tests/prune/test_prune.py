@@ -319,6 +319,23 @@ def test_bad_costs_a_pruned_source_and_an_occupied_output_are_refused(sst2_sampl
     assert "already pruned" in prune("--output", str(tmp_path / "b"), "--cost", "0.5")
 
 
+def test_a_source_with_damaged_weights_is_refused_in_one_sentence(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    """A half-written model.safetensors or tokenizer.json raises safetensors' or tokenizers' own error, not an
+    OSError: refused like export-onnx refuses it, nothing written."""
+    import shutil
+
+    whole = make_tiny_model(tmp_path / "whole")
+    for damaged in ("model.safetensors", "tokenizer.json"):
+        source = Path(shutil.copytree(whole, tmp_path / damaged))
+        (source / damaged).write_bytes((source / damaged).read_bytes()[:1000])
+        output = tmp_path / f"pruned-{damaged}"
+        arguments = ["prune", str(source), "--output", str(output), "--cost", "0.5", "--data", str(sst2_sample_dir)]
+        result = CliRunner().invoke(main, arguments)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+        assert f"could not load the model in {source}" in result.output and result.output.count("\n") == 1
+        assert not output.exists()
+
+
 # ------------------------------------------------------------------------------------------ recovery
 
 
