@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,15 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_SAMPLES = 300  # NNCF's default subset; the issue's probe: 9 s on MiniLM, -0.34 points
 HELD_OUT_SAMPLES = 300  # train sentences after the calibration ones: what accuracy control measures on
-MIN_HELD_OUT = 100  # fewer cannot tell a 0.5-point drop from noise: plain quantization then
+MIN_HELD_OUT = 100  # and at least `held_out_needed`: with fewer, plain quantization
+
+
+def held_out_needed(max_accuracy_drop: float) -> int:
+    """The held-out sentences accuracy control needs: enough that one lost sentence fits inside the limit. With
+    fewer, every lost sentence fails it, and NNCF puts layers back in float until int8 loses none, on noise."""
+    if max_accuracy_drop <= 0:
+        return MIN_HELD_OUT
+    return max(MIN_HELD_OUT, math.ceil(round(100 / max_accuracy_drop, 6)))
 
 
 def nncf_missing() -> str | None:
@@ -104,7 +113,7 @@ def quantize_openvino_int8(
         "nncf_version": nncf.__version__,
         "accuracy_control": None,
     }
-    if len(held_out) < MIN_HELD_OUT:
+    if len(held_out) < held_out_needed(max_accuracy_drop):
         quantized = nncf.quantize(model, nncf.Dataset(calibration), **options)
     else:
         data_labels = split_labels(train).names
