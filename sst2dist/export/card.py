@@ -184,18 +184,16 @@ def hold_outcome(check: dict | None) -> str:
         return f"was not held ({(check or {}).get('skipped', 'no record')})"
     after = check["after"]
     figures = f"{100 * after['label_agreement']:.2f} % agreement, {after['accuracy_drop_points']:.2f} points drop"
-    if not after["passed"]:  # no try held (or none could be made): the plain recipe stayed
-        tried = f" nor with up to {check['cap']} weight MatMuls kept in fp32" if check.get("tries") else ""
-        return f"did not hold as quantized ({figures}){tried}, so the plain recipe stayed and the gate decided"
     if not check["kept_fp32"]:
         return f"held as quantized ({figures})"
     kept = [entry["node"] for entry in check["kept_fp32"]]
     names = ", ".join(f"`{name}`" for name in kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+    verdict = "then held" if after["passed"] else "still short of the hold limits, so the gate decided"
     before = 100 * check["before"]["label_agreement"]
     plural = "s" if len(kept) > 1 else ""
     return (
         f"kept {len(kept)} weight MatMul{plural} in fp32, the most sensitive as measured ({names}): "
-        f"{before:.2f} % agreement before, {figures} after, then held"
+        f"{before:.2f} % agreement before, {figures} after, {verdict}"
     )
 
 

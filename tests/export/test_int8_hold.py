@@ -20,7 +20,6 @@ from conftest import fit_discriminant_head, make_tiny_model
 
 from sst2dist.data import load_sst2
 from sst2dist.export.bundle import export_bundle
-from sst2dist.export.card import hold_outcome
 from sst2dist.export.int8 import (
     CALIBRATION_SAMPLES,
     calibration_sample,
@@ -187,8 +186,6 @@ def test_past_the_cap_the_plain_recipe_stays_and_the_gate_decides(
     assert errors == sorted(errors, reverse=True) and errors[-1] > 0
     assert record["nodes_to_exclude"] == int8_recipe(folder / VARIANT_FILES["fp32"])[0]["nodes_to_exclude"]
     assert float_matmuls(folder / VARIANT_FILES[variant]).isdisjoint(ranking)  # the file on disk is the plain one
-    outcome = hold_outcome(check)  # the card's sentence: a reverted search did not hold
-    assert "held as quantized" not in outcome and "did not hold" in outcome and "gate decided" in outcome
 
 
 @pytest.mark.slow  # a whole export with both int8 variants and their searches: ~20-45 s on 2 busy cores
