@@ -37,15 +37,7 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_SAMPLES = 300  # NNCF's default subset; the issue's probe: 9 s on MiniLM, -0.34 points
 HELD_OUT_SAMPLES = 300  # train sentences after the calibration ones: what accuracy control measures on
-MIN_HELD_OUT = 100  # and at least `held_out_needed`: with fewer, plain quantization
-
-
-def held_out_needed(max_accuracy_drop: float) -> int:
-    """The held-out sentences accuracy control needs: enough that one lost sentence fits inside the limit. With
-    fewer, every lost sentence fails it, and NNCF puts layers back in float until int8 loses none, on noise."""
-    if max_accuracy_drop <= 0:
-        return MIN_HELD_OUT
-    return max(MIN_HELD_OUT, math.ceil(round(100 / max_accuracy_drop, 6)))
+MIN_HELD_OUT = 100  # fewer cannot tell a 0.5-point drop from noise: plain quantization then
 
 
 def nncf_missing() -> str | None:
@@ -105,6 +97,7 @@ def quantize_openvino_int8(
     rows = calibration_sample(train, CALIBRATION_SAMPLES + HELD_OUT_SAMPLES)
     feeds = [unpadded_feeds(tokenizer, sentence, names) for sentence in rows["sentence"]]
     calibration, held_out = feeds[:CALIBRATION_SAMPLES], feeds[CALIBRATION_SAMPLES:]
+    held_out = held_out if len(held_out) >= held_out_needed(max_accuracy_drop) else []  # too few: plain quantization
     options = {"model_type": nncf.ModelType.TRANSFORMER, "subset_size": len(calibration)}
     record = {
         "tool": "nncf.quantize",
@@ -113,7 +106,7 @@ def quantize_openvino_int8(
         "nncf_version": nncf.__version__,
         "accuracy_control": None,
     }
-    if len(held_out) < held_out_needed(max_accuracy_drop):
+    if len(held_out) < MIN_HELD_OUT:
         quantized = nncf.quantize(model, nncf.Dataset(calibration), **options)
     else:
         data_labels = split_labels(train).names
@@ -160,6 +153,14 @@ def held_out_accuracy(compiled: Any, items: Iterable[dict]) -> tuple[float, list
 
 def logits_port(compiled: Any) -> int:
     return next((i for i, port in enumerate(compiled.outputs) if "logits" in port.get_names()), 0)
+
+
+def held_out_needed(max_accuracy_drop: float) -> int:
+    """The held-out sentences accuracy control needs: enough that one lost sentence fits inside the limit. With
+    fewer, every lost sentence fails it, and NNCF puts layers back in float until int8 loses none, on noise."""
+    if max_accuracy_drop <= 0:
+        return MIN_HELD_OUT
+    return max(MIN_HELD_OUT, math.ceil(round(100 / max_accuracy_drop, 6)))
 
 
 def unpadded_feeds(tokenizer: PreTrainedTokenizerBase, sentence: str, names: list[str]) -> dict[str, np.ndarray]:
