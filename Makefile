@@ -73,10 +73,13 @@ define train_stage
 	elif ls $(1)/checkpoints/step-*/trainer_state.json >/dev/null 2>&1; then $(TRAIN) --output-dir $(1) $(2) --resume; \
 	else $(TRAIN) --output-dir $(1) $(2) --overwrite; fi
 endef
-# An export is skipped only when the bundle there was exported from this model folder (a retrained model re-exports).
+# An export is skipped only when the bundle there was exported from this model folder and these weights (their
+# sha256 in the manifest): a model retrained into the same folder re-exports.
+EXPORTED_FROM := import hashlib, json, sys; from pathlib import Path; s = json.load(open(sys.argv[1]))['source']; \
+	d = Path(sys.argv[2]).resolve(); sys.exit(s['model_dir'] != str(d) or any(hashlib.sha256((d / w['file']).read_bytes()) \
+	.hexdigest() != w['sha256'] for w in s['weights']))
 define export_stage
-	@if [ "$$($(BIN)/python -c "import json,sys; print(json.load(open(sys.argv[1]))['source']['model_dir'])" \
-		$(2)/manifest.json 2>/dev/null)" = "$$(realpath $(1))" ]; then echo "$(2): exported from $(1), skipped"; \
+	@if $(BIN)/python -c "$(EXPORTED_FROM)" $(2)/manifest.json $(1) 2>/dev/null; then echo "$(2): exported from $(1), skipped"; \
 	else $(BIN)/sst2dist export-onnx $(1) --output $(2) --data $(DATA) --quantize static --force --keep-failed; fi
 endef
 

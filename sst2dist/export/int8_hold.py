@@ -16,6 +16,7 @@ flips over the whole pool: the statistical power of the pool at the cost of the 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ logger = logging.getLogger("sst2dist.export")
 
 HOLD_POOL_SAMPLES = 4096  # one flip is 0.025 % of the pool
 HOLD_CHECK_SAMPLES = 512  # the least-sure of the pool, the only ones int8 runs on
-MIN_HOLD_SAMPLES = 100  # a smaller pool cannot resolve the limits below: the check is skipped and the gate decides
+MIN_HOLD_SAMPLES = 100  # and at least `resolving_pool`: a smaller pool is skipped and the gate decides
 HOLD_BATCH_SIZES = (1, 8, 32)  # the gate's: dynamic int8's activation scales move with the batch and its padding
 # The hold limits are the gate's divided by this (99.2 %, 0.2 points with the default 98 %, 0.5). A fine-tuned model
 # is surer of train sentences than of dev ones, so int8 flips fewer of them: on the pruned MPNet (93.0 % dev),
@@ -134,6 +135,17 @@ def hold_limits(gate_limits: tuple[float, float]) -> tuple[float, float]:
     return max_drop / HOLD_STRICTNESS, 100 - (100 - min_agreement) / HOLD_STRICTNESS
 
 
+def resolving_pool(max_drop: float, min_agreement: float) -> int:
+    """The smallest pool in which one flip, moved one standard error against int8 (two flips' worth), stays inside
+    each hold limit that allows any flip: in a smaller one every flip fails, so a try would hold only by flipping
+    nothing, which says nothing about the model at that size."""
+    needed = MIN_HOLD_SAMPLES
+    for limit in (max_drop, 100 - min_agreement):  # points, and % of flips
+        if limit > 0:
+            needed = max(needed, math.ceil(round(200 / limit, 6)))
+    return needed
+
+
 def prepare_hold_check(
     train: Dataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -150,14 +162,14 @@ def prepare_hold_check(
         return "skipped: the gate's limits are lifted (accuracy drop 100 points, agreement 0 %)"
     shuffled = train.shuffle(seed=0)
     rows = hold_check_rows(train, calibration_samples)
-    if len(rows) < MIN_HOLD_SAMPLES:
+    max_drop, min_agreement = hold_limits(gate_limits)
+    if len(rows) < (needed := resolving_pool(max_drop, min_agreement)):
         return (
-            f"skipped: {len(rows)} train sentences past the {calibration_samples} calibration ones "
-            f"({MIN_HOLD_SAMPLES} needed)"
+            f"skipped: {len(rows)} train sentences past the {calibration_samples} calibration ones cannot resolve "
+            f"the hold limits ({max_drop:g} points, {min_agreement:g} %): {needed} needed"
         )
     pool = shuffled.select(rows)
     calibration = shuffled.select(range(min(SENSITIVITY_SAMPLES, calibration_samples, len(train))))
-    max_drop, min_agreement = hold_limits(gate_limits)
     return HoldCheck(
         texts=list(pool["sentence"]),
         labels=np.array(pool["label"]),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,6 +110,7 @@ def quantize_openvino_int8(
     rows = calibration_sample(train, CALIBRATION_SAMPLES + HELD_OUT_SAMPLES)
     feeds = [unpadded_feeds(tokenizer, sentence, names) for sentence in rows["sentence"]]
     calibration, held_out = feeds[:CALIBRATION_SAMPLES], feeds[CALIBRATION_SAMPLES:]
+    held_out = held_out if len(held_out) >= held_out_needed(max_accuracy_drop) else []  # too few: plain quantization
     options = {"model_type": nncf.ModelType.TRANSFORMER, "subset_size": len(calibration)}
     record = {
         "tool": "nncf.quantize",
@@ -181,6 +183,14 @@ def held_out_accuracy(compiled: Any, items: Iterable[dict]) -> tuple[float, list
 
 def logits_port(compiled: Any) -> int:
     return next((i for i, port in enumerate(compiled.outputs) if "logits" in port.get_names()), 0)
+
+
+def held_out_needed(max_accuracy_drop: float) -> int:
+    """The held-out sentences accuracy control needs: enough that one lost sentence fits inside the limit. With
+    fewer, every lost sentence fails it, and NNCF puts layers back in float until int8 loses none, on noise."""
+    if max_accuracy_drop <= 0:
+        return MIN_HELD_OUT
+    return max(MIN_HELD_OUT, math.ceil(round(100 / max_accuracy_drop, 6)))
 
 
 def unpadded_feeds(tokenizer: PreTrainedTokenizerBase, sentence: str, names: list[str]) -> dict[str, np.ndarray]:

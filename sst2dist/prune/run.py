@@ -28,13 +28,12 @@ SUMMARY_FILE = "prune.json"
 def prune(model_dir: str, output: str | Path, options: PruneOptions) -> dict:
     """Prune `model_dir` to `options.cost` of its encoder FLOPs into `output`; returns what prune.json says."""
     from sst2dist.data import DEFAULT_DATA, load_sst2, split_labels
-    from sst2dist.modeling import load_tokenizer
 
     output = Path(output).expanduser()
     check_output(output, Path(model_dir), options.force)
     config = check_source(model_dir)
     train = load_sst2(options.data or DEFAULT_DATA, columns=options.columns, labels=options.label_order)["train"]
-    model, tokenizer = load_source(model_dir, config, split_labels(train)), load_tokenizer(model_dir)
+    model, tokenizer = load_source(model_dir, config, split_labels(train))
     sentences, data_ids = sample(train, options.samples, options.seed)
     labels = model_label_ids(model, split_labels(train), data_ids)
     lengths = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=options.max_length)["input_ids"]]
@@ -70,19 +69,26 @@ def check_source(model_dir: str) -> PretrainedConfig:
     return config
 
 
-def load_source(model_dir: str, config: PretrainedConfig, data_labels: LabelSet) -> PreTrainedModel:
+def load_source(
+    model_dir: str, config: PretrainedConfig, data_labels: LabelSet
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A fine-tuned classifier with its own labels (its config's id2label), which must name the data's labels as the
-    export gate checks them."""
-    from sst2dist.modeling import load_classifier_model, resolve_model
+    export gate checks them, and its tokenizer."""
+    from sst2dist.modeling import load_classifier_model, load_tokenizer, resolve_model
 
     try:
         check_scorable(LabelSet.from_config(config).names, data_labels.names)
     except LabelMappingError as err:
         raise PruneError(str(err)) from err
     try:
-        return load_classifier_model(resolve_model(model_dir))
-    except OSError as err:
-        raise PruneError(f"could not load the model in {model_dir} ({err}): save the model again") from err
+        return load_classifier_model(resolve_model(model_dir)), load_tokenizer(model_dir)
+    except ValueError:  # PruneError, ModelNotFoundError: already one sentence
+        raise
+    except Exception as err:  # safetensors/torch/transformers/tokenizers raise many types for damaged files
+        raise PruneError(
+            f"could not load the model in {model_dir} ({err.__class__.__name__}: {err}): its weights or tokenizer "
+            "are unreadable; save the model again"
+        ) from err
 
 
 def model_label_ids(model: PreTrainedModel, data_labels: LabelSet, data_ids: Sequence[int]) -> list[int]:

@@ -135,3 +135,14 @@ def test_own_binary_data_labelled_like_sst2_is_named_by_its_folder_not_sst2(tmp_
     assert verify_set_name(own) == "reviews validation: all 8 sentences of dev.csv"
     for sst2 in ("stanfordnlp/sst2", "../shared/data/sst2", str(tmp_path / "SST-2")):
         assert data_name(sst2, SST2_NAMES) == "SST-2" and dataset_id({"data": sst2}) == "stanfordnlp/sst2"
+
+
+def test_a_card_whose_int8_hold_checks_were_all_skipped_does_not_say_they_held(
+    tiny_bundle_dir: Path, manifest: dict
+) -> None:
+    """The tiny bundle's gate limits are lifted, so the hold check is skipped: the card must say it did not run,
+    not that each variant "was then held to fp32" and then that it "was not held"."""
+    assert "skipped" in manifest["quantization"]["hold_check"]
+    text = ModelCard.load(tiny_bundle_dir / CARD_FILE).text
+    assert "int8 recipe:" in text and "was then held to fp32" not in text
+    assert "the onnxruntime int8 hold check on held-out train sentences did not run" in text

@@ -110,9 +110,36 @@ def test_hold_sentences_are_train_rows_disjoint_from_the_calibration_sample_and_
     small = train.select(range(CALIBRATION_SAMPLES + 40))
     assert len(hold_check_rows(small, CALIBRATION_SAMPLES)) == 40  # what is left, never a calibration row
     skipped = prepare_hold_check(small, None, [], ["negative", "positive"], CALIBRATION_SAMPLES, (0.5, 98.0))
-    assert skipped == f"skipped: 40 train sentences past the {CALIBRATION_SAMPLES} calibration ones (100 needed)"
+    assert skipped == (
+        f"skipped: 40 train sentences past the {CALIBRATION_SAMPLES} calibration ones cannot resolve the hold limits "
+        "(0.2 points, 99.2 %): 1000 needed"
+    )
     lifted = prepare_hold_check(train, None, [], ["negative", "positive"], CALIBRATION_SAMPLES, (100.0, 0.0))
     assert lifted.startswith("skipped: the gate's limits are lifted")
+
+
+def test_a_pool_too_small_to_resolve_the_hold_limits_is_skipped_not_searched(sst2_dir: Path, fp32_bundle: Path) -> None:
+    """With the gate's default limits (0.2 points, 99.2 % for the hold check) one flip, moved one standard error,
+    costs 200/pool points: a pool of 300 fails on any flip at all (even one that fixes a sentence), so the search
+    would keep fp32 MatMuls until a try happened to flip none of 300, and ship that slower file on no evidence. The
+    check needs a pool in which one flip can hold: 1,000 sentences here, 125 with limits 4 points / 90 %."""
+    from transformers import AutoTokenizer
+
+    train = load_sst2(str(sst2_dir))["train"]
+    labels = ["negative", "positive"]
+    tokenizer, names = AutoTokenizer.from_pretrained(fp32_bundle), onnx_input_names(fp32_bundle / "model.onnx")
+
+    def prepare(extra_rows: int, gate_limits: tuple[float, float]) -> HoldCheck | str:
+        rows = train.select(range(CALIBRATION_SAMPLES + extra_rows))
+        return prepare_hold_check(rows, tokenizer, names, labels, CALIBRATION_SAMPLES, gate_limits)
+
+    assert prepare(300, (0.5, 98.0)) == (
+        f"skipped: 300 train sentences past the {CALIBRATION_SAMPLES} calibration ones cannot resolve the hold "
+        "limits (0.2 points, 99.2 %): 1000 needed"
+    )
+    loose = (LOOSE_GATE["max_accuracy_drop"], LOOSE_GATE["min_label_agreement"])
+    assert isinstance(prepare(125, loose), HoldCheck)
+    assert "cannot resolve the hold limits (1.6 points, 96 %): 125 needed" in prepare(124, loose)
 
 
 def test_kept_counts_double_up_to_half_the_matmuls() -> None:
@@ -198,7 +225,8 @@ def test_a_pool_no_larger_than_the_checked_sentences_records_a_strict_json_cutof
     train = load_sst2(str(sst2_dir), max_train_samples=CALIBRATION_SAMPLES + 144)["train"]
     labels = json.loads((fp32_bundle / "manifest.json").read_text())["labels"]
     tokenizer = AutoTokenizer.from_pretrained(fp32_bundle)
-    hold = prepare_hold_check(train, tokenizer, onnx_input_names(fp32), labels, CALIBRATION_SAMPLES, (0.5, 98.0))
+    loose = (LOOSE_GATE["max_accuracy_drop"], LOOSE_GATE["min_label_agreement"])  # a pool of 144 resolves them
+    hold = prepare_hold_check(train, tokenizer, onnx_input_names(fp32), labels, CALIBRATION_SAMPLES, loose)
     hold.set_reference(fp32)
     assert hold.sentences["pool"] == hold.sentences["checked"] == 144
     assert hold.sentences["margin_cutoff"] is None

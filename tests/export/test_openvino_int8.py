@@ -307,3 +307,23 @@ def test_the_lossy_limits_help_names_openvino_int8_which_they_gate() -> None:
     text = " ".join(CliRunner().invoke(main, ["export-onnx", "--help"], terminal_width=400).output.split())
     assert "the lossy ones (int8, static-int8, openvino-bf16, openvino-int8)" in text
     assert "lossy variant (int8, static-int8, openvino-bf16, openvino-int8)" in text
+
+
+def test_accuracy_control_is_not_run_on_a_held_out_set_that_cannot_resolve_the_limit(
+    sst2_sample_dir: Path, sst2_dir: Path, tmp_path: Path
+) -> None:
+    """150 held-out train sentences: one lost sentence is 0.67 points, over a 0.5-point limit, so NNCF's accuracy
+    control would put layers back in float until int8 lost none of them, on noise (a slower IR shipped). It needs
+    as many sentences as make one lost sentence fit the limit (200 here): below that, plain quantization."""
+    from conftest import make_tiny_model
+    from transformers import AutoTokenizer
+
+    from sst2dist.data import load_sst2
+    from sst2dist.export.openvino_int8 import CALIBRATION_SAMPLES, held_out_needed, quantize_openvino_int8
+
+    assert (held_out_needed(0.5), held_out_needed(1.0), held_out_needed(100.0)) == (200, 100, 100)
+    model = make_tiny_model(tmp_path / "model")
+    bundle = export_tiny_bundle(model, sst2_sample_dir, tmp_path / "bundle", openvino="off", quantize="none")
+    train = load_sst2(str(sst2_dir), max_train_samples=CALIBRATION_SAMPLES + 150)["train"]
+    record = quantize_openvino_int8(bundle, train, AutoTokenizer.from_pretrained(model), 0.5)
+    assert record["tool"] == "nncf.quantize" and record["accuracy_control"] is None

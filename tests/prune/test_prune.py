@@ -319,6 +319,23 @@ def test_bad_costs_a_pruned_source_and_an_occupied_output_are_refused(sst2_sampl
     assert "already pruned" in prune("--output", str(tmp_path / "b"), "--cost", "0.5")
 
 
+def test_a_source_with_damaged_weights_is_refused_in_one_sentence(sst2_sample_dir: Path, tmp_path: Path) -> None:
+    """A half-written model.safetensors or tokenizer.json raises safetensors' or tokenizers' own error, not an
+    OSError: refused like export-onnx refuses it, nothing written."""
+    import shutil
+
+    whole = make_tiny_model(tmp_path / "whole")
+    for damaged in ("model.safetensors", "tokenizer.json"):
+        source = Path(shutil.copytree(whole, tmp_path / damaged))
+        (source / damaged).write_bytes((source / damaged).read_bytes()[:1000])
+        output = tmp_path / f"pruned-{damaged}"
+        arguments = ["prune", str(source), "--output", str(output), "--cost", "0.5", "--data", str(sst2_sample_dir)]
+        result = CliRunner().invoke(main, arguments)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+        assert f"could not load the model in {source}" in result.output and result.output.count("\n") == 1
+        assert not output.exists()
+
+
 # ------------------------------------------------------------------------------------------ recovery
 
 
@@ -454,3 +471,35 @@ def test_the_make_variables_prune_md_names_are_the_makefiles() -> None:
     named = set(re.findall(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]+)`", (root / "docs" / "prune.md").read_text()))
     defined = set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*[?:]?=", (root / "Makefile").read_text(), re.MULTILINE))
     assert named and named <= defined, sorted(named - defined)
+
+
+def test_make_re_exports_a_model_retrained_into_the_same_folder(tmp_path: Path) -> None:
+    """`make prune`/`make distill` skip an export whose bundle came from this model folder; a model retrained into
+    the same folder (a run deleted and run again) has new weights, and its stale bundle must not be benched."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    model, bundle, bin_dir = tmp_path / "model", tmp_path / "bundle", tmp_path / "bin"
+    for folder in (model, bundle, bin_dir):
+        folder.mkdir()
+    (model / "model.safetensors").write_bytes(b"first training")
+    digest = hashlib.sha256(b"first training").hexdigest()
+    source = {"model_dir": str(model.resolve()), "weights": [{"file": "model.safetensors", "sha256": digest}]}
+    (bundle / "manifest.json").write_text(json.dumps({"source": source}))
+    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "sst2dist").write_text('#!/bin/sh\necho "export-onnx ran"\n')
+    (bin_dir / "sst2dist").chmod(0o755)
+    stage = tmp_path / "stage.mk"
+    stage.write_text(f"include {root / 'Makefile'}\nstage:\n\t$(call export_stage,{model},{bundle})\n")
+
+    def run_stage() -> str:
+        command = ["make", "--no-print-directory", "-f", str(stage), "stage", f"BIN={bin_dir}", "DATA=x"]
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, env=os.environ, check=True)
+        return done.stdout
+
+    assert "skipped" in run_stage() and "export-onnx ran" not in run_stage()
+    (model / "model.safetensors").write_bytes(b"retrained")
+    assert "export-onnx ran" in run_stage()
