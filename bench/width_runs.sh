@@ -52,7 +52,8 @@ bundle "$W/l6/model" export/l6
 bundle "$W/l3/model" export/l3
 stamp "menu (alone on the machine: it times)"
 $S bench --data "$D" --menu l6=export/l6 --menu l3=export/l3 --menu p50=export/p50 --menu p25=export/p25 \
-  --menu teacher=export/teacher --anchors --latency-samples 400 --output "$W/menu-classes" > "$W/menu.log" 2>&1
+  --menu teacher=export/teacher --anchors --backends ort-fp32,ort-int8,ort-static-int8,openvino-bf16,openvino-int8 \
+  --latency-samples 400 --output "$W/menu-classes" > "$W/menu.log" 2>&1   # all 7 variants: 23 GB, killed on 24 GB
 stamp "done menu rc=$?"
 train "$W/t700-s1" $TEACHER --seed 1   # the teacher's second seed, after the menu: it does not feed it
 # p25 recovered for one whole epoch (2,105 steps), seed 42: its 320-step curve was still rising; after the menu too
