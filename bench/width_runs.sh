@@ -3,7 +3,7 @@
 # its checkpoint, so a killed run goes on by rerunning this): the 700-step lr-5e-5 teacher (seed 42) pruned to 0.50 and 0.25 of its
 # encoder FLOPs, each recovered for 320 steps with 3 seeds, the L6/L3 students of `make demo`'s recipe, the bundles
 # (seed 42 of each pruned entry: chosen before the runs, not by dev), one `bench --menu ... --anchors` run, a
-# second teacher seed and p25 recovered for a whole epoch.
+# second teacher seed and p25 recovered for a whole epoch (seeds 42 and 1).
 #   [THREADS=1] bash bench/width_runs.sh [DATA] [OUT]     (from the repository root; default ../shared/data/sst2, runs/w2)
 # Results: bench/results/width/ (copied by hand from OUT; OUT is not committed).
 set -u
@@ -58,3 +58,5 @@ stamp "done menu rc=$?"
 train "$W/t700-s1" $TEACHER --seed 1   # the teacher's second seed, after the menu: it does not feed it
 # p25 recovered for one whole epoch (2,105 steps), seed 42: its 320-step curve was still rising; after the menu too
 train "$W/p25-e1-s42" --model "$W/p25/model" ${RECOVER/--max-steps 320 --eval-every 40 --save-every 80/--epochs 1 --eval-every 200 --save-every 200} --seed 42
+# seed 1 of the same (stopped at step 800 when the session ended: resumes from its checkpoint)
+train "$W/p25-e1-s1" --model "$W/p25/model" ${RECOVER/--max-steps 320 --eval-every 40 --save-every 80/--epochs 1 --eval-every 200 --save-every 200} --seed 1

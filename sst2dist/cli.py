@@ -182,7 +182,8 @@ def prune_command(model_dir: str, output: str, **flags) -> None:
     multiple=True,
     metavar="NAME=BUNDLE_DIR",
     help="Instead of --bundle: compare models, every variant of each bundle (repeatable): accuracy, batch-1 "
-    "latency, sorted-batch throughput, size. Writes menu.json, menu.md and menu.png. onnxruntime only.",
+    "latency, sorted-batch throughput, size. Writes menu.json, menu.md and menu.png. No PyTorch: onnxruntime, "
+    "and OpenVINO where installed.",
 )
 @click.option(
     "--anchors",

@@ -4,7 +4,8 @@ so a user picks a point on the curve (e.g. a teacher and its distilled students,
     sst2dist bench --menu teacher=export/teacher --menu L6=export/l6 --menu L3=export/l3 --data ../shared/data/sst2
 
 Per model and variant: dev accuracy, batch-1 latency p50/p90 (all models interleaved block by block, so drift hits
-them alike), throughput of length-sorted batches, and file size. onnxruntime only: runs on the base install.
+them alike), throughput of length-sorted batches, and file size. No PyTorch (onnxruntime, OpenVINO where
+installed): runs on the base install.
 
 With `anchors`, untrained models of the stock shapes (`sst2dist.bench.anchors`) are timed in the same run and placed
 at their published accuracy; every row gets a latency class (p50 / the reference entry's fp32 p50), and the menu
