@@ -122,11 +122,27 @@ def cached_outputs(
     refused when the file is not what its name says."""
     if not on_every_process(accelerator, path.is_file()):  # one decision: every process scores, or none does
         compute_and_cache(model_dir, sentences, key, path, accelerator, sentence_vectors)
+    elif accelerator.is_main_process:
+        remove_leftover_shards(path)
     values, meta = load_logits(path)
     width_ok = sentence_vectors or values.shape[1] == len(meta.get("labels") or SST2_NAMES)  # logits: one per label
     if meta.get("key") != asdict(key) or len(values) != len(sentences) or not width_ok:
         raise TeacherError(f"{path} does not match its name (teacher, data or max length): delete it to recompute")
     return values, meta
+
+
+def remove_leftover_shards(path: Path) -> None:
+    """The shards of a run killed after it wrote `path` and before it removed them: removed under the cache's
+    exclusive lock (`finish` removes them the same way), so no run still scoring into them loses them."""
+    import shutil
+
+    from sst2dist.distill.scoring import lock_file, shards_folder
+    from sst2dist.locking import locked
+
+    folder = shards_folder(path)
+    if folder.exists():
+        with locked(lock_file(path)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def logits_from_file(path: Path, data_sha256: str, rows: int) -> tuple[np.ndarray, dict]:

@@ -275,3 +275,23 @@ def test_two_runs_on_one_cold_cache_never_delete_each_others_shards(tiny_model_d
     assert [run.returncode for run in runs] == [0, 0], [error[-1500:] for error in errors]
     np.testing.assert_allclose(load_logits(path)[0], one_pass(tiny_model_dir), **FP16)
     assert not list(path.parent.glob(".shards-*"))
+
+
+def test_shards_left_by_a_kill_after_the_file_was_written_are_removed_by_the_next_run(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A kill between writing the logits file and removing its shards (found by the kill test under load): the next
+    run reads the file, and must remove the shards too, or they stay in the cache for good."""
+    from accelerate import Accelerator
+
+    from sst2dist.distill.scoring import shards_folder
+    from sst2dist.distill.teacher import cached_outputs
+
+    accelerator, key, path = Accelerator(cpu=True), key_for(tiny_model_dir), tmp_path / "cache" / "logits.npz"
+    first, _ = cached_outputs(tiny_model_dir, SENTENCES, key, path, accelerator)
+    leftover = shards_folder(path)
+    leftover.mkdir()
+    (leftover / "rows-00000000-00000008.npz").write_bytes(b"a shard the killed run had not removed")
+    again, _ = cached_outputs(tiny_model_dir, SENTENCES, key, path, accelerator)
+    np.testing.assert_array_equal(first, again)
+    assert not leftover.exists()
