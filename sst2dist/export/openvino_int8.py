@@ -107,10 +107,10 @@ def quantize_openvino_int8(
 
     model = ov.Core().read_model(str(staging / VARIANTS["fp32"].file))
     names = [port.get_any_name() for port in model.inputs]
-    rows = calibration_sample(train, CALIBRATION_SAMPLES + HELD_OUT_SAMPLES)
+    from_hold = isinstance(hold, HoldCheck)  # then the next rows are not read: the hold check's sentences are
+    rows = calibration_sample(train, CALIBRATION_SAMPLES + (0 if from_hold else HELD_OUT_SAMPLES))
     feeds = [unpadded_feeds(tokenizer, sentence, names) for sentence in rows["sentence"]]
     calibration, held_out = feeds[:CALIBRATION_SAMPLES], feeds[CALIBRATION_SAMPLES:]
-    held_out = held_out if len(held_out) >= held_out_needed(max_accuracy_drop) else []  # too few: plain quantization
     options = {"model_type": nncf.ModelType.TRANSFORMER, "subset_size": len(calibration)}
     record = {
         "tool": "nncf.quantize",
@@ -121,9 +121,11 @@ def quantize_openvino_int8(
     }
     control = {"split": "train", "held_out": len(held_out), "max_drop_points": max_accuracy_drop}
     labels = list(rows["label"])[CALIBRATION_SAMPLES:]
-    if isinstance(hold, HoldCheck):
+    if from_hold:
         held_out = [unpadded_feeds(tokenizer, hold.texts[i], names) for i in hold.checked]
         labels, control = list(hold.labels[hold.checked]), hold_control(hold)
+    elif len(held_out) < held_out_needed(max_accuracy_drop):
+        held_out = []  # too few: plain quantization
     if len(held_out) < MIN_HELD_OUT:
         quantized = nncf.quantize(model, nncf.Dataset(calibration), **options)
     else:
